@@ -1,0 +1,37 @@
+// DaemonConfig: daemon-wide settings from unifaas.toml, overridden by command-line flags.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "config/function_spec.h"
+
+namespace unifaas {
+
+struct ListenAddress {
+    std::string host = "0.0.0.0";
+    std::uint16_t port = 8123;
+    std::string to_string() const { return host + ":" + std::to_string(port); }
+};
+
+// Parses "ADDR:PORT" (also "[v6]:PORT" and ":PORT" meaning 0.0.0.0); throws ConfigError.
+ListenAddress parse_listen_address(const std::string& text, const std::string& what);
+
+struct DaemonConfig {
+    std::filesystem::path registry;                     // required (flag or file)
+    ListenAddress listen{"0.0.0.0", 8123};              // invocations
+    ListenAddress callback_listen{"0.0.0.0", 8124};     // readiness callbacks from instances
+    std::string log_level = "info";                     // error|warn|info|debug|trace
+    std::size_t max_body_bytes = 6 * 1024 * 1024;       // request body limit (413 above)
+    unsigned http_threads = 64;                         // connections served at once
+    Seconds shutdown_grace{10};                         // in-flight requests get this long on stop
+    std::filesystem::path runtime_dir = "/run/unifaas";  // per-instance working files
+    std::string docker_socket = "/var/run/docker.sock";  // DOCKER_HOST=unix://... overrides default
+};
+
+// Reads a unifaas.toml. Unknown keys and wrong types are ConfigErrors naming file and key.
+DaemonConfig load_daemon_config(const std::filesystem::path& file);
+
+}  // namespace unifaas
