@@ -1,0 +1,32 @@
+// ListeningServer: an httplib::Server that serves a socket it was given (systemd socket
+// activation, or one bound by the daemon) and can stop accepting without shutting the socket
+// down: systemd keeps an activated socket listening for the next start.
+#pragma once
+
+#include <httplib.h>
+
+#include <thread>
+
+namespace unifaas {
+
+class ListeningServer : public httplib::Server {
+  public:
+    ListeningServer() = default;
+    ~ListeningServer() override;
+
+    // Takes ownership of a listening socket and serves it on a new thread.
+    void serve(int listen_fd);
+    // Stops accepting; connections in progress go on. Idempotent.
+    void stop_accepting();
+    // Waits until every connection has finished (after stop_accepting()).
+    void join();
+
+  private:
+    int fd_ = -1;
+    std::thread thread_;
+};
+
+// Binds and listens on host:port (SO_REUSEADDR, CLOEXEC); throws std::system_error naming it.
+int bind_listener(const std::string& host, int port);
+
+}  // namespace unifaas

@@ -1,0 +1,98 @@
+#include "pool/function_table.h"
+
+#include <spdlog/spdlog.h>
+
+#include <mutex>
+
+namespace unifaas {
+
+FunctionTable::FunctionTable(Registry& registry, PoolServices services)
+    : registry_(registry), services_(services) {}
+
+ResolvedFunction FunctionTable::resolve(std::string_view name) {
+    ResolvedFunction out;
+    auto entry = registry_.lookup(name);
+    if (!entry) {
+        return out;
+    }
+    if (!entry->spec) {
+        out.kind = ResolvedFunction::Kind::Broken;
+        out.error = std::move(entry->error);
+        return out;
+    }
+    out.kind = ResolvedFunction::Kind::Ok;
+    out.spec = std::move(entry->spec);
+    out.pool = pool_for(std::string(name), out.spec);
+    return out;
+}
+
+std::shared_ptr<Pool> FunctionTable::pool_for(const std::string& name,
+                                              const std::shared_ptr<const FunctionSpec>& spec) {
+    {
+        std::shared_lock lk(mu_);
+        auto it = pools_.find(name);
+        if (it != pools_.end()) {
+            return it->second;
+        }
+    }
+    std::unique_lock lk(mu_);
+    auto [it, inserted] = pools_.try_emplace(name);
+    if (inserted) {
+        it->second = std::make_shared<Pool>(name, services_);
+        it->second->update(spec);
+    }
+    return it->second;
+}
+
+std::pair<unsigned, unsigned> FunctionTable::load_all() {
+    unsigned loaded = 0;
+    unsigned broken = 0;
+    for (const auto& name : registry_.scan()) {
+        auto fn = resolve(name);
+        if (fn.kind == ResolvedFunction::Kind::Ok) {
+            ++loaded;
+            fn.pool->update(fn.spec);
+        } else if (fn.kind == ResolvedFunction::Kind::Broken) {
+            ++broken;
+            spdlog::error("function {}: {}", name, fn.error);
+        }
+    }
+    return {loaded, broken};
+}
+
+std::vector<PoolSnapshot> FunctionTable::snapshot() const {
+    std::vector<std::shared_ptr<Pool>> pools;
+    {
+        std::shared_lock lk(mu_);
+        for (auto& [name, pool] : pools_) {
+            pools.push_back(pool);
+        }
+    }
+    std::vector<PoolSnapshot> out;
+    out.reserve(pools.size());
+    for (auto& pool : pools) {
+        out.push_back(pool->snapshot());
+    }
+    return out;
+}
+
+std::shared_ptr<Pool> FunctionTable::find_pool(std::string_view name) const {
+    std::shared_lock lk(mu_);
+    auto it = pools_.find(std::string(name));
+    return it == pools_.end() ? nullptr : it->second;
+}
+
+void FunctionTable::shutdown() {
+    std::vector<std::shared_ptr<Pool>> pools;
+    {
+        std::shared_lock lk(mu_);
+        for (auto& [name, pool] : pools_) {
+            pools.push_back(pool);
+        }
+    }
+    for (auto& pool : pools) {
+        pool->shutdown();
+    }
+}
+
+}  // namespace unifaas

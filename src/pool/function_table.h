@@ -1,0 +1,51 @@
+// FunctionTable: function name -> its current definition and its Pool. Consults the registry on
+// every lookup (one stat) so edits apply to new instances and new functions appear without a
+// restart; pools are created on first use and live until shutdown.
+#pragma once
+
+#include <memory>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "pool/pool.h"
+#include "registry/registry.h"
+
+namespace unifaas {
+
+struct ResolvedFunction {
+    enum class Kind { Unknown, Broken, Ok } kind = Kind::Unknown;
+    std::shared_ptr<const FunctionSpec> spec;  // Ok
+    std::string error;                         // Broken: the load error
+    std::shared_ptr<Pool> pool;                // Ok
+};
+
+class FunctionTable {
+  public:
+    FunctionTable(Registry& registry, PoolServices services);
+
+    ResolvedFunction resolve(std::string_view name);
+
+    // Loads every function in the registry now: logs broken ones, starts min-instances.
+    // Returns {loaded, broken}.
+    std::pair<unsigned, unsigned> load_all();
+
+    std::vector<PoolSnapshot> snapshot() const;
+    std::shared_ptr<Pool> find_pool(std::string_view name) const;
+
+    // Stops every instance of every function and waits until all are gone.
+    void shutdown();
+
+  private:
+    std::shared_ptr<Pool> pool_for(const std::string& name,
+                                   const std::shared_ptr<const FunctionSpec>& spec);
+
+    Registry& registry_;
+    PoolServices services_;
+    mutable std::shared_mutex mu_;
+    std::unordered_map<std::string, std::shared_ptr<Pool>> pools_;
+};
+
+}  // namespace unifaas

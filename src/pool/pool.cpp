@@ -1,0 +1,594 @@
+#include "pool/pool.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "util/random.h"
+
+namespace unifaas {
+
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+Clock::duration to_duration(Seconds s) {
+    return std::chrono::duration_cast<Clock::duration>(s);
+}
+
+std::string format_seconds(Seconds s) {
+    double v = s.count();
+    if (v == std::floor(v)) {
+        return fmt::format("{:.0f} s", v);
+    }
+    return fmt::format("{:g} s", v);
+}
+
+constexpr auto kMinInstancesRetry = std::chrono::seconds(5);
+
+}  // namespace
+
+const char* to_string(InstanceState s) {
+    switch (s) {
+        case InstanceState::Starting:
+            return "starting";
+        case InstanceState::Booting:
+            return "booting";
+        case InstanceState::Ready:
+            return "ready";
+        case InstanceState::Stopping:
+            return "stopping";
+    }
+    return "unknown";
+}
+
+struct PooledInstance {
+    std::string id;
+    std::string token;
+    std::shared_ptr<const FunctionSpec> spec;
+    InstanceState state = InstanceState::Starting;
+    unsigned capacity = 1;
+    unsigned in_use = 0;  // slots leased or claimed by requests waiting for boot
+    std::vector<unsigned> free_slots;
+    std::vector<std::unique_ptr<SlotCache>> caches;
+    bool exhausted = false;  // single-use: its one request has been claimed
+    std::uint64_t requests = 0;
+
+    std::unique_ptr<Instance> sandbox;
+    std::string address;
+    std::uint16_t port = 0;
+    std::string describe;
+    std::chrono::system_clock::time_point started_at = std::chrono::system_clock::now();
+    Clock::time_point created = Clock::now();
+
+    TimerQueue::Id boot_timer = 0;
+    TimerQueue::Id keepalive_timer = 0;
+    std::uint64_t idle_epoch = 0;  // which idle period the pending keepalive timer belongs to
+
+    bool exited_early = false;  // the sandbox ended before start() returned to us
+    std::string exit_reason;
+
+    bool failed = false;  // waiting requests get fail_status / fail_message
+    int fail_status = 0;
+    std::string fail_message;
+};
+
+struct Pool::Waiter {
+    Claim claim;
+};
+
+// ---- Lease ------------------------------------------------------------------------------------
+
+Lease::Lease(std::shared_ptr<Pool> pool, std::shared_ptr<PooledInstance> instance, unsigned slot)
+    : pool_(std::move(pool)), instance_(std::move(instance)), slot_(slot) {}
+
+Lease::~Lease() {
+    pool_->release(instance_, slot_);
+}
+
+const std::string& Lease::instance_id() const {
+    return instance_->id;
+}
+const std::string& Lease::address() const {
+    return instance_->address;
+}
+std::uint16_t Lease::port() const {
+    return instance_->port;
+}
+std::unique_ptr<SlotCache>& Lease::cache() {
+    return instance_->caches[slot_];
+}
+void Lease::mark_broken(const std::string& reason) {
+    pool_->mark_broken(instance_, reason);
+}
+
+// ---- Pool -------------------------------------------------------------------------------------
+
+Pool::Pool(std::string function, PoolServices services)
+    : function_(std::move(function)), services_(services) {}
+
+Pool::~Pool() = default;
+
+void Pool::update(std::shared_ptr<const FunctionSpec> spec) {
+    std::lock_guard lk(mu_);
+    if (spec_ == spec || closed_) {
+        return;
+    }
+    spec_ = std::move(spec);
+    ensure_min_instances_locked();
+}
+
+std::unique_ptr<Lease> Pool::acquire(std::shared_ptr<const FunctionSpec> spec) {
+    std::unique_lock lk(mu_);
+    if (spec_ != spec && !closed_) {
+        spec_ = std::move(spec);
+        ensure_min_instances_locked();
+    }
+    if (closed_) {
+        throw PoolError(503, fmt::format("function {}: the daemon is shutting down", function_));
+    }
+    Claim claim;
+    if (waiters_.empty()) {
+        claim = try_claim_locked();
+    }
+    if (!claim) {
+        Waiter w;
+        waiters_.push_back(&w);
+        Seconds timeout = spec_->queue_timeout;
+        auto deadline = Clock::now() + to_duration(timeout);
+        cv_.wait_until(lk, deadline, [&] { return w.claim || closed_; });
+        if (!w.claim) {
+            waiters_.erase(std::find(waiters_.begin(), waiters_.end(), &w));
+            if (closed_) {
+                throw PoolError(503,
+                                fmt::format("function {}: the daemon is shutting down", function_));
+            }
+            throw PoolError(503,
+                            fmt::format("function {}: no capacity within queue-timeout ({}; "
+                                        "max-instances {})",
+                                        function_, format_seconds(timeout), spec_->max_instances),
+                            1);
+        }
+        claim = std::move(w.claim);
+    }
+    auto& inst = claim.instance;
+    // Boot timeout, exit and shutdown all end a boot, so this wait is bounded.
+    cv_.wait(lk, [&] { return inst->failed || inst->state == InstanceState::Ready; });
+    if (inst->failed) {
+        throw PoolError(inst->fail_status, inst->fail_message);
+    }
+    return std::make_unique<Lease>(shared_from_this(), inst, claim.slot);
+}
+
+Pool::Claim Pool::try_claim_locked() {
+    // 1. A ready instance with a free slot: the busiest one, so idle ones can expire.
+    std::shared_ptr<PooledInstance> best;
+    for (auto& inst : instances_) {
+        if (inst->state == InstanceState::Ready && !inst->exhausted &&
+            inst->in_use < inst->capacity && (!best || inst->in_use > best->in_use)) {
+            best = inst;
+        }
+    }
+    if (best) {
+        return claim_slot_locked(best);
+    }
+    // 2. A slot on an instance that is still starting.
+    for (auto& inst : instances_) {
+        if (inst->state != InstanceState::Ready && !inst->exhausted &&
+            inst->in_use < inst->capacity) {
+            return claim_slot_locked(inst);
+        }
+    }
+    // 3. A new instance.
+    if (live_count_locked() < spec_->max_instances) {
+        return claim_slot_locked(create_instance_locked());
+    }
+    return {};
+}
+
+Pool::Claim Pool::claim_slot_locked(const std::shared_ptr<PooledInstance>& inst) {
+    unsigned slot = inst->free_slots.back();
+    inst->free_slots.pop_back();
+    ++inst->in_use;
+    if (inst->spec->single_use) {
+        inst->exhausted = true;
+    }
+    if (inst->keepalive_timer != 0) {
+        services_.timers.cancel(inst->keepalive_timer);
+        inst->keepalive_timer = 0;
+        ++inst->idle_epoch;
+    }
+    return Claim{inst, slot};
+}
+
+std::shared_ptr<PooledInstance> Pool::create_instance_locked() {
+    auto inst = std::make_shared<PooledInstance>();
+    inst->id = random_hex(6);
+    inst->token = services_.readiness.issue();
+    inst->spec = spec_;
+    inst->capacity = spec_->single_use ? 1 : spec_->concurrent_requests;
+    for (unsigned i = inst->capacity; i > 0; --i) {
+        inst->free_slots.push_back(i - 1);
+    }
+    inst->caches.resize(inst->capacity);
+    instances_.push_back(inst);
+    ++starting_;
+
+    std::weak_ptr<PooledInstance> weak = inst;
+    std::weak_ptr<Pool> self = weak_from_this();
+    inst->boot_timer =
+        services_.timers.schedule(Clock::now() + to_duration(spec_->boot_timeout), [self, weak] {
+            if (auto pool = self.lock()) {
+                pool->on_boot_timeout(weak);
+            }
+        });
+    services_.starts.post([pool = shared_from_this(), inst] { pool->run_start(inst); });
+    return inst;
+}
+
+std::size_t Pool::live_count_locked() const {
+    return instances_.size();
+}
+
+void Pool::dispatch_waiters_locked() {
+    while (!waiters_.empty() && !closed_) {
+        Claim claim = try_claim_locked();
+        if (!claim) {
+            break;
+        }
+        waiters_.front()->claim = std::move(claim);
+        waiters_.pop_front();
+    }
+    cv_.notify_all();
+}
+
+void Pool::ensure_min_instances_locked() {
+    if (closed_ || !spec_) {
+        return;
+    }
+    while (live_count_locked() < std::min(spec_->min_instances, spec_->max_instances)) {
+        create_instance_locked();
+    }
+}
+
+void Pool::run_start(std::shared_ptr<PooledInstance> inst) {
+    struct StartDone {  // however this ends, shutdown() may stop waiting for it
+        Pool& pool;
+        ~StartDone() {
+            std::lock_guard lk(pool.mu_);
+            --pool.starting_;
+            pool.cv_.notify_all();
+        }
+    } done{*this};
+    {
+        std::lock_guard lk(mu_);
+        if (inst->state == InstanceState::Stopping) {
+            return;  // retired (boot timeout, shutdown) before its start began
+        }
+    }
+    InstanceContext ctx;
+    ctx.instance_id = inst->id;
+    ctx.spec = inst->spec;
+    ctx.callback_path = "/ready/" + inst->token;
+    std::weak_ptr<PooledInstance> weak = inst;
+    std::weak_ptr<Pool> self = weak_from_this();
+    ctx.on_exit = [self, weak](const std::string& reason) {
+        if (auto pool = self.lock()) {
+            pool->on_exit(weak, reason);
+        }
+    };
+
+    std::unique_ptr<Instance> sandbox;
+    int fail_status = 0;
+    std::string fail_message;
+    try {
+        Backend* backend = services_.backends.for_spec(*inst->spec);
+        if (!backend) {
+            throw SandboxError(501, fmt::format("the {} backend is not available in this daemon",
+                                                inst->spec->backend_name()));
+        }
+        sandbox = backend->start(ctx);
+    } catch (const SandboxError& e) {
+        fail_status = e.http_status();
+        fail_message = e.what();
+    } catch (const std::exception& e) {
+        fail_status = 502;
+        fail_message = e.what();
+    }
+
+    std::lock_guard lk(mu_);
+    if (!sandbox) {
+        spdlog::warn("function {} instance {}: start failed: {}", function_, inst->id,
+                     fail_message);
+        if (inst->state != InstanceState::Stopping) {
+            retire_locked(
+                inst, "start failed", fail_status,
+                fmt::format("function {}: instance failed to start: {}", function_, fail_message));
+        }
+        return;
+    }
+    inst->address = sandbox->address();
+    inst->port = sandbox->port();
+    inst->describe = sandbox->describe();
+    inst->sandbox = std::move(sandbox);
+    if (inst->state == InstanceState::Stopping) {
+        // Retired while starting (boot timeout, shutdown): stop what was just started.
+        post_stop_locked(inst, 0, {});
+        return;
+    }
+    if (inst->exited_early) {
+        retire_locked(inst, "exited before ready", 502,
+                      fmt::format("function {}: instance {} exited before it was ready ({})",
+                                  function_, inst->id, inst->exit_reason),
+                      true);
+        return;
+    }
+    inst->state = InstanceState::Booting;
+    spdlog::debug("function {} instance {}: {} at {} booting", function_, inst->id, inst->describe,
+                  inst->address);
+    services_.readiness.expect(inst->token, inst->address, [self = weak_from_this(), weak] {
+        auto pool = self.lock();
+        auto i = weak.lock();
+        if (pool && i) {
+            pool->on_ready(i);
+        }
+    });
+}
+
+void Pool::on_ready(const std::shared_ptr<PooledInstance>& inst) {
+    std::lock_guard lk(mu_);
+    if (inst->state != InstanceState::Booting) {
+        return;
+    }
+    inst->state = InstanceState::Ready;
+    services_.timers.cancel(inst->boot_timer);
+    inst->boot_timer = 0;
+    auto boot_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - inst->created);
+    spdlog::info("function {} instance {}: ready in {} ms ({})", function_, inst->id,
+                 boot_ms.count(), inst->describe);
+    settle_locked(inst);  // an instance started for min-instances is idle from now
+}
+
+void Pool::on_exit(const std::weak_ptr<PooledInstance>& weak, const std::string& reason) {
+    auto inst = weak.lock();
+    if (!inst) {
+        return;
+    }
+    std::lock_guard lk(mu_);
+    switch (inst->state) {
+        case InstanceState::Stopping:
+            return;
+        case InstanceState::Starting:
+            inst->exited_early = true;
+            inst->exit_reason = reason;
+            return;
+        case InstanceState::Booting:
+            spdlog::warn("function {} instance {}: exited while booting: {}", function_, inst->id,
+                         reason);
+            retire_locked(inst, "exited while booting", 502,
+                          fmt::format("function {}: instance {} exited before it was ready ({})",
+                                      function_, inst->id, reason),
+                          true);
+            return;
+        case InstanceState::Ready:
+            spdlog::warn("function {} instance {}: exited: {}", function_, inst->id, reason);
+            retire_locked(inst, "exited");
+            return;
+    }
+}
+
+void Pool::on_boot_timeout(const std::weak_ptr<PooledInstance>& weak) {
+    auto inst = weak.lock();
+    if (!inst) {
+        return;
+    }
+    std::lock_guard lk(mu_);
+    inst->boot_timer = 0;
+    if (inst->state != InstanceState::Starting && inst->state != InstanceState::Booting) {
+        return;
+    }
+    spdlog::warn("function {} instance {}: not ready within boot-timeout", function_, inst->id);
+    retire_locked(inst, "boot timeout", 504,
+                  fmt::format("function {}: instance {} did not become ready within boot-timeout "
+                              "({})",
+                              function_, inst->id, format_seconds(inst->spec->boot_timeout)),
+                  true);
+}
+
+void Pool::on_keepalive(const std::weak_ptr<PooledInstance>& weak, std::uint64_t epoch) {
+    auto inst = weak.lock();
+    if (!inst) {
+        return;
+    }
+    std::lock_guard lk(mu_);
+    if (inst->idle_epoch != epoch || inst->state != InstanceState::Ready || inst->in_use != 0) {
+        return;
+    }
+    inst->keepalive_timer = 0;
+    if (spec_ && live_count_locked() <= spec_->min_instances) {
+        return;  // kept warm
+    }
+    spdlog::info("function {} instance {}: idle for keepalive ({}), stopping", function_, inst->id,
+                 format_seconds(inst->spec->keepalive));
+    retire_locked(inst, "keepalive expired");
+}
+
+void Pool::release(const std::shared_ptr<PooledInstance>& inst, unsigned slot) {
+    std::lock_guard lk(mu_);
+    --inst->in_use;
+    inst->free_slots.push_back(slot);
+    ++inst->requests;
+    settle_locked(inst);
+}
+
+void Pool::settle_locked(const std::shared_ptr<PooledInstance>& inst) {
+    if (inst->state == InstanceState::Ready && inst->in_use == 0) {
+        if (inst->exhausted) {
+            retire_locked(inst, "single-use request done");
+        } else {
+            arm_keepalive_locked(inst);
+        }
+    }
+    dispatch_waiters_locked();
+}
+
+void Pool::arm_keepalive_locked(const std::shared_ptr<PooledInstance>& inst) {
+    std::weak_ptr<PooledInstance> weak = inst;
+    std::weak_ptr<Pool> self = weak_from_this();
+    std::uint64_t epoch = ++inst->idle_epoch;
+    inst->keepalive_timer = services_.timers.schedule(
+        Clock::now() + to_duration(inst->spec->keepalive), [self, weak, epoch] {
+            if (auto pool = self.lock()) {
+                pool->on_keepalive(weak, epoch);
+            }
+        });
+}
+
+void Pool::mark_broken(const std::shared_ptr<PooledInstance>& inst, const std::string& reason) {
+    std::lock_guard lk(mu_);
+    if (inst->state == InstanceState::Stopping) {
+        return;
+    }
+    spdlog::warn("function {} instance {}: {}", function_, inst->id, reason);
+    retire_locked(inst, reason);
+}
+
+void Pool::retire_locked(const std::shared_ptr<PooledInstance>& inst, const std::string& reason,
+                         int fail_status, std::string fail_message, bool with_output) {
+    auto it = std::find(instances_.begin(), instances_.end(), inst);
+    if (it != instances_.end()) {
+        instances_.erase(it);
+    }
+    inst->state = InstanceState::Stopping;
+    for (auto* timer : {&inst->boot_timer, &inst->keepalive_timer}) {
+        if (*timer != 0) {
+            services_.timers.cancel(*timer);
+            *timer = 0;
+        }
+    }
+    services_.readiness.forget(inst->token);
+    spdlog::debug("function {} instance {}: stopping ({})", function_, inst->id, reason);
+
+    bool failure = fail_status != 0;
+    if (failure && (!with_output || !inst->sandbox)) {
+        finish_failure_locked(*inst, fail_status, std::move(fail_message));
+        fail_status = 0;
+    }
+    if (inst->sandbox) {
+        // (An instance retired while Starting has no sandbox yet: run_start stops it on return.)
+        post_stop_locked(inst, fail_status, std::move(fail_message));
+    }
+    if (failure) {
+        // A failing function is not restarted in a tight loop: min-instances is retried later.
+        schedule_min_retry_locked();
+    } else {
+        ensure_min_instances_locked();
+    }
+    dispatch_waiters_locked();
+}
+
+void Pool::post_stop_locked(const std::shared_ptr<PooledInstance>& inst, int fail_status,
+                            std::string fail_message) {
+    ++stopping_;
+    services_.stops.post([pool = shared_from_this(), inst, fail_status,
+                          message = std::move(fail_message)]() mutable {
+        std::unique_ptr<Instance> sandbox;
+        {
+            std::lock_guard lk(pool->mu_);
+            sandbox = std::move(inst->sandbox);
+        }
+        if (fail_status != 0) {
+            std::string tail = sandbox ? sandbox->output_tail() : std::string();
+            if (!tail.empty()) {
+                message += "; last output:\n" + tail;
+            }
+            std::lock_guard lk(pool->mu_);
+            pool->finish_failure_locked(*inst, fail_status, std::move(message));
+        }
+        sandbox.reset();  // stops the sandbox and frees what it holds
+        std::lock_guard lk(pool->mu_);
+        --pool->stopping_;
+        pool->cv_.notify_all();
+    });
+}
+
+void Pool::schedule_min_retry_locked() {
+    if (closed_ || !spec_ || spec_->min_instances == 0 || min_retry_timer_ != 0) {
+        return;
+    }
+    std::weak_ptr<Pool> self = weak_from_this();
+    min_retry_timer_ = services_.timers.schedule(Clock::now() + kMinInstancesRetry, [self] {
+        if (auto pool = self.lock()) {
+            std::lock_guard lk(pool->mu_);
+            pool->min_retry_timer_ = 0;
+            pool->ensure_min_instances_locked();
+        }
+    });
+}
+
+void Pool::finish_failure_locked(PooledInstance& inst, int status, std::string message) {
+    inst.failed = true;
+    inst.fail_status = status;
+    inst.fail_message = std::move(message);
+    cv_.notify_all();
+}
+
+bool Pool::stop_instance(const std::string& id, const std::string& reason) {
+    std::lock_guard lk(mu_);
+    for (auto& inst : instances_) {
+        if (inst->id == id) {
+            auto keep = inst;
+            retire_locked(
+                keep, reason, 503,
+                fmt::format("function {}: instance {} was stopped ({})", function_, id, reason));
+            return true;
+        }
+    }
+    return false;
+}
+
+unsigned Pool::stop_all(const std::string& reason) {
+    std::lock_guard lk(mu_);
+    unsigned n = 0;
+    while (!instances_.empty()) {
+        auto inst = instances_.front();
+        retire_locked(
+            inst, reason, 503,
+            fmt::format("function {}: instance {} was stopped ({})", function_, inst->id, reason));
+        ++n;
+    }
+    return n;
+}
+
+void Pool::shutdown() {
+    std::unique_lock lk(mu_);
+    closed_ = true;
+    if (min_retry_timer_ != 0) {
+        services_.timers.cancel(min_retry_timer_);
+        min_retry_timer_ = 0;
+    }
+    while (!instances_.empty()) {
+        auto inst = instances_.front();
+        retire_locked(inst, "daemon shutdown", 503,
+                      fmt::format("function {}: the daemon is shutting down", function_));
+    }
+    cv_.notify_all();
+    cv_.wait(lk, [&] { return starting_ == 0 && stopping_ == 0 && waiters_.empty(); });
+}
+
+PoolSnapshot Pool::snapshot() const {
+    std::lock_guard lk(mu_);
+    PoolSnapshot snap;
+    snap.function = function_;
+    snap.queued = waiters_.size();
+    for (auto& inst : instances_) {
+        snap.instances.push_back(InstanceSnapshot{inst->id, function_, inst->state, inst->address,
+                                                  inst->describe, inst->capacity, inst->in_use,
+                                                  inst->requests, inst->started_at});
+    }
+    return snap;
+}
+
+}  // namespace unifaas

@@ -1,0 +1,178 @@
+// Pool: the instances of one function. A request acquires a Lease (a slot on a ready instance),
+// starting an instance when none has a free slot and fewer than max-instances exist; otherwise it
+// queues in FIFO order until a slot frees or queue-timeout passes. Keepalive expiry, single-use
+// termination, boot timeouts and min-instances live here. The pool knows nothing of Docker, QEMU
+// or HTTP: it drives a Backend through the sandbox seam.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "config/function_spec.h"
+#include "pool/readiness.h"
+#include "sandbox/sandbox.h"
+#include "util/timer_queue.h"
+#include "util/work_queue.h"
+
+namespace unifaas {
+
+// A request the pool could not serve. status is the HTTP status the gateway answers with;
+// retry_after_s > 0 asks for a Retry-After header.
+class PoolError : public std::runtime_error {
+  public:
+    PoolError(int status, const std::string& what, int retry_after_s = 0)
+        : std::runtime_error(what), status_(status), retry_after_s_(retry_after_s) {}
+    int status() const { return status_; }
+    int retry_after_s() const { return retry_after_s_; }
+
+  private:
+    int status_;
+    int retry_after_s_;
+};
+
+// State a pool user keeps per slot (the gateway keeps its upstream keep-alive connection here).
+// Destroyed with the instance.
+class SlotCache {
+  public:
+    virtual ~SlotCache() = default;
+};
+
+enum class InstanceState { Starting, Booting, Ready, Stopping };
+const char* to_string(InstanceState s);
+
+// Components every pool shares; owned by main.
+struct PoolServices {
+    Backends& backends;
+    Readiness& readiness;
+    TimerQueue& timers;
+    WorkQueue& starts;
+    WorkQueue& stops;
+};
+
+struct InstanceSnapshot {
+    std::string id;
+    std::string function;
+    InstanceState state;
+    std::string address;
+    std::string sandbox;  // Instance::describe()
+    unsigned capacity = 0;
+    unsigned in_use = 0;
+    std::uint64_t requests = 0;
+    std::chrono::system_clock::time_point started_at;
+};
+
+struct PoolSnapshot {
+    std::string function;
+    std::vector<InstanceSnapshot> instances;
+    std::size_t queued = 0;
+};
+
+class Pool;
+struct PooledInstance;
+
+// A slot on a ready instance; gives the slot back when destroyed.
+class Lease {
+  public:
+    Lease(std::shared_ptr<Pool> pool, std::shared_ptr<PooledInstance> instance, unsigned slot);
+    ~Lease();
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+
+    const std::string& instance_id() const;
+    const std::string& address() const;
+    std::uint16_t port() const;
+    std::unique_ptr<SlotCache>& cache();
+    // The instance failed while this lease used it (e.g. its connection broke): stop it.
+    void mark_broken(const std::string& reason);
+
+  private:
+    std::shared_ptr<Pool> pool_;
+    std::shared_ptr<PooledInstance> instance_;
+    unsigned slot_;
+};
+
+class Pool : public std::enable_shared_from_this<Pool> {
+  public:
+    Pool(std::string function, PoolServices services);
+    ~Pool();
+
+    // A slot on a ready instance of `spec` (the function's current definition: new instances use
+    // it, running ones keep theirs). Blocks until ready, failed, or queue-timeout. Throws
+    // PoolError.
+    std::unique_ptr<Lease> acquire(std::shared_ptr<const FunctionSpec> spec);
+
+    // Newer definition of the function (instances started from now on use it); starts instances
+    // up to min-instances.
+    void update(std::shared_ptr<const FunctionSpec> spec);
+
+    // Stops one instance; false when no live instance has that id.
+    bool stop_instance(const std::string& id, const std::string& reason);
+    // Stops every instance; returns how many.
+    unsigned stop_all(const std::string& reason);
+    // Refuses new requests, fails waiting ones (503), stops every instance and waits until all
+    // sandboxes are gone.
+    void shutdown();
+
+    PoolSnapshot snapshot() const;
+    const std::string& function() const { return function_; }
+
+  private:
+    friend class Lease;
+    struct Waiter;
+    struct Claim {
+        std::shared_ptr<PooledInstance> instance;
+        unsigned slot = 0;
+        explicit operator bool() const { return instance != nullptr; }
+    };
+
+    Claim try_claim_locked();
+    Claim claim_slot_locked(const std::shared_ptr<PooledInstance>& inst);
+    std::shared_ptr<PooledInstance> create_instance_locked();
+    void dispatch_waiters_locked();
+    void ensure_min_instances_locked();
+    std::size_t live_count_locked() const;
+
+    void run_start(std::shared_ptr<PooledInstance> inst);
+    void on_ready(const std::shared_ptr<PooledInstance>& inst);
+    void on_exit(const std::weak_ptr<PooledInstance>& inst, const std::string& reason);
+    void on_boot_timeout(const std::weak_ptr<PooledInstance>& inst);
+    void on_keepalive(const std::weak_ptr<PooledInstance>& inst, std::uint64_t epoch);
+    void release(const std::shared_ptr<PooledInstance>& inst, unsigned slot);
+    // After an instance's use changed: single-use retirement, keepalive, waiting requests.
+    void settle_locked(const std::shared_ptr<PooledInstance>& inst);
+    void arm_keepalive_locked(const std::shared_ptr<PooledInstance>& inst);
+    void post_stop_locked(const std::shared_ptr<PooledInstance>& inst, int fail_status,
+                          std::string fail_message);
+    void schedule_min_retry_locked();
+    void mark_broken(const std::shared_ptr<PooledInstance>& inst, const std::string& reason);
+
+    // Takes an instance out of service and stops its sandbox on the stop queue. When fail_status
+    // is non-zero, requests waiting for it fail with that status and message (plus the sandbox's
+    // last output lines when with_output is set).
+    void retire_locked(const std::shared_ptr<PooledInstance>& inst, const std::string& reason,
+                       int fail_status = 0, std::string fail_message = {},
+                       bool with_output = false);
+    void finish_failure_locked(PooledInstance& inst, int status, std::string message);
+
+    const std::string function_;
+    PoolServices services_;
+
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    std::shared_ptr<const FunctionSpec> spec_;
+    std::vector<std::shared_ptr<PooledInstance>> instances_;  // live: Starting, Booting, Ready
+    std::deque<Waiter*> waiters_;
+    std::size_t starting_ = 0;  // run_start() calls queued or running
+    std::size_t stopping_ = 0;  // sandboxes on the stop queue
+    bool closed_ = false;
+    TimerQueue::Id min_retry_timer_ = 0;
+};
+
+}  // namespace unifaas

@@ -1,0 +1,67 @@
+#include "pool/readiness.h"
+
+#include "util/random.h"
+
+namespace unifaas {
+
+std::string Readiness::issue() {
+    std::string token = random_hex(16);
+    std::lock_guard lk(mu_);
+    entries_.emplace(token, Entry{});
+    return token;
+}
+
+void Readiness::expect(const std::string& token, std::string address,
+                       std::function<void()> on_ready) {
+    {
+        std::lock_guard lk(mu_);
+        auto it = entries_.find(token);
+        if (it == entries_.end()) {
+            return;
+        }
+        it->second.address = std::move(address);
+        it->second.on_ready = std::move(on_ready);
+    }
+    cv_.notify_all();
+}
+
+void Readiness::forget(const std::string& token) {
+    {
+        std::lock_guard lk(mu_);
+        entries_.erase(token);
+    }
+    cv_.notify_all();
+}
+
+Readiness::Outcome Readiness::signal(const std::string& token, const std::string& source,
+                                     std::chrono::milliseconds wait) {
+    std::function<void()> on_ready;
+    {
+        std::unique_lock lk(mu_);
+        auto known = [&] {
+            auto it = entries_.find(token);
+            return it == entries_.end() || !it->second.address.empty();
+        };
+        cv_.wait_for(lk, wait, known);
+        auto it = entries_.find(token);
+        if (it == entries_.end()) {
+            return Outcome::UnknownToken;
+        }
+        if (it->second.address.empty() || it->second.address != source) {
+            return Outcome::WrongSource;
+        }
+        on_ready = std::move(it->second.on_ready);
+        entries_.erase(it);
+    }
+    if (on_ready) {
+        on_ready();
+    }
+    return Outcome::Ready;
+}
+
+std::size_t Readiness::pending() const {
+    std::lock_guard lk(mu_);
+    return entries_.size();
+}
+
+}  // namespace unifaas

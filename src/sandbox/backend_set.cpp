@@ -1,0 +1,41 @@
+#include "sandbox/backend_set.h"
+
+#include <spdlog/spdlog.h>
+
+namespace unifaas {
+
+void BackendSet::set_container(std::unique_ptr<Backend> backend) {
+    container_ = std::move(backend);
+}
+
+void BackendSet::set_vm(HypervisorType type, std::unique_ptr<Backend> backend) {
+    vm_[type] = std::move(backend);
+}
+
+Backend* BackendSet::for_spec(const FunctionSpec& spec) {
+    if (spec.is_container()) {
+        return container_.get();
+    }
+    auto it = vm_.find(spec.vm().hypervisor);
+    return it == vm_.end() ? nullptr : it->second.get();
+}
+
+unsigned BackendSet::remove_leftovers() {
+    unsigned removed = 0;
+    auto clean = [&](Backend* b) {
+        try {
+            removed += b->remove_leftovers();
+        } catch (const std::exception& e) {
+            spdlog::warn("could not remove leftovers of an earlier run: {}", e.what());
+        }
+    };
+    if (container_) {
+        clean(container_.get());
+    }
+    for (auto& [type, backend] : vm_) {
+        clean(backend.get());
+    }
+    return removed;
+}
+
+}  // namespace unifaas
