@@ -1,0 +1,141 @@
+// unifaas.toml: daemon-wide settings. Each key is one line in load_daemon_config().
+#include "config/daemon_config.h"
+
+#include <arpa/inet.h>
+
+#include <algorithm>
+#include <array>
+#include <optional>
+
+#include "config/toml_util.h"
+
+namespace unifaas {
+
+using config_detail::in_quotes;
+using config_detail::SecondsMin;
+using config_detail::TableReader;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr std::array kLogLevels = {"error", "warn", "info", "debug", "trace"};
+
+bool is_digit(char c) {
+    return c >= '0' && c <= '9';
+}
+bool is_hostname_char(char c) {
+    return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || c == '.';
+}
+
+bool is_ipv6(const std::string& text) {
+    std::string address = text.substr(0, text.find('%'));  // fe80::1%eth0: zone after '%'
+    if (address.size() != text.size() && address.size() + 1 == text.size()) {
+        return false;  // empty zone
+    }
+    in6_addr out{};
+    return inet_pton(AF_INET6, address.c_str(), &out) == 1;
+}
+
+bool is_ipv4(const std::string& text) {
+    in_addr out{};
+    return inet_pton(AF_INET, text.c_str(), &out) == 1;
+}
+
+std::string parse_host(const std::string& host, const std::string& what) {
+    auto fail = [&](const std::string& problem) { throw ConfigError(what + ": " + problem); };
+    if (host.empty()) {
+        return "0.0.0.0";
+    }
+    if (host.front() == '[') {
+        std::string inner = host.substr(1, host.size() - 1 - (host.back() == ']' ? 1 : 0));
+        if (host.back() != ']' || !is_ipv6(inner)) {
+            fail("invalid IPv6 address " + in_quotes(host));
+        }
+        return inner;
+    }
+    if (host.find(':') != std::string::npos) {
+        fail("IPv6 addresses need brackets, e.g. [::1]:8123 (got " + in_quotes(host) + ")");
+    }
+    bool numeric =
+        std::all_of(host.begin(), host.end(), [](char c) { return is_digit(c) || c == '.'; });
+    bool valid = numeric ? is_ipv4(host)
+                         : std::all_of(host.begin(), host.end(), is_hostname_char) &&
+                               host.front() != '-' && host.front() != '.';
+    if (!valid) {
+        fail("invalid address " + in_quotes(host));
+    }
+    return host;
+}
+
+std::uint16_t parse_port(const std::string& port, const std::string& what) {
+    bool digits =
+        !port.empty() && port.size() <= 5 && std::all_of(port.begin(), port.end(), is_digit);
+    unsigned long value = digits ? std::stoul(port) : 0;
+    if (!digits || value < 1 || value > 65535) {
+        throw ConfigError(what + ": port must be between 1 and 65535 (got " + in_quotes(port) +
+                          ")");
+    }
+    return static_cast<std::uint16_t>(value);
+}
+
+template <class T, class U>
+void set(T& field, std::optional<U> value) {
+    if (value) {
+        field = T(std::move(*value));
+    }
+}
+
+std::optional<ListenAddress> listen_address(TableReader& reader, std::string_view key) {
+    auto text = reader.string(key);
+    if (!text) {
+        return std::nullopt;
+    }
+    return parse_listen_address(*text, reader.file() + ": " + reader.key_path(key));
+}
+
+std::optional<std::string> log_level(TableReader& reader, std::string_view key) {
+    auto level = reader.string(key);
+    if (level && std::find(kLogLevels.begin(), kLogLevels.end(), *level) == kLogLevels.end()) {
+        reader.fail(key, "unknown log level " + in_quotes(*level) +
+                             " (expected error, warn, info, debug, trace)");
+    }
+    return level;
+}
+
+}  // namespace
+
+ListenAddress parse_listen_address(const std::string& text, const std::string& what) {
+    auto colon = text.rfind(':');
+    bool bracket_only = colon != std::string::npos && !text.empty() && text.front() == '[' &&
+                        text.find(']') > colon;  // "[::1]" without a port
+    if (colon == std::string::npos || bracket_only) {
+        throw ConfigError(what + ": expected ADDR:PORT (e.g. 127.0.0.1:8123, [::1]:8123 or " +
+                          ":8123), got " + in_quotes(text));
+    }
+    ListenAddress address;
+    address.host = parse_host(text.substr(0, colon), what);
+    address.port = parse_port(text.substr(colon + 1), what);
+    return address;
+}
+
+DaemonConfig load_daemon_config(const fs::path& file) {
+    fs::path path = fs::absolute(file).lexically_normal();
+    toml::table table = config_detail::parse_toml_file(path);
+    TableReader reader(table, path.string());
+    const fs::path base = path.parent_path();
+
+    DaemonConfig config;
+    set(config.registry, reader.path("registry", base));
+    set(config.listen, listen_address(reader, "listen"));
+    set(config.callback_listen, listen_address(reader, "callback-listen"));
+    set(config.log_level, log_level(reader, "log-level"));
+    set(config.max_body_bytes, reader.integer<std::size_t>("max-body-size", 1));
+    set(config.http_threads, reader.integer<unsigned>("http-threads", 1, 4096));
+    set(config.shutdown_grace, reader.seconds("shutdown-grace", SecondsMin::Zero));
+    set(config.runtime_dir, reader.path("runtime-dir", base));
+    set(config.docker_socket, reader.path("docker-socket", base));
+    reader.finish();
+    return config;
+}
+
+}  // namespace unifaas

@@ -1,0 +1,209 @@
+// unifaas.toml and listen addresses.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "config/daemon_config.h"
+
+namespace unifaas {
+namespace {
+
+namespace fs = std::filesystem;
+
+class DaemonConfigTest : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        char pattern[] = "/tmp/unifaas-config-test-XXXXXX";
+        ASSERT_NE(mkdtemp(pattern), nullptr);
+        dir_ = pattern;
+    }
+    void TearDown() override { fs::remove_all(dir_); }
+
+    std::string file() const { return (dir_ / "unifaas.toml").string(); }
+
+    DaemonConfig load(const std::string& toml) {
+        std::ofstream(dir_ / "unifaas.toml") << toml;
+        return load_daemon_config(dir_ / "unifaas.toml");
+    }
+
+    void expect_error(const std::string& toml, const std::string& key_and_problem) {
+        try {
+            load(toml);
+            ADD_FAILURE() << "loaded without error:\n" << toml;
+        } catch (const ConfigError& e) {
+            EXPECT_EQ(std::string(e.what()), file() + ": " + key_and_problem) << toml;
+        }
+    }
+
+    fs::path dir_;
+};
+
+TEST_F(DaemonConfigTest, EmptyFileGivesDefaults) {
+    DaemonConfig config = load("");
+    EXPECT_TRUE(config.registry.empty());
+    EXPECT_EQ(config.listen.to_string(), "0.0.0.0:8123");
+    EXPECT_EQ(config.callback_listen.to_string(), "0.0.0.0:8124");
+    EXPECT_EQ(config.log_level, "info");
+    EXPECT_EQ(config.max_body_bytes, 6u * 1024 * 1024);
+    EXPECT_EQ(config.http_threads, 64u);
+    EXPECT_EQ(config.shutdown_grace, Seconds(10));
+    EXPECT_EQ(config.runtime_dir, "/run/unifaas");
+    EXPECT_EQ(config.docker_socket, "/var/run/docker.sock");
+}
+
+TEST_F(DaemonConfigTest, EveryKeyExplicit) {
+    DaemonConfig config = load(
+        "registry = \"/srv/functions\"\nlisten = \"127.0.0.1:9000\"\n"
+        "callback-listen = \"[::1]:9001\"\nlog-level = \"debug\"\nmax-body-size = 1024\n"
+        "http-threads = 8\nshutdown-grace = 2.5\nruntime-dir = \"/tmp/rt\"\n"
+        "docker-socket = \"/run/user/1000/docker.sock\"\n");
+    EXPECT_EQ(config.registry, "/srv/functions");
+    EXPECT_EQ(config.listen.host, "127.0.0.1");
+    EXPECT_EQ(config.listen.port, 9000);
+    EXPECT_EQ(config.callback_listen.host, "::1");
+    EXPECT_EQ(config.callback_listen.port, 9001);
+    EXPECT_EQ(config.log_level, "debug");
+    EXPECT_EQ(config.max_body_bytes, 1024u);
+    EXPECT_EQ(config.http_threads, 8u);
+    EXPECT_EQ(config.shutdown_grace, Seconds(2.5));
+    EXPECT_EQ(config.runtime_dir, "/tmp/rt");
+    EXPECT_EQ(config.docker_socket, "/run/user/1000/docker.sock");
+}
+
+TEST_F(DaemonConfigTest, EveryLogLevel) {
+    for (const char* level : {"error", "warn", "info", "debug", "trace"}) {
+        EXPECT_EQ(load(std::string("log-level = \"") + level + "\"\n").log_level, level);
+    }
+}
+
+TEST_F(DaemonConfigTest, BoundsAccepted) {
+    EXPECT_EQ(load("http-threads = 1\n").http_threads, 1u);
+    EXPECT_EQ(load("http-threads = 4096\n").http_threads, 4096u);
+    EXPECT_EQ(load("max-body-size = 1\n").max_body_bytes, 1u);
+    EXPECT_EQ(load("shutdown-grace = 0\n").shutdown_grace, Seconds(0));
+}
+
+TEST_F(DaemonConfigTest, RelativePathsResolveAgainstConfigDir) {
+    DaemonConfig config = load(
+        "registry = \"functions\"\nruntime-dir = \"./run/../rt\"\ndocker-socket = \"d.sock\"\n");
+    EXPECT_EQ(config.registry, dir_ / "functions");
+    EXPECT_EQ(config.runtime_dir, dir_ / "rt");
+    EXPECT_EQ(config.docker_socket, (dir_ / "d.sock").string());
+}
+
+TEST_F(DaemonConfigTest, RelativeConfigPathStillResolvesAgainstItsDir) {
+    std::ofstream(dir_ / "unifaas.toml") << "registry = \"../reg\"\n";
+    fs::path cwd = fs::current_path();
+    fs::current_path(dir_);
+    DaemonConfig config = load_daemon_config("unifaas.toml");
+    fs::current_path(cwd);
+    EXPECT_EQ(config.registry, dir_.parent_path() / "reg");
+}
+
+TEST_F(DaemonConfigTest, Errors) {
+    expect_error("bogus = 1\n", "bogus: unknown key");
+    expect_error("log_level = \"info\"\n", "log_level: unknown key (did you mean log-level?)");
+    expect_error("[network]\nbridge = \"x\"\n", "network: unknown key");
+    expect_error("registry = 5\n", "registry: expected a string, got integer");
+    expect_error("registry = \"\"\n", "registry: must not be empty");
+    expect_error("log-level = \"verbose\"\n",
+                 "log-level: unknown log level \"verbose\" (expected error, warn, info, debug, "
+                 "trace)");
+    expect_error("max-body-size = 0\n", "max-body-size: must be at least 1 (got 0)");
+    expect_error("max-body-size = \"6M\"\n", "max-body-size: expected an integer, got string");
+    expect_error("http-threads = 0\n", "http-threads: must be between 1 and 4096 (got 0)");
+    expect_error("http-threads = 4097\n", "http-threads: must be between 1 and 4096 (got 4097)");
+    expect_error("shutdown-grace = -1\n", "shutdown-grace: must be at least 0 (got -1)");
+    expect_error("shutdown-grace = true\n",
+                 "shutdown-grace: expected a number of seconds, got boolean");
+    expect_error("listen = 8123\n", "listen: expected a string, got integer");
+    expect_error("runtime-dir = []\n", "runtime-dir: expected a string, got array");
+    expect_error("docker-socket = false\n", "docker-socket: expected a string, got boolean");
+}
+
+TEST_F(DaemonConfigTest, ListenErrorsNameFileAndKey) {
+    expect_error("listen = \"8123\"\n",
+                 "listen: expected ADDR:PORT (e.g. 127.0.0.1:8123, [::1]:8123 or :8123), got "
+                 "\"8123\"");
+    expect_error("callback-listen = \"0.0.0.0:0\"\n",
+                 "callback-listen: port must be between 1 and 65535 (got \"0\")");
+}
+
+TEST_F(DaemonConfigTest, SyntaxErrorGivesLine) {
+    std::ofstream(dir_ / "unifaas.toml") << "log-level = \"info\"\nlisten = \n";
+    try {
+        load_daemon_config(dir_ / "unifaas.toml");
+        FAIL() << "loaded a broken file";
+    } catch (const ConfigError& e) {
+        EXPECT_TRUE(std::string(e.what()).starts_with(file() + ":2:")) << e.what();
+    }
+}
+
+TEST_F(DaemonConfigTest, MissingFile) {
+    try {
+        load_daemon_config(dir_ / "unifaas.toml");
+        FAIL() << "loaded a missing file";
+    } catch (const ConfigError& e) {
+        EXPECT_EQ(std::string(e.what()), file() + ": cannot read: No such file or directory");
+    }
+}
+
+// --- parse_listen_address ---
+
+ListenAddress parse(const std::string& text) {
+    return parse_listen_address(text, "--listen");
+}
+
+std::string parse_error(const std::string& text) {
+    try {
+        parse(text);
+    } catch (const ConfigError& e) {
+        return e.what();
+    }
+    ADD_FAILURE() << "parsed " << text;
+    return "";
+}
+
+TEST(ListenAddressTest, Forms) {
+    EXPECT_EQ(parse("127.0.0.1:8123").host, "127.0.0.1");
+    EXPECT_EQ(parse("127.0.0.1:8123").port, 8123);
+    EXPECT_EQ(parse("0.0.0.0:8123").host, "0.0.0.0");
+    EXPECT_EQ(parse(":8123").host, "0.0.0.0");
+    EXPECT_EQ(parse(":8123").port, 8123);
+    EXPECT_EQ(parse("[::1]:8123").host, "::1");
+    EXPECT_EQ(parse("[::]:1").host, "::");
+    EXPECT_EQ(parse("[::]:1").port, 1);
+    EXPECT_EQ(parse("[fe80::1%eth0]:80").host, "fe80::1%eth0");
+    EXPECT_EQ(parse("localhost:65535").host, "localhost");
+    EXPECT_EQ(parse("localhost:65535").port, 65535);
+}
+
+TEST(ListenAddressTest, Errors) {
+    const std::string form = "expected ADDR:PORT (e.g. 127.0.0.1:8123, [::1]:8123 or :8123), got ";
+    EXPECT_EQ(parse_error("8123"), "--listen: " + form + "\"8123\"");
+    EXPECT_EQ(parse_error(""), "--listen: " + form + "\"\"");
+    EXPECT_EQ(parse_error("[::1]"), "--listen: " + form + "\"[::1]\"");
+    EXPECT_EQ(parse_error(":0"), "--listen: port must be between 1 and 65535 (got \"0\")");
+    EXPECT_EQ(parse_error(":65536"), "--listen: port must be between 1 and 65535 (got \"65536\")");
+    EXPECT_EQ(parse_error("1.2.3.4:"), "--listen: port must be between 1 and 65535 (got \"\")");
+    EXPECT_EQ(parse_error("1.2.3.4:http"),
+              "--listen: port must be between 1 and 65535 (got \"http\")");
+    EXPECT_EQ(parse_error(":-1"), "--listen: port must be between 1 and 65535 (got \"-1\")");
+    EXPECT_EQ(parse_error(":99999999999"),
+              "--listen: port must be between 1 and 65535 (got \"99999999999\")");
+    EXPECT_EQ(parse_error("::1:8123"),
+              "--listen: IPv6 addresses need brackets, e.g. [::1]:8123 (got \"::1\")");
+    EXPECT_EQ(parse_error("[::1:8123"), "--listen: " + form + "\"[::1:8123\"");
+    EXPECT_EQ(parse_error("[zz]:8123"), "--listen: invalid IPv6 address \"[zz]\"");
+    EXPECT_EQ(parse_error("[]:8123"), "--listen: invalid IPv6 address \"[]\"");
+    EXPECT_EQ(parse_error("1.2.3:8123"), "--listen: invalid address \"1.2.3\"");
+    EXPECT_EQ(parse_error("256.0.0.1:8123"), "--listen: invalid address \"256.0.0.1\"");
+    EXPECT_EQ(parse_error("a b:8123"), "--listen: invalid address \"a b\"");
+    EXPECT_EQ(parse_error("-x:8123"), "--listen: invalid address \"-x\"");
+}
+
+}  // namespace
+}  // namespace unifaas
