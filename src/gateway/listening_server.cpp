@@ -102,4 +102,16 @@ int bind_listener(const std::string& host, int port) {
     return fd;
 }
 
+std::uint16_t local_port(int listen_fd) {
+    sockaddr_storage addr{};
+    socklen_t len = sizeof(addr);
+    if (getsockname(listen_fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+        throw std::system_error(errno, std::generic_category(), "getsockname");
+    }
+    if (addr.ss_family == AF_INET6) {
+        return ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port);
+    }
+    return ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+}
+
 }  // namespace unifaas

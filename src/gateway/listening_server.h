@@ -5,6 +5,7 @@
 
 #include <httplib.h>
 
+#include <cstdint>
 #include <thread>
 
 namespace unifaas {
@@ -28,5 +29,7 @@ class ListeningServer : public httplib::Server {
 
 // Binds and listens on host:port (SO_REUSEADDR, CLOEXEC); throws std::system_error naming it.
 int bind_listener(const std::string& host, int port);
+// The local port a listening socket is bound to.
+std::uint16_t local_port(int listen_fd);
 
 }  // namespace unifaas

@@ -1,0 +1,221 @@
+// unifaas: flags + config -> wire the components -> run until SIGINT/SIGTERM. Nothing else.
+#include <getopt.h>
+#include <signal.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <systemd/sd-daemon.h>
+
+#include <cstdio>
+#include <iostream>
+#include <optional>
+
+#include "config/daemon_config.h"
+#include "gateway/gateway.h"
+#include "pool/function_table.h"
+#include "registry/registry.h"
+#include "sandbox/backend_set.h"
+#include "sandbox/docker_backend.h"
+#include "systemd/listen_fds.h"
+#include "version.h"
+
+namespace {
+
+using namespace unifaas;
+
+constexpr const char* kUsage = R"(Usage: unifaas -r|--registry DIR [options]
+
+Function-as-a-Service daemon: starts functions on demand in containers and microVMs and routes
+HTTP invocations (/invoke/<function>/<path>) to them.
+
+Options:
+  -r, --registry DIR       directory with one subdirectory per function (function.toml)
+  -l, --log-level LEVEL    error, warn, info (default), debug or trace
+      --listen ADDR:PORT   address for invocations (default 0.0.0.0:8123)
+      --config FILE        daemon configuration (TOML), e.g. /etc/unifaas/unifaas.toml;
+                           flags override it
+      --version            print the version and exit
+  -h, --help               print this help and exit
+)";
+
+struct Flags {
+    std::optional<std::string> registry;
+    std::optional<std::string> log_level;
+    std::optional<std::string> listen;
+    std::optional<std::string> config;
+};
+
+// Parses argv; exits for --help, --version and usage errors.
+Flags parse_flags(int argc, char** argv) {
+    enum { kListen = 256, kConfig, kVersion };
+    static const option options[] = {{"registry", required_argument, nullptr, 'r'},
+                                     {"log-level", required_argument, nullptr, 'l'},
+                                     {"listen", required_argument, nullptr, kListen},
+                                     {"config", required_argument, nullptr, kConfig},
+                                     {"version", no_argument, nullptr, kVersion},
+                                     {"help", no_argument, nullptr, 'h'},
+                                     {nullptr, 0, nullptr, 0}};
+    Flags flags;
+    int c;
+    while ((c = getopt_long(argc, argv, "r:l:h", options, nullptr)) != -1) {
+        switch (c) {
+            case 'r':
+                flags.registry = optarg;
+                break;
+            case 'l':
+                flags.log_level = optarg;
+                break;
+            case kListen:
+                flags.listen = optarg;
+                break;
+            case kConfig:
+                flags.config = optarg;
+                break;
+            case kVersion:
+                std::cout << "unifaas " << UNIFAAS_VERSION << "\n";
+                std::exit(0);
+            case 'h':
+                std::cout << kUsage;
+                std::exit(0);
+            default:
+                std::cerr << kUsage;
+                std::exit(2);
+        }
+    }
+    if (optind < argc) {
+        std::cerr << "unifaas: unexpected argument: " << argv[optind] << "\n" << kUsage;
+        std::exit(2);
+    }
+    return flags;
+}
+
+DaemonConfig make_config(const Flags& flags) {
+    DaemonConfig config = flags.config ? load_daemon_config(*flags.config) : DaemonConfig{};
+    if (flags.registry) {
+        config.registry = *flags.registry;
+    }
+    if (flags.log_level) {
+        config.log_level = *flags.log_level;
+    }
+    if (flags.listen) {
+        config.listen = parse_listen_address(*flags.listen, "--listen");
+    }
+    if (config.registry.empty()) {
+        throw ConfigError("no registry: pass -r DIR or set registry in the config file");
+    }
+    auto level = spdlog::level::from_str(config.log_level);
+    if (level == spdlog::level::off && config.log_level != "off") {
+        throw ConfigError("log level: unknown level \"" + config.log_level +
+                          "\" (expected error, warn, info, debug, trace)");
+    }
+    return config;
+}
+
+void setup_logging(const std::string& level) {
+    auto logger = spdlog::stderr_color_mt("unifaas");
+    logger->set_pattern("%^%l%$: %v");
+    spdlog::set_default_logger(logger);
+    spdlog::set_level(spdlog::level::from_str(level));
+}
+
+sigset_t handled_signals() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    return set;
+}
+
+Listeners open_listeners(const DaemonConfig& config) {
+    auto activated = take_activated_sockets();
+    const std::vector<std::string> order = {"http", "callback"};
+    Listeners l;
+    l.http_fd = pick_socket(activated, "http", order);
+    l.callback_fd = pick_socket(activated, "callback", order);
+    if (l.http_fd < 0) {
+        l.http_fd = bind_listener(config.listen.host, config.listen.port);
+    } else {
+        spdlog::info("serving invocations on the socket passed by the service manager");
+    }
+    if (l.callback_fd < 0) {
+        l.callback_fd = bind_listener(config.callback_listen.host, config.callback_listen.port);
+    }
+    return l;
+}
+
+int run(const DaemonConfig& config) {
+    Registry registry(config.registry);
+    Readiness readiness;
+    TimerQueue timers;
+    WorkQueue starts("start", 8);
+    WorkQueue stops("stop", 4);
+
+    // Bound (or taken from systemd) first: instances are told the callback port actually served.
+    Listeners listeners = open_listeners(config);
+    std::uint16_t callback_port = local_port(listeners.callback_fd);
+
+    BackendSet backends;
+    backends.set_container(std::make_unique<DockerBackend>(config.docker_socket, callback_port));
+    if (unsigned removed = backends.remove_leftovers(); removed > 0) {
+        spdlog::info("removed {} sandboxes left behind by an earlier run", removed);
+    }
+
+    FunctionTable functions(registry, PoolServices{backends, readiness, timers, starts, stops});
+    Gateway gateway(config, functions, readiness);
+    gateway.serve(listeners);
+    auto [loaded, broken] = functions.load_all();
+    spdlog::info("unifaas {} serving {} functions ({} with errors) from {} on {}", UNIFAAS_VERSION,
+                 loaded, broken, registry.dir().string(), config.listen.to_string());
+    sd_notifyf(0, "READY=1\nSTATUS=%u functions (%u with errors)", loaded, broken);
+
+    sigset_t signals = handled_signals();
+    for (;;) {
+        int sig = 0;
+        sigwait(&signals, &sig);
+        if (sig == SIGHUP) {
+            auto [ok, bad] = functions.load_all();
+            spdlog::info("reloaded: {} functions ({} with errors)", ok, bad);
+            continue;
+        }
+        spdlog::info("{} received: shutting down", strsignal(sig));
+        sd_notify(0, "STOPPING=1");
+        break;
+    }
+
+    gateway.stop_accepting();
+    if (!gateway.drain(std::chrono::steady_clock::now() +
+                       std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                           config.shutdown_grace))) {
+        spdlog::warn("{} requests still in progress after the grace period: stopping anyway",
+                     gateway.in_flight());
+    }
+    functions.shutdown();
+    gateway.join();
+    spdlog::info("stopped");
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    Flags flags = parse_flags(argc, argv);
+    DaemonConfig config;
+    try {
+        config = make_config(flags);
+    } catch (const std::exception& e) {
+        std::cerr << "unifaas: " << e.what() << "\n";
+        return 2;
+    }
+    setup_logging(config.log_level);
+    // Signals are taken synchronously by the main thread; every thread started later inherits
+    // the mask. A peer closing a connection mid-write must not kill the daemon.
+    sigset_t signals = handled_signals();
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+    signal(SIGPIPE, SIG_IGN);
+    try {
+        return run(config);
+    } catch (const std::exception& e) {
+        spdlog::critical("{}", e.what());
+        return 1;
+    }
+}
