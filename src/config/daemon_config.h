@@ -13,7 +13,10 @@ namespace unifaas {
 struct ListenAddress {
     std::string host = "0.0.0.0";
     std::uint16_t port = 8123;
-    std::string to_string() const { return host + ":" + std::to_string(port); }
+    std::string to_string() const {
+        bool v6 = host.find(':') != std::string::npos;
+        return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+    }
 };
 
 // Parses "ADDR:PORT" (also "[v6]:PORT" and ":PORT" meaning 0.0.0.0); throws ConfigError.

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages that building, running and testing unifaas need.
+# Idempotent: does nothing when everything is there already.
+set -euo pipefail
+
+packages=(
+  # build
+  build-essential cmake pkg-config git
+  libcpp-httplib-dev libtomlplusplus-dev nlohmann-json3-dev libspdlog-dev libgtest-dev
+  libsystemd-dev libsdbus-c++-dev libsdbus-c++-bin
+  # real components the daemon drives and the tests exercise
+  docker.io runc crun iproute2 curl systemd
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
