@@ -1,0 +1,631 @@
+// hello: the example unifaas function, a tiny static HTTP/1.1 server.
+//
+// It runs as a container's ENTRYPOINT and (later) inside VM guests, so it depends on nothing but
+// libc: no DNS, no config files. It listens on 0.0.0.0:$PORT (default 8080), serves every
+// connection on its own thread with keep-alive, and once listening calls its readiness callback
+// (argv[1] when it is an http:// URL, else $UNIFAAS_CALLBACK) with a GET.
+//
+// Routes: /hello, /echo[/...], /sleep?ms=N, /; everything else is 404.
+// Test hooks: HELLO_EXIT_BEFORE_READY=1 exits with status 3 before listening;
+//             HELLO_NO_CALLBACK=1 never calls back.
+//
+// Each response leaves in one write() on a TCP_NODELAY socket: a header write followed by a body
+// write costs 40 ms per request (Nagle + delayed ACK).
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+enum {
+    MAX_HEADER_BYTES = 64 * 1024,
+    MAX_BODY_BYTES = 64 * 1024 * 1024,
+    IDLE_TIMEOUT_S = 300,
+    MAX_SLEEP_MS = 10 * 60 * 1000,
+    CALLBACK_ATTEMPTS = 6,
+};
+
+// ---------------------------------------------------------------------------------------------
+// A growable byte buffer.
+
+struct buf {
+    char* data;
+    size_t len;
+    size_t cap;
+};
+
+static int buf_reserve(struct buf* b, size_t extra) {
+    if (b->len + extra + 1 <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + extra + 1)
+        cap *= 2;
+    char* data = realloc(b->data, cap);
+    if (!data)
+        return -1;
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+static int buf_append(struct buf* b, const char* data, size_t len) {
+    if (buf_reserve(b, len) != 0)
+        return -1;
+    memcpy(b->data + b->len, data, len);
+    b->len += len;
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+static int buf_printf(struct buf* b, const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || buf_reserve(b, (size_t)n) != 0)
+        return -1;
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return 0;
+}
+
+// Drops the first n bytes (the request just served), keeping pipelined bytes that follow.
+static void buf_consume(struct buf* b, size_t n) {
+    memmove(b->data, b->data + n, b->len - n);
+    b->len -= n;
+    if (b->data)
+        b->data[b->len] = '\0';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket helpers.
+
+static int write_all(int fd, const char* data, size_t len) {
+    while (len > 0) {
+        ssize_t n = write(fd, data, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        data += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+// Reads more bytes into b; returns the count, 0 on EOF, -1 on error or idle timeout.
+static ssize_t read_more(int fd, struct buf* b) {
+    if (buf_reserve(b, 16384) != 0)
+        return -1;
+    for (;;) {
+        ssize_t n = read(fd, b->data + b->len, b->cap - b->len - 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n > 0) {
+            b->len += (size_t)n;
+            b->data[b->len] = '\0';
+        }
+        return n;
+    }
+}
+
+static void set_timeouts(int fd, int seconds) {
+    struct timeval tv = {.tv_sec = seconds, .tv_usec = 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests.
+
+struct request {
+    char method[16];
+    char target[8192];  // path + "?" + query as received
+    char* path;         // points into target
+    char* query;        // points into target ("" when absent)
+    int http_minor;     // 1.0 or 1.1
+    int keep_alive;
+    int expect_continue;
+    int chunked;
+    long long content_length;  // -1 when absent
+    struct buf body;
+};
+
+static const char* find_header_end(const struct buf* b) {
+    return b->len ? memmem(b->data, b->len, "\r\n\r\n", 4) : NULL;
+}
+
+// Case-insensitive search for a token inside a comma-separated header value.
+static int value_has_token(const char* value, const char* token) {
+    size_t tlen = strlen(token);
+    for (const char* p = value; *p;) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        const char* end = p;
+        while (*end && *end != ',')
+            end++;
+        const char* last = end;
+        while (last > p && (last[-1] == ' ' || last[-1] == '\t'))
+            last--;
+        if ((size_t)(last - p) == tlen && strncasecmp(p, token, tlen) == 0)
+            return 1;
+        p = end;
+    }
+    return 0;
+}
+
+static int parse_request_line(struct request* r, char* line) {
+    char version[16];
+    if (sscanf(line, "%15s %8191s %15s", r->method, r->target, version) != 3)
+        return -1;
+    if (strcmp(version, "HTTP/1.1") == 0) {
+        r->http_minor = 1;
+    } else if (strcmp(version, "HTTP/1.0") == 0) {
+        r->http_minor = 0;
+    } else {
+        return -1;
+    }
+    r->keep_alive = r->http_minor == 1;
+    r->path = r->target;
+    char* q = strchr(r->target, '?');
+    if (q) {
+        *q = '\0';
+        r->query = q + 1;
+    } else {
+        r->query = r->target + strlen(r->target);
+    }
+    return 0;
+}
+
+static void parse_header(struct request* r, char* line) {
+    char* colon = strchr(line, ':');
+    if (!colon)
+        return;
+    *colon = '\0';
+    char* value = colon + 1;
+    while (*value == ' ' || *value == '\t')
+        value++;
+    if (strcasecmp(line, "Content-Length") == 0) {
+        r->content_length = strtoll(value, NULL, 10);
+    } else if (strcasecmp(line, "Connection") == 0) {
+        if (value_has_token(value, "close"))
+            r->keep_alive = 0;
+        if (value_has_token(value, "keep-alive"))
+            r->keep_alive = 1;
+    } else if (strcasecmp(line, "Expect") == 0) {
+        r->expect_continue = value_has_token(value, "100-continue");
+    } else if (strcasecmp(line, "Transfer-Encoding") == 0) {
+        r->chunked = value_has_token(value, "chunked");
+    }
+}
+
+// Parses the request line and headers in b->data[0, head_len). Returns 0 or -1 (bad request).
+static int parse_head(struct request* r, struct buf* b, size_t head_len) {
+    r->content_length = -1;
+    char* head = strndup(b->data, head_len);
+    if (!head)
+        return -1;
+    char* save = NULL;
+    char* line = strtok_r(head, "\r\n", &save);
+    int rc = line ? parse_request_line(r, line) : -1;
+    while (rc == 0 && (line = strtok_r(NULL, "\r\n", &save)) != NULL)
+        parse_header(r, line);
+    free(head);
+    if (rc == 0 && (r->content_length < -1 || r->content_length > MAX_BODY_BYTES))
+        rc = -1;
+    return rc;
+}
+
+// Makes sure b holds at least n bytes; returns -1 when the peer went away first.
+static int fill_to(int fd, struct buf* b, size_t n) {
+    while (b->len < n) {
+        if (read_more(fd, b) <= 0)
+            return -1;
+    }
+    return 0;
+}
+
+// Decodes a chunked body that starts at b->data[*pos]; advances *pos past the trailer.
+static int read_chunked_body(int fd, struct buf* b, size_t* pos, struct buf* body) {
+    for (;;) {
+        char* eol;
+        while ((eol = memmem(b->data + *pos, b->len - *pos, "\r\n", 2)) == NULL) {
+            if (b->len - *pos > 1024 || read_more(fd, b) <= 0)
+                return -1;
+        }
+        unsigned long long size = strtoull(b->data + *pos, NULL, 16);
+        *pos = (size_t)(eol - b->data) + 2;
+        if (size == 0)
+            break;
+        if (body->len + size > MAX_BODY_BYTES)
+            return -1;
+        if (fill_to(fd, b, *pos + size + 2) != 0)
+            return -1;
+        if (buf_append(body, b->data + *pos, size) != 0)
+            return -1;
+        *pos += size + 2;
+    }
+    // Trailer section: header lines up to an empty line.
+    for (;;) {
+        char* eol;
+        while ((eol = memmem(b->data + *pos, b->len - *pos, "\r\n", 2)) == NULL) {
+            if (b->len - *pos > MAX_HEADER_BYTES || read_more(fd, b) <= 0)
+                return -1;
+        }
+        size_t line_len = (size_t)(eol - (b->data + *pos));
+        *pos += line_len + 2;
+        if (line_len == 0)
+            return 0;
+    }
+}
+
+// Reads one whole request. Returns 1 on success, 0 on a clean EOF between requests, -1 on error
+// (after answering 400 where that makes sense).
+static int read_request(int fd, struct buf* b, struct request* r) {
+    const char* end;
+    while ((end = find_header_end(b)) == NULL) {
+        if (b->len > MAX_HEADER_BYTES)
+            return -1;
+        ssize_t n = read_more(fd, b);
+        if (n == 0 && b->len == 0)
+            return 0;
+        if (n <= 0)
+            return -1;
+    }
+    size_t head_len = (size_t)(end - b->data) + 4;
+    if (parse_head(r, b, head_len) != 0)
+        return -1;
+    if (r->expect_continue && r->http_minor == 1) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        if (write_all(fd, cont, sizeof cont - 1) != 0)
+            return -1;
+    }
+    size_t pos = head_len;
+    if (r->chunked) {
+        if (read_chunked_body(fd, b, &pos, &r->body) != 0)
+            return -1;
+    } else if (r->content_length > 0) {
+        size_t len = (size_t)r->content_length;
+        if (fill_to(fd, b, head_len + len) != 0)
+            return -1;
+        if (buf_append(&r->body, b->data + head_len, len) != 0)
+            return -1;
+        pos += len;
+    }
+    buf_consume(b, pos);
+    return 1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routes.
+
+struct response {
+    int status;
+    struct buf body;
+};
+
+static const char* reason(int status) {
+    switch (status) {
+        case 200:
+            return "OK";
+        case 400:
+            return "Bad Request";
+        case 404:
+            return "Not Found";
+        default:
+            return "Error";
+    }
+}
+
+static int path_is(const char* path, const char* route) {
+    size_t n = strlen(route);
+    return strncmp(path, route, n) == 0 && (path[n] == '\0' || path[n] == '/');
+}
+
+// Value of key in a query string ("a=1&b=2"), copied into out; returns 0 when found.
+static int query_param(const char* query, const char* key, char* out, size_t out_len) {
+    size_t klen = strlen(key);
+    for (const char* p = query; *p;) {
+        const char* end = strchr(p, '&');
+        if (!end)
+            end = p + strlen(p);
+        if ((size_t)(end - p) > klen && strncmp(p, key, klen) == 0 && p[klen] == '=') {
+            size_t vlen = (size_t)(end - p) - klen - 1;
+            if (vlen >= out_len)
+                vlen = out_len - 1;
+            memcpy(out, p + klen + 1, vlen);
+            out[vlen] = '\0';
+            return 0;
+        }
+        p = *end ? end + 1 : end;
+    }
+    return -1;
+}
+
+static void route_echo(const struct request* r, struct response* res) {
+    res->status = 200;
+    buf_printf(&res->body, "method: %s\npath: %s\nquery: %s\n", r->method, r->path, r->query);
+    const char* instance = getenv("UNIFAAS_INSTANCE");
+    if (instance)
+        buf_printf(&res->body, "instance: %s\n", instance);
+    buf_printf(&res->body, "body: ");
+    buf_append(&res->body, r->body.data ? r->body.data : "", r->body.len);
+    buf_printf(&res->body, "\n");
+}
+
+static void route_sleep(const struct request* r, struct response* res) {
+    char value[32];
+    char* end = NULL;
+    long ms = query_param(r->query, "ms", value, sizeof value) == 0 ? strtol(value, &end, 10) : -1;
+    if (ms < 0 || ms > MAX_SLEEP_MS || end == value || (end && *end)) {
+        res->status = 400;
+        buf_printf(&res->body, "sleep needs ?ms=N with 0 <= N <= %d\n", MAX_SLEEP_MS);
+        return;
+    }
+    sleep_ms(ms);
+    res->status = 200;
+    buf_printf(&res->body, "slept %ld ms\n", ms);
+}
+
+static void route(const struct request* r, struct response* res) {
+    if (strcmp(r->path, "/hello") == 0) {
+        res->status = 200;
+        buf_printf(&res->body, "hello from unifaas\n");
+    } else if (path_is(r->path, "/echo")) {
+        route_echo(r, res);
+    } else if (strcmp(r->path, "/sleep") == 0) {
+        route_sleep(r, res);
+    } else if (strcmp(r->path, "/") == 0) {
+        res->status = 200;
+        buf_printf(&res->body, "unifaas hello function\n");
+    } else {
+        res->status = 404;
+        buf_printf(&res->body, "not found: %s\n", r->path);
+    }
+}
+
+// Header and body go out together in one write.
+static int send_response(int fd, const struct request* r, const struct response* res) {
+    struct buf out = {0};
+    int head_only = strcmp(r->method, "HEAD") == 0;
+    int rc = buf_printf(&out,
+                        "HTTP/1.%d %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+                        "Connection: %s\r\n\r\n",
+                        r->http_minor, res->status, reason(res->status), res->body.len,
+                        r->keep_alive ? "keep-alive" : "close");
+    if (rc == 0 && !head_only && res->body.len)
+        rc = buf_append(&out, res->body.data, res->body.len);
+    if (rc == 0)
+        rc = write_all(fd, out.data, out.len);
+    free(out.data);
+    return rc;
+}
+
+static void send_bad_request(int fd) {
+    static const char msg[] =
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n"
+        "Connection: close\r\n\r\nbad request\n";
+    write_all(fd, msg, sizeof msg - 1);
+}
+
+static void* serve_connection(void* arg) {
+    int fd = (int)(long)arg;
+    struct buf in = {0};
+    for (;;) {
+        struct request req = {0};
+        int rc = read_request(fd, &in, &req);
+        if (rc <= 0) {
+            if (rc < 0 && in.len > 0)
+                send_bad_request(fd);
+            free(req.body.data);
+            break;
+        }
+        struct response res = {0};
+        route(&req, &res);
+        int ok = send_response(fd, &req, &res) == 0 && req.keep_alive;
+        free(res.body.data);
+        free(req.body.data);
+        if (!ok)
+            break;
+    }
+    free(in.data);
+    close(fd);
+    return NULL;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Readiness callback: GET http://host[:port]/path, IPv4 literals only (the host is the gateway or
+// the daemon's address, never a name: a static binary has no resolver).
+
+struct url {
+    char host[64];
+    int port;
+    char path[2048];
+};
+
+static int parse_url(const char* text, struct url* u) {
+    if (strncmp(text, "http://", 7) != 0)
+        return -1;
+    const char* host = text + 7;
+    const char* slash = strchr(host, '/');
+    size_t authority_len = slash ? (size_t)(slash - host) : strlen(host);
+    const char* colon = memchr(host, ':', authority_len);
+    size_t host_len = colon ? (size_t)(colon - host) : authority_len;
+    if (host_len == 0 || host_len >= sizeof u->host)
+        return -1;
+    memcpy(u->host, host, host_len);
+    u->host[host_len] = '\0';
+    u->port = colon ? atoi(colon + 1) : 80;
+    if (u->port <= 0 || u->port > 65535)
+        return -1;
+    snprintf(u->path, sizeof u->path, "%s", slash ? slash : "/");
+    return 0;
+}
+
+static int connect_ipv4(const struct url* u) {
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)u->port)};
+    const char* host = strcmp(u->host, "localhost") == 0 ? "127.0.0.1" : u->host;
+    if (inet_pton(AF_INET, host, &addr.sin_addr) != 1)
+        return -2;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    set_timeouts(fd, 5);
+    if (connect(fd, (struct sockaddr*)&addr, sizeof addr) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+// Sends the GET and returns the response's status code, or -1.
+static int http_get(int fd, const struct url* u) {
+    struct buf req = {0};
+    buf_printf(&req,
+               "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: unifaas-hello\r\n"
+               "Connection: close\r\n\r\n",
+               u->path, u->host, u->port);
+    int status = -1;
+    if (req.data && write_all(fd, req.data, req.len) == 0) {
+        struct buf resp = {0};
+        while (!memchr(resp.data ? resp.data : "", '\n', resp.len) && read_more(fd, &resp) > 0) {
+        }
+        if (resp.data && sscanf(resp.data, "HTTP/1.%*d %d", &status) != 1)
+            status = -1;
+        free(resp.data);
+    }
+    free(req.data);
+    return status;
+}
+
+static void* call_back(void* arg) {
+    const char* text = arg;
+    struct url u;
+    if (parse_url(text, &u) != 0) {
+        fprintf(stderr, "hello: bad callback URL %s\n", text);
+        return NULL;
+    }
+    long backoff_ms = 50;
+    for (int attempt = 1; attempt <= CALLBACK_ATTEMPTS; attempt++) {
+        int fd = connect_ipv4(&u);
+        if (fd == -2) {
+            fprintf(stderr, "hello: callback host %s is not an IPv4 address\n", u.host);
+            return NULL;
+        }
+        if (fd >= 0) {
+            int status = http_get(fd, &u);
+            close(fd);
+            if (status < 200 || status > 299) {
+                fprintf(stderr, "hello: callback %s answered %d\n", text, status);
+            }
+            return NULL;
+        }
+        fprintf(stderr, "hello: callback %s: connect failed (%s), attempt %d\n", text,
+                strerror(errno), attempt);
+        sleep_ms(backoff_ms);
+        backoff_ms *= 2;
+    }
+    return NULL;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+static int env_is(const char* name, const char* value) {
+    const char* v = getenv(name);
+    return v && strcmp(v, value) == 0;
+}
+
+static int listen_on(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in addr = {.sin_family = AF_INET,
+                               .sin_port = htons((uint16_t)port),
+                               .sin_addr.s_addr = htonl(INADDR_ANY)};
+    if (bind(fd, (struct sockaddr*)&addr, sizeof addr) != 0 || listen(fd, 1024) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int spawn_detached(void* (*fn)(void*), void* arg) {
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    pthread_t thread;
+    int rc = pthread_create(&thread, &attr, fn, arg);
+    pthread_attr_destroy(&attr);
+    return rc;
+}
+
+static void on_signal(int sig) {
+    (void)sig;
+    _exit(0);  // as PID 1 in a container, SIGTERM would otherwise be ignored
+}
+
+static const char* callback_url(int argc, char** argv) {
+    if (argc > 1 && strncmp(argv[1], "http://", 7) == 0)
+        return argv[1];
+    const char* env = getenv("UNIFAAS_CALLBACK");
+    return env && *env ? env : NULL;
+}
+
+int main(int argc, char** argv) {
+    if (env_is("HELLO_EXIT_BEFORE_READY", "1")) {
+        fprintf(stderr, "hello: HELLO_EXIT_BEFORE_READY=1, exiting with status 3\n");
+        return 3;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGTERM, on_signal);
+    signal(SIGINT, on_signal);
+
+    const char* port_env = getenv("PORT");
+    int port = port_env && *port_env ? atoi(port_env) : 8080;
+    const char* callback = env_is("HELLO_NO_CALLBACK", "1") ? NULL : callback_url(argc, argv);
+    int listener = listen_on(port);
+    if (listener < 0) {
+        fprintf(stderr, "hello: cannot listen on 0.0.0.0:%d: %s\n", port, strerror(errno));
+        return 1;
+    }
+    fprintf(stderr, "hello: listening on 0.0.0.0:%d, callback %s\n", port,
+            callback ? callback : "(none)");
+    if (callback)
+        spawn_detached(call_back, (void*)callback);
+
+    for (;;) {
+        int fd = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno != EINTR)
+                sleep_ms(10);  // EMFILE and friends: do not spin
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        set_timeouts(fd, IDLE_TIMEOUT_S);
+        if (spawn_detached(serve_connection, (void*)(long)fd) != 0)
+            close(fd);
+    }
+}
