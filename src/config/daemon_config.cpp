@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <optional>
+#include <stdexcept>
 
 #include "config/toml_util.h"
 
@@ -102,6 +103,35 @@ std::optional<std::string> log_level(TableReader& reader, std::string_view key) 
     return level;
 }
 
+std::optional<Ipv4Net> subnet(TableReader& reader, std::string_view key) {
+    auto text = reader.string(key);
+    if (!text) {
+        return std::nullopt;
+    }
+    Ipv4Net net;
+    try {
+        net = Ipv4Net::parse(*text);
+    } catch (const std::invalid_argument& e) {
+        reader.fail(key, e.what());
+    }
+    if (auto problem = subnet_problem(net)) {
+        reader.fail(key, *problem);
+    }
+    return net;
+}
+
+// Checked against the subnet: the largest tap number must fit in an interface name.
+std::optional<std::string> tap_prefix(TableReader& reader, std::string_view key,
+                                      const Ipv4Net& subnet) {
+    auto prefix = reader.string(key);
+    if (prefix) {
+        if (auto problem = tap_prefix_problem(*prefix, subnet)) {
+            reader.fail(key, *problem);
+        }
+    }
+    return prefix;
+}
+
 }  // namespace
 
 ListenAddress parse_listen_address(const std::string& text, const std::string& what) {
@@ -134,6 +164,9 @@ DaemonConfig load_daemon_config(const fs::path& file) {
     set(config.shutdown_grace, reader.seconds("shutdown-grace", SecondsMin::Zero));
     set(config.runtime_dir, reader.path("runtime-dir", base));
     set(config.docker_socket, reader.path("docker-socket", base));
+    set(config.network.subnet, subnet(reader, "subnet"));
+    set(config.network.tap_prefix, tap_prefix(reader, "tap-prefix", config.network.subnet));
+    set(config.network.prealloc, reader.integer<unsigned>("tap-prealloc", 0, kMaxTapPrealloc));
     reader.finish();
     return config;
 }

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "config/function_spec.h"
+#include "net/network_config.h"
 
 namespace unifaas {
 
@@ -32,6 +33,8 @@ struct DaemonConfig {
     Seconds shutdown_grace{10};                         // in-flight requests get this long on stop
     std::filesystem::path runtime_dir = "/run/unifaas";  // per-instance working files
     std::string docker_socket = "/var/run/docker.sock";  // DOCKER_HOST=unix://... overrides default
+    // Guest network (keys subnet, tap-prefix, tap-prealloc): one tap and /30 per microVM.
+    NetworkConfig network;
 };
 
 // Reads a unifaas.toml. Unknown keys and wrong types are ConfigErrors naming file and key.

@@ -207,3 +207,56 @@ TEST(ListenAddressTest, Errors) {
 
 }  // namespace
 }  // namespace unifaas
+
+// --- network keys: subnet, tap-prefix, tap-prealloc ---
+
+namespace unifaas {
+namespace {
+
+TEST_F(DaemonConfigTest, NetworkDefaults) {
+    DaemonConfig config = load("");
+    EXPECT_EQ(config.network.subnet.to_string(), "10.100.0.0/16");
+    EXPECT_EQ(config.network.tap_prefix, "faas");
+    EXPECT_EQ(config.network.prealloc, 4u);
+}
+
+TEST_F(DaemonConfigTest, NetworkKeysExplicit) {
+    DaemonConfig config =
+        load("subnet = \"192.168.128.0/20\"\ntap-prefix = \"uf_tap-\"\ntap-prealloc = 0\n");
+    EXPECT_EQ(config.network.subnet.to_string(), "192.168.128.0/20");
+    EXPECT_EQ(config.network.tap_prefix, "uf_tap-");
+    EXPECT_EQ(config.network.prealloc, 0u);
+    EXPECT_EQ(load("subnet = \"10.0.0.0/8\"\n").network.subnet.prefix, 8u);
+    EXPECT_EQ(load("subnet = \"10.0.0.4/30\"\n").network.subnet.prefix, 30u);
+    EXPECT_EQ(load("tap-prealloc = 64\n").network.prealloc, 64u);
+}
+
+TEST_F(DaemonConfigTest, NetworkErrors) {
+    expect_error("subnet = \"10.100.0.0\"\n",
+                 "subnet: expected an IPv4 subnet A.B.C.D/N (e.g. 10.100.0.0/16), got "
+                 "\"10.100.0.0\"");
+    expect_error("subnet = \"10.100.0.1/16\"\n",
+                 "subnet: \"10.100.0.1/16\" is not aligned to its prefix (the /16 containing it "
+                 "is 10.100.0.0/16)");
+    expect_error("subnet = \"10.0.0.0/7\"\n",
+                 "subnet: must be a /8 to /30 subnet (got 10.0.0.0/7)");
+    expect_error("subnet = \"10.0.0.0/31\"\n",
+                 "subnet: must be a /8 to /30 subnet (got 10.0.0.0/31)");
+    expect_error("subnet = 16\n", "subnet: expected a string, got integer");
+    expect_error("tap-prefix = \"\"\n",
+                 "tap-prefix: must be 1 to 10 characters a-z, 0-9, '_' or '-' (got \"\")");
+    expect_error("tap-prefix = \"TAP\"\n",
+                 "tap-prefix: must be 1 to 10 characters a-z, 0-9, '_' or '-' (got \"TAP\")");
+    expect_error("tap-prefix = \"tap0\"\n",
+                 "tap-prefix: must not end with a digit, taps are named <prefix><number> (got "
+                 "\"tap0\")");
+    expect_error("subnet = \"10.0.0.0/8\"\ntap-prefix = \"abcdefghij\"\n",
+                 "tap-prefix: \"abcdefghij\" is too long for subnet 10.0.0.0/8: its last tap "
+                 "\"abcdefghij4194303\" exceeds the 15-character interface name limit");
+    expect_error("tap-prealloc = 65\n", "tap-prealloc: must be between 0 and 64 (got 65)");
+    expect_error("tap-prealloc = -1\n", "tap-prealloc: must be between 0 and 64 (got -1)");
+    expect_error("tap_prefix = \"x\"\n", "tap_prefix: unknown key (did you mean tap-prefix?)");
+}
+
+}  // namespace
+}  // namespace unifaas

@@ -1,0 +1,96 @@
+// Network: hands each microVM a tap and a /30 of the configured subnet.
+//
+// Block i of the subnet always belongs to tap <prefix>i (faas0 <-> 10.100.0.0/30). A background
+// thread keeps `prealloc` taps created, addressed and up, so a cold start takes a ready one.
+// Everything runs in the network namespace of the thread that constructed the Network (its
+// background thread inherits it); lease() and ~NetworkLease may be called from any thread of
+// that namespace.
+#pragma once
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include "net/network_config.h"
+#include "net/subnet.h"
+
+namespace unifaas {
+
+// lease() found every /30 block of the subnet in use.
+class NetworkExhausted : public std::runtime_error {
+  public:
+    using std::runtime_error::runtime_error;
+};
+
+namespace net_detail {
+class NetworkCore;
+}
+
+class TapDevice;
+
+// One tap and its /30, held by one sandbox. Destroying it gives both back to the Network (the tap
+// is reset and kept for the next lease, or deleted). May outlive the Network: then it deletes its
+// tap itself.
+class NetworkLease {
+  public:
+    ~NetworkLease();
+    NetworkLease(const NetworkLease&) = delete;
+    NetworkLease& operator=(const NetworkLease&) = delete;
+
+    const std::string& tap() const { return tap_; }  // "faas3"
+    unsigned block() const { return block_; }        // 3
+    std::string host_ip() const;                     // tap address, the guest's gateway
+    std::string guest_ip() const;
+    std::string netmask() const;  // "255.255.255.252"
+    std::string mac() const;      // guest_mac(guest address)
+    std::uint32_t guest_address() const { return addresses_.guest(); }
+
+  private:
+    friend class net_detail::NetworkCore;
+    NetworkLease(std::shared_ptr<net_detail::NetworkCore> core, std::unique_ptr<TapDevice> device,
+                 unsigned block, Block30 addresses);
+
+    std::shared_ptr<net_detail::NetworkCore> core_;
+    std::unique_ptr<TapDevice> device_;
+    std::string tap_;
+    unsigned block_;
+    Block30 addresses_;
+};
+
+class Network {
+  public:
+    // Validates `config` (std::invalid_argument "tap-prefix: ..."), deletes taps <prefix><digits>
+    // left by an earlier run, refuses a subnet that overlaps an address configured on any
+    // interface (std::runtime_error naming interface and address), then starts pre-creating
+    // `prealloc` taps in the background. Needs CAP_NET_ADMIN.
+    explicit Network(NetworkConfig config);
+    // Stops the background thread and deletes the idle taps. Taps still leased are deleted when
+    // their leases end.
+    ~Network();
+    Network(const Network&) = delete;
+    Network& operator=(const Network&) = delete;
+
+    // A ready tap: from the pre-created pool, or created now when the pool is empty; the pool is
+    // topped up in the background. Throws NetworkExhausted when every block is leased, and
+    // std::system_error when a tap cannot be created ("tap faas3: create (TUNSETIFF): ...").
+    std::unique_ptr<NetworkLease> lease();
+
+    // Deletes the taps with the prefix that no lease holds: the idle pool (refilled at the next
+    // lease) and any stray ones. Returns how many were deleted.
+    unsigned cleanup_taps();
+
+    struct Stats {
+        unsigned leased;
+        unsigned idle;      // created and waiting in the pool
+        unsigned capacity;  // /30 blocks in the subnet
+    };
+    Stats stats() const;
+    const NetworkConfig& config() const;
+
+  private:
+    std::shared_ptr<net_detail::NetworkCore> core_;
+    std::thread filler_;
+};
+
+}  // namespace unifaas

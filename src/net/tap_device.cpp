@@ -1,0 +1,347 @@
+#include "net/tap_device.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <ifaddrs.h>
+#include <linux/ethtool.h>
+#include <linux/if_tun.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sockios.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <system_error>
+#include <utility>
+
+#include <spdlog/spdlog.h>
+
+namespace unifaas {
+
+namespace {
+
+// Owns one file descriptor.
+class Fd {
+  public:
+    explicit Fd(int fd) : fd_(fd) {}
+    ~Fd() {
+        if (fd_ >= 0) {
+            ::close(fd_);
+        }
+    }
+    Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+    Fd(const Fd&) = delete;
+    Fd& operator=(const Fd&) = delete;
+    Fd& operator=(Fd&&) = delete;
+    int get() const { return fd_; }
+
+  private:
+    int fd_;
+};
+
+[[noreturn]] void fail(int error, const std::string& what) {
+    throw std::system_error(error, std::generic_category(), what);
+}
+
+[[noreturn]] void fail_errno(const std::string& what) {
+    fail(errno, what);
+}
+
+void check_name(const std::string& name, const std::string& what) {
+    if (name.empty() || name.size() >= IFNAMSIZ) {
+        fail(EINVAL,
+             what + ": interface names have 1 to " + std::to_string(IFNAMSIZ - 1) + " characters");
+    }
+}
+
+ifreq request_for(const std::string& name) {
+    ifreq ifr{};
+    std::memcpy(ifr.ifr_name, name.data(), std::min(name.size(), sizeof ifr.ifr_name - 1));
+    return ifr;
+}
+
+// An AF_INET datagram socket: the handle for interface ioctls in this thread's namespace.
+Fd inet_socket(const std::string& what) {
+    Fd fd(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    if (fd.get() < 0) {
+        fail_errno(what + ": socket");
+    }
+    return fd;
+}
+
+short get_flags(int sock, const std::string& name, const std::string& what) {
+    ifreq ifr = request_for(name);
+    if (::ioctl(sock, SIOCGIFFLAGS, &ifr) < 0) {
+        fail_errno(what);
+    }
+    return ifr.ifr_flags;
+}
+
+void set_up(int sock, const std::string& name, bool up, const std::string& what) {
+    ifreq ifr = request_for(name);
+    ifr.ifr_flags = get_flags(sock, name, what);
+    ifr.ifr_flags = static_cast<short>(up ? (ifr.ifr_flags | IFF_UP) : (ifr.ifr_flags & ~IFF_UP));
+    if (::ioctl(sock, SIOCSIFFLAGS, &ifr) < 0) {
+        fail_errno(what);
+    }
+}
+
+// Creates the persistent tap. EEXIST when the name is taken (IFF_TUN_EXCL).
+void create_persistent_tap(const std::string& name, const std::string& what) {
+    Fd tun(::open("/dev/net/tun", O_RDWR | O_CLOEXEC));
+    if (tun.get() < 0) {
+        fail_errno(what + "open /dev/net/tun");
+    }
+    ifreq ifr = request_for(name);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_TUN_EXCL;
+    if (::ioctl(tun.get(), TUNSETIFF, &ifr) < 0) {
+        int error = errno == EBUSY ? EEXIST : errno;  // EBUSY is IFF_TUN_EXCL's "exists"
+        fail(error, what + "create (TUNSETIFF)");
+    }
+    if (::ioctl(tun.get(), TUNSETPERSIST, 1) < 0) {
+        fail_errno(what + "make persistent (TUNSETPERSIST)");
+    }
+    // Closing `tun` detaches; the persistent device stays until deleted.
+}
+
+bool is_tap_name(const std::string& prefix, const std::string& name) {
+    return name.size() > prefix.size() && name.starts_with(prefix) &&
+           std::all_of(name.begin() + static_cast<long>(prefix.size()), name.end(),
+                       [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// One rtnetlink request: header, fixed part (ifinfomsg, ifaddrmsg) and attributes.
+class NetlinkMessage {
+  public:
+    NetlinkMessage(std::uint16_t type, std::uint16_t flags) {
+        header()->nlmsg_len = NLMSG_LENGTH(0);
+        header()->nlmsg_type = type;
+        header()->nlmsg_flags = static_cast<std::uint16_t>(NLM_F_REQUEST | NLM_F_ACK | flags);
+        header()->nlmsg_seq = 1;
+    }
+    template <class T>
+    void fixed(const T& part) {
+        append(&part, sizeof part);
+    }
+    void attribute(std::uint16_t type, const void* data, std::size_t size) {
+        rtattr attr{};
+        attr.rta_type = type;
+        attr.rta_len = static_cast<std::uint16_t>(RTA_LENGTH(size));
+        append(&attr, sizeof attr);  // 4 bytes: already aligned
+        append(data, size);
+    }
+    nlmsghdr* header() { return reinterpret_cast<nlmsghdr*>(buffer_); }
+
+  private:
+    void append(const void* data, std::size_t size) {
+        std::uint32_t at = header()->nlmsg_len;
+        if (at + NLMSG_ALIGN(size) > sizeof buffer_) {
+            throw std::length_error("netlink message too long");
+        }
+        std::memcpy(buffer_ + at, data, size);
+        header()->nlmsg_len = static_cast<std::uint32_t>(at + NLMSG_ALIGN(size));
+    }
+
+    alignas(nlmsghdr) char buffer_[256]{};
+};
+
+// Sends one rtnetlink request that expects an ACK; returns 0 or the kernel's errno.
+int netlink_request(nlmsghdr* request, const std::string& what) {
+    Fd sock(::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
+    if (sock.get() < 0) {
+        fail_errno(what + ": netlink socket");
+    }
+    sockaddr_nl kernel{};
+    kernel.nl_family = AF_NETLINK;
+    if (::sendto(sock.get(), request, request->nlmsg_len, 0,
+                 reinterpret_cast<const sockaddr*>(&kernel), sizeof kernel) < 0) {
+        fail_errno(what + ": netlink send");
+    }
+    alignas(nlmsghdr) char reply[1024];
+    for (;;) {
+        ssize_t n = ::recv(sock.get(), reply, sizeof reply, 0);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            fail_errno(what + ": netlink receive");
+        }
+        auto* header = reinterpret_cast<nlmsghdr*>(reply);
+        for (int len = static_cast<int>(n); NLMSG_OK(header, len);
+             header = NLMSG_NEXT(header, len)) {
+            if (header->nlmsg_seq == request->nlmsg_seq && header->nlmsg_type == NLMSG_ERROR) {
+                return -static_cast<nlmsgerr*>(NLMSG_DATA(header))->error;
+            }
+        }
+    }
+}
+
+// Address, prefix and broadcast in one step (the SIOCSIFADDR/SIOCSIFNETMASK pair would show a
+// classful /8 in between, which a concurrent overlap check can see).
+void add_ipv4_address(const std::string& name, std::uint32_t address, std::uint32_t netmask,
+                      const std::string& what) {
+    unsigned index = ::if_nametoindex(name.c_str());
+    if (index == 0) {
+        fail_errno(what);
+    }
+    NetlinkMessage request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL);
+    ifaddrmsg info{};
+    info.ifa_family = AF_INET;
+    info.ifa_prefixlen = static_cast<unsigned char>(__builtin_popcount(netmask));
+    info.ifa_scope = RT_SCOPE_UNIVERSE;
+    info.ifa_index = index;
+    request.fixed(info);
+    std::uint32_t local = htonl(address);
+    std::uint32_t broadcast = htonl(address | ~netmask);
+    request.attribute(IFA_LOCAL, &local, sizeof local);
+    request.attribute(IFA_ADDRESS, &local, sizeof local);
+    request.attribute(IFA_BROADCAST, &broadcast, sizeof broadcast);
+    if (int error = netlink_request(request.header(), what); error != 0) {
+        fail(error, what);
+    }
+}
+
+}  // namespace
+
+TapDevice::TapDevice(std::string name, std::uint32_t host_ip, std::uint32_t netmask)
+    : name_(std::move(name)), host_ip_(host_ip), netmask_(netmask) {
+    const std::string what = "tap " + name_ + ": ";
+    check_name(name_, "tap " + name_);
+    create_persistent_tap(name_, what);
+    try {
+        add_ipv4_address(name_, host_ip_, netmask_,
+                         what + "set address " + ipv4_to_string(host_ip_) + "/" +
+                             std::to_string(__builtin_popcount(netmask_)) + " (RTM_NEWADDR)");
+        Fd sock = inet_socket("tap " + name_);
+        set_up(sock.get(), name_, true, what + "bring up (SIOCSIFFLAGS)");
+    } catch (...) {
+        try {
+            delete_interface(name_);
+        } catch (const std::exception& e) {
+            spdlog::warn("net: cannot delete half-made {}: {}", name_, e.what());
+        }
+        throw;
+    }
+}
+
+TapDevice::~TapDevice() {
+    try {
+        delete_interface(name_);
+    } catch (const std::system_error& e) {
+        if (e.code().value() != ENODEV) {  // already gone (namespace ended, manual removal)
+            spdlog::warn("net: cannot delete tap {}: {}", name_, e.what());
+        }
+    } catch (const std::exception& e) {
+        spdlog::warn("net: cannot delete tap {}: {}", name_, e.what());
+    }
+}
+
+void TapDevice::reset() {
+    Fd sock = inet_socket("tap " + name_);
+    set_up(sock.get(), name_, false, "tap " + name_ + ": bring down (SIOCSIFFLAGS)");
+    set_up(sock.get(), name_, true, "tap " + name_ + ": bring up (SIOCSIFFLAGS)");
+}
+
+std::vector<InterfaceAddress> interface_addresses() {
+    ifaddrs* list = nullptr;
+    if (::getifaddrs(&list) < 0) {
+        fail_errno("getifaddrs");
+    }
+    std::unique_ptr<ifaddrs, void (*)(ifaddrs*)> owner(list, ::freeifaddrs);
+    std::vector<InterfaceAddress> result;
+    for (ifaddrs* entry = list; entry != nullptr; entry = entry->ifa_next) {
+        if (entry->ifa_addr == nullptr || entry->ifa_addr->sa_family != AF_INET) {
+            continue;
+        }
+        auto address =
+            ntohl(reinterpret_cast<const sockaddr_in*>(entry->ifa_addr)->sin_addr.s_addr);
+        std::uint32_t mask =
+            entry->ifa_netmask == nullptr
+                ? ~std::uint32_t{0}
+                : ntohl(reinterpret_cast<const sockaddr_in*>(entry->ifa_netmask)->sin_addr.s_addr);
+        auto prefix = static_cast<unsigned>(__builtin_popcount(mask));
+        result.push_back({entry->ifa_name, address, Ipv4Net::containing(address, prefix)});
+    }
+    return result;
+}
+
+std::vector<std::string> interface_names() {
+    struct if_nameindex* list = ::if_nameindex();
+    if (list == nullptr) {
+        fail_errno("if_nameindex");
+    }
+    std::unique_ptr<struct if_nameindex, void (*)(struct if_nameindex*)> owner(list,
+                                                                               ::if_freenameindex);
+    std::vector<std::string> names;
+    for (struct if_nameindex* entry = list; entry->if_index != 0; ++entry) {
+        names.emplace_back(entry->if_name);
+    }
+    return names;
+}
+
+bool interface_exists(const std::string& name) {
+    return name.size() < IFNAMSIZ && ::if_nametoindex(name.c_str()) != 0;
+}
+
+bool is_tun_device(const std::string& name) {
+    if (name.empty() || name.size() >= IFNAMSIZ) {
+        return false;
+    }
+    Fd sock = inet_socket("interface " + name);
+    ethtool_drvinfo info{};
+    info.cmd = ETHTOOL_GDRVINFO;
+    ifreq ifr = request_for(name);
+    ifr.ifr_data = reinterpret_cast<char*>(&info);
+    if (::ioctl(sock.get(), SIOCETHTOOL, &ifr) < 0) {
+        return false;
+    }
+    return std::strncmp(info.driver, "tun", sizeof info.driver) == 0;
+}
+
+unsigned interface_flags(const std::string& name) {
+    check_name(name, "interface " + name);
+    Fd sock = inet_socket("interface " + name);
+    return static_cast<unsigned short>(
+        get_flags(sock.get(), name, "interface " + name + ": SIOCGIFFLAGS"));
+}
+
+void delete_interface(const std::string& name) {
+    const std::string what = "interface " + name + ": delete (RTM_DELLINK)";
+    check_name(name, "interface " + name);
+    NetlinkMessage request(RTM_DELLINK, 0);
+    ifinfomsg info{};
+    info.ifi_family = AF_UNSPEC;
+    request.fixed(info);
+    request.attribute(IFLA_IFNAME, name.c_str(), name.size() + 1);
+    if (int error = netlink_request(request.header(), what); error != 0) {
+        fail(error, what);
+    }
+}
+
+unsigned remove_taps_with_prefix(const std::string& prefix, const std::set<std::string>& keep) {
+    unsigned removed = 0;
+    for (const std::string& name : interface_names()) {
+        if (!is_tap_name(prefix, name) || keep.contains(name) || !is_tun_device(name)) {
+            continue;
+        }
+        try {
+            delete_interface(name);
+            ++removed;
+        } catch (const std::system_error& e) {
+            if (e.code().value() != ENODEV) {  // gone in between: nothing to do
+                throw;
+            }
+        }
+    }
+    return removed;
+}
+
+}  // namespace unifaas
