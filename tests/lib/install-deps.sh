@@ -10,6 +10,7 @@ packages=(
   libsystemd-dev libsdbus-c++-dev libsdbus-c++-bin
   # real components the daemon drives and the tests exercise
   docker.io runc crun iproute2 curl systemd
+  lz4 cpio qemu-system-x86
 )
 
 missing=()
