@@ -14,6 +14,7 @@
 #include <httplib.h>
 
 #include "docker_engine.h"
+#include "gateway/listening_server.h"
 #include "sandbox/docker_backend.h"
 #include "sandbox/docker_client.h"
 
@@ -56,16 +57,15 @@ class CallbackServer {
                         cv_.notify_all();
                         res.set_content("ok\n", "text/plain");
                     });
-        port_ = server_.bind_to_any_port("0.0.0.0");
-        if (port_ <= 0) {
-            throw std::runtime_error("callback server: cannot bind");
-        }
         // The socket listens already: callbacks queue in its backlog until the loop accepts.
-        thread_ = std::thread([this] { server_.listen_after_bind(); });
+        int fd = bind_listener("0.0.0.0", 0);
+        port_ = local_port(fd);
+        server_.serve(fd);
     }
+    // (httplib's own stop() is a no-op until its loop runs; ListeningServer's is not.)
     ~CallbackServer() {
-        server_.stop();
-        thread_.join();
+        server_.stop_accepting();
+        server_.join();
     }
 
     std::uint16_t port() const { return static_cast<std::uint16_t>(port_); }
@@ -79,9 +79,8 @@ class CallbackServer {
     }
 
   private:
-    httplib::Server server_;
+    ListeningServer server_;
     int port_ = -1;
-    std::thread thread_;
     std::mutex mutex_;
     std::condition_variable cv_;
     std::map<std::string, Call> calls_;
