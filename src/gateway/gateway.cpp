@@ -12,6 +12,7 @@ namespace unifaas {
 namespace {
 
 constexpr auto kCallbackAddressWait = std::chrono::seconds(5);
+constexpr unsigned kCallbackThreads = 8;
 
 void send_error(httplib::Response& res, int status, const std::string& message,
                 int retry_after_s = 0) {
@@ -63,7 +64,11 @@ class Gateway::InFlight {
 };
 
 Gateway::Gateway(const DaemonConfig& config, FunctionTable& functions, Readiness& readiness)
-    : config_(config), functions_(functions), readiness_(readiness) {
+    : config_(config),
+      functions_(functions),
+      readiness_(readiness),
+      invoke_server_(config.http_threads),
+      callback_server_(kCallbackThreads) {
     setup_invoke_server();
     setup_callback_server();
 }
@@ -76,8 +81,6 @@ Gateway::~Gateway() {
 
 void Gateway::setup_invoke_server() {
     auto& s = invoke_server_;
-    unsigned threads = config_.http_threads;
-    s.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     s.set_tcp_nodelay(true);
     s.set_keep_alive_max_count(100000);
     s.set_payload_max_length(config_.max_body_bytes);
@@ -136,7 +139,6 @@ void Gateway::setup_invoke_server() {
 
 void Gateway::setup_callback_server() {
     auto& s = callback_server_;
-    s.new_task_queue = [] { return new httplib::ThreadPool(8); };
     s.set_payload_max_length(4096);
     auto handler = [this](const httplib::Request& req, httplib::Response& res) { ready(req, res); };
     s.Get("/ready/([0-9a-f]{1,64})", handler);

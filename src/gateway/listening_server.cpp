@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <csignal>
 #include <cstring>
 #include <system_error>
 
@@ -40,7 +42,44 @@ void wake_acceptor(int listen_fd) {
     close(s);
 }
 
+constexpr int kWakeSignal = SIGUSR1;
+constexpr auto kWakeRetry = std::chrono::milliseconds(20);
+
+void on_wake_signal(int) {}
+
+// A handler without SA_RESTART, so the signal interrupts accept(). Process-wide, installed once.
+void install_wake_signal() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct sigaction sa {};
+        sa.sa_handler = on_wake_signal;
+        sigemptyset(&sa.sa_mask);
+        sa.sa_flags = 0;
+        sigaction(kWakeSignal, &sa, nullptr);
+    });
+}
+
 }  // namespace
+
+// The connection threads. httplib shuts them down right after its accept loop ends, which is
+// how the server learns that the loop is gone.
+class ListeningServer::Workers : public httplib::ThreadPool {
+  public:
+    Workers(unsigned threads, ListeningServer& server)
+        : httplib::ThreadPool(threads), server_(server) {}
+    void shutdown() override {
+        server_.accept_loop_ended();
+        httplib::ThreadPool::shutdown();
+    }
+
+  private:
+    ListeningServer& server_;
+};
+
+ListeningServer::ListeningServer(unsigned threads) {
+    install_wake_signal();
+    new_task_queue = [this, threads] { return new Workers(threads, *this); };
+}
 
 ListeningServer::~ListeningServer() {
     stop_accepting();
@@ -53,12 +92,25 @@ void ListeningServer::serve(int listen_fd) {
     thread_ = std::thread([this] { listen_after_bind(); });
 }
 
+void ListeningServer::accept_loop_ended() {
+    std::lock_guard lk(mu_);
+    loop_ended_ = true;
+    cv_.notify_all();
+}
+
 void ListeningServer::stop_accepting() {
     int fd = svr_sock_.exchange(INVALID_SOCKET);
-    if (fd == INVALID_SOCKET) {
+    if (fd == INVALID_SOCKET || !thread_.joinable()) {
         return;
     }
+    // accept() returns for a connection to the socket's own address, when the socket belongs to
+    // this network namespace; otherwise (or if that connect raced with the loop) a signal without
+    // SA_RESTART interrupts it. The loop re-checks svr_sock_ and ends either way.
     wake_acceptor(fd);
+    std::unique_lock lk(mu_);
+    while (!cv_.wait_for(lk, kWakeRetry, [this] { return loop_ended_; })) {
+        pthread_kill(thread_.native_handle(), kWakeSignal);
+    }
 }
 
 void ListeningServer::join() {

@@ -1,18 +1,22 @@
 // ListeningServer: an httplib::Server that serves a socket it was given (systemd socket
 // activation, or one bound by the daemon) and can stop accepting without shutting the socket
-// down: systemd keeps an activated socket listening for the next start.
+// down: systemd keeps an activated socket listening for the next start. The socket may even
+// belong to another network namespace than the daemon (activated in the host, daemon moved).
 #pragma once
 
 #include <httplib.h>
+#include <pthread.h>
 
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
 #include <thread>
 
 namespace unifaas {
 
 class ListeningServer : public httplib::Server {
   public:
-    ListeningServer() = default;
+    explicit ListeningServer(unsigned threads);
     ~ListeningServer() override;
 
     // Takes ownership of a listening socket and serves it on a new thread.
@@ -23,8 +27,14 @@ class ListeningServer : public httplib::Server {
     void join();
 
   private:
+    class Workers;
+    void accept_loop_ended();
+
     int fd_ = -1;
     std::thread thread_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    bool loop_ended_ = false;
 };
 
 // Binds and listens on host:port (SO_REUSEADDR, CLOEXEC); throws std::system_error naming it.

@@ -1,5 +1,7 @@
 #include "daemon_process.h"
 
+#include "gateway/listening_server.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -100,7 +102,10 @@ DaemonProcess::DaemonProcess(Options options) : options_(std::move(options)) {
             << "shutdown-grace = 5\n"
             << options_.extra_config << "\n";
     }
-    auto [http_fd, http_port] = listen_ephemeral("127.0.0.1");
+    auto [http_fd, http_port] = options_.http_fd >= 0
+                                    ? std::pair{fcntl(options_.http_fd, F_DUPFD_CLOEXEC, 3),
+                                                static_cast<int>(local_port(options_.http_fd))}
+                                    : listen_ephemeral("127.0.0.1");
     auto [cb_fd, cb_port] = listen_ephemeral("0.0.0.0");
     Fd http(http_fd), cb(cb_fd);
     http_port_ = http_port;

@@ -20,6 +20,9 @@ class DaemonProcess {
         std::string extra_config;  // appended to the generated unifaas.toml
         std::vector<std::string> extra_args;
         std::chrono::seconds ready_timeout{60};
+        // A listening socket for invocations made by the test (e.g. in another network
+        // namespace); the daemon gets a dup of it. -1: one on 127.0.0.1 is made here.
+        int http_fd = -1;
     };
 
     explicit DaemonProcess(Options options);  // starts and waits for READY=1; throws with the log

@@ -1,7 +1,9 @@
 // The whole daemon against a real Docker engine (private, in the test's network namespace):
 // cold start, warm reuse, slots, single-use, keepalive, failures, crash recovery, shutdown.
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <signal.h>
+#include <unistd.h>
 #include <nlohmann/json.hpp>
 
 #include <chrono>
@@ -300,6 +302,40 @@ TEST_F(DaemonTest, RestartAfterKill9RemovesLeftovers) {
     EXPECT_TRUE(engine().unifaas_containers().empty()) << "restart did not remove leftovers";
     EXPECT_NE(daemon_->log().find("left behind"), std::string::npos);
     EXPECT_EQ(get("/invoke/hello/hello")->status, 200);
+}
+
+// The demo's arrangement: the invocation socket belongs to another network namespace than the
+// daemon (activated in the host, daemon moved into the private one). It must serve requests and
+// still stop promptly on SIGTERM.
+TEST_F(DaemonTest, ServesAndStopsOnASocketFromAnotherNamespace) {
+    add_hello("hello");
+    int fd = -1;
+    int port = 0;
+    std::promise<void> done;
+    std::promise<std::string> answer;
+    std::thread other_ns([&] {
+        ASSERT_EQ(unshare(CLONE_NEWNET), 0);
+        ASSERT_EQ(system("ip link set lo up"), 0);
+        std::tie(fd, port) = listen_ephemeral("127.0.0.1");
+        done.set_value();
+        // Requests come from this namespace, where the socket lives.
+        httplib::Client c("127.0.0.1", port);
+        c.set_read_timeout(std::chrono::seconds(30));
+        auto res = c.Get("/invoke/hello/hello");
+        answer.set_value(res ? res->body : "no answer: " + httplib::to_string(res.error()));
+    });
+    done.get_future().wait();
+    DaemonProcess::Options o;
+    o.registry = registry_;
+    o.docker_socket = engine().socket_path();
+    o.http_fd = fd;
+    daemon_ = std::make_unique<DaemonProcess>(o);
+    EXPECT_EQ(answer.get_future().get(), "hello from unifaas\n");
+    other_ns.join();
+    close(fd);
+    auto started = std::chrono::steady_clock::now();
+    EXPECT_EQ(daemon_->terminate(std::chrono::seconds(30)), 0) << daemon_->log();
+    EXPECT_LT(std::chrono::steady_clock::now() - started, 15s) << "shutdown hung";
 }
 
 TEST_F(DaemonTest, HealthzAnswers) {

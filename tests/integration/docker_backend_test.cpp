@@ -79,7 +79,7 @@ class CallbackServer {
     }
 
   private:
-    ListeningServer server_;
+    ListeningServer server_{4};
     int port_ = -1;
     std::mutex mutex_;
     std::condition_variable cv_;
