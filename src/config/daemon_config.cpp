@@ -103,6 +103,14 @@ std::optional<std::string> log_level(TableReader& reader, std::string_view key) 
     return level;
 }
 
+std::optional<std::string> accel(TableReader& reader, std::string_view key) {
+    auto value = reader.string(key);
+    if (value && *value != "auto" && *value != "kvm" && *value != "tcg") {
+        reader.fail(key, "unknown accelerator " + in_quotes(*value) + " (expected auto, kvm, tcg)");
+    }
+    return value;
+}
+
 std::optional<Ipv4Net> subnet(TableReader& reader, std::string_view key) {
     auto text = reader.string(key);
     if (!text) {
@@ -167,6 +175,9 @@ DaemonConfig load_daemon_config(const fs::path& file) {
     set(config.network.subnet, subnet(reader, "subnet"));
     set(config.network.tap_prefix, tap_prefix(reader, "tap-prefix", config.network.subnet));
     set(config.network.prealloc, reader.integer<unsigned>("tap-prealloc", 0, kMaxTapPrealloc));
+    set(config.qemu_binary, reader.string("qemu-binary"));
+    set(config.accel, accel(reader, "accel"));
+    set(config.firecracker_binary, reader.string("firecracker-binary"));
     reader.finish();
     return config;
 }

@@ -24,17 +24,21 @@ struct ListenAddress {
 ListenAddress parse_listen_address(const std::string& text, const std::string& what);
 
 struct DaemonConfig {
-    std::filesystem::path registry;                     // required (flag or file)
-    ListenAddress listen{"0.0.0.0", 8123};              // invocations
-    ListenAddress callback_listen{"0.0.0.0", 8124};     // readiness callbacks from instances
-    std::string log_level = "info";                     // error|warn|info|debug|trace
-    std::size_t max_body_bytes = 6 * 1024 * 1024;       // request body limit (413 above)
-    unsigned http_threads = 64;                         // connections served at once
-    Seconds shutdown_grace{10};                         // in-flight requests get this long on stop
+    std::filesystem::path registry;                      // required (flag or file)
+    ListenAddress listen{"0.0.0.0", 8123};               // invocations
+    ListenAddress callback_listen{"0.0.0.0", 8124};      // readiness callbacks from instances
+    std::string log_level = "info";                      // error|warn|info|debug|trace
+    std::size_t max_body_bytes = 6 * 1024 * 1024;        // request body limit (413 above)
+    unsigned http_threads = 64;                          // connections served at once
+    Seconds shutdown_grace{10};                          // in-flight requests get this long on stop
     std::filesystem::path runtime_dir = "/run/unifaas";  // per-instance working files
     std::string docker_socket = "/var/run/docker.sock";  // DOCKER_HOST=unix://... overrides default
     // Guest network (keys subnet, tap-prefix, tap-prealloc): one tap and /30 per microVM.
     NetworkConfig network;
+    // microVM hypervisors.
+    std::string qemu_binary = "qemu-system-x86_64";  // a path, or a name looked up in PATH
+    std::string accel = "auto";      // auto (KVM if it runs guests, else TCG)|kvm|tcg
+    std::string firecracker_binary;  // "" = $FIRECRACKER_EXE, then PATH
 };
 
 // Reads a unifaas.toml. Unknown keys and wrong types are ConfigErrors naming file and key.

@@ -76,6 +76,8 @@ struct UpstreamConnection : SlotCache {
         client.set_url_encode(false);
         client.set_connection_timeout(std::chrono::seconds(5));
     }
+    // httplib's stop() shuts the socket down under its own lock, also mid-request.
+    void abort() override { client.stop(); }
     httplib::Client client;
 };
 
@@ -96,11 +98,9 @@ httplib::Headers downstream_response_headers(const httplib::Headers& in) {
 
 httplib::Response forward(Lease& lease, const httplib::Request& in,
                           const std::string& upstream_target, Seconds timeout) {
-    auto& cache = lease.cache();
-    if (!cache) {
-        cache = std::make_unique<UpstreamConnection>(lease.address(), lease.port());
-    }
-    auto& client = static_cast<UpstreamConnection&>(*cache).client;
+    auto& client = static_cast<UpstreamConnection&>(lease.cache([&] {
+                       return std::make_unique<UpstreamConnection>(lease.address(), lease.port());
+                   })).client;
     client.set_read_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));
     client.set_write_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));
 
@@ -116,8 +116,12 @@ httplib::Response forward(Lease& lease, const httplib::Request& in,
     if (client.send(req, res, error)) {
         return res;
     }
-    cache.reset();  // never reuse a connection in an unknown state
+    lease.drop_cache();  // never reuse a connection in an unknown state
     auto elapsed = std::chrono::steady_clock::now() - started;
+    if (std::string reason = lease.retired_reason(); !reason.empty()) {
+        throw ProxyError(502, fmt::format("instance {} stopped while serving the request ({})",
+                                          lease.instance_id(), reason));
+    }
     if (error == httplib::Error::Read && elapsed >= timeout) {
         throw ProxyError(
             504, fmt::format("no response within request-timeout ({:g} s)", timeout.count()));

@@ -51,7 +51,11 @@ struct PooledInstance {
     unsigned capacity = 1;
     unsigned in_use = 0;  // slots leased or claimed by requests waiting for boot
     std::vector<unsigned> free_slots;
+    // Per-slot caches; the pointers (not the objects' use) and retired_reason are guarded by
+    // caches_mu, so a retiring pool can abort requests in progress.
+    mutable std::mutex caches_mu;
     std::vector<std::unique_ptr<SlotCache>> caches;
+    std::string retired_reason;
     bool exhausted = false;  // single-use: its one request has been claimed
     std::uint64_t requests = 0;
 
@@ -96,8 +100,23 @@ const std::string& Lease::address() const {
 std::uint16_t Lease::port() const {
     return instance_->port;
 }
-std::unique_ptr<SlotCache>& Lease::cache() {
-    return instance_->caches[slot_];
+SlotCache& Lease::cache(const std::function<std::unique_ptr<SlotCache>()>& make) {
+    std::lock_guard lk(instance_->caches_mu);
+    auto& cache = instance_->caches[slot_];
+    if (!cache) {
+        cache = make();
+    }
+    return *cache;
+}
+
+void Lease::drop_cache() {
+    std::lock_guard lk(instance_->caches_mu);
+    instance_->caches[slot_].reset();
+}
+
+std::string Lease::retired_reason() const {
+    std::lock_guard lk(instance_->caches_mu);
+    return instance_->retired_reason;
 }
 void Lease::mark_broken(const std::string& reason) {
     pool_->mark_broken(instance_, reason);
@@ -374,7 +393,7 @@ void Pool::on_exit(const std::weak_ptr<PooledInstance>& weak, const std::string&
             return;
         case InstanceState::Ready:
             spdlog::warn("function {} instance {}: exited: {}", function_, inst->id, reason);
-            retire_locked(inst, "exited");
+            retire_locked(inst, reason);
             return;
     }
 }
@@ -470,6 +489,7 @@ void Pool::retire_locked(const std::shared_ptr<PooledInstance>& inst, const std:
     }
     services_.readiness.forget(inst->token);
     spdlog::debug("function {} instance {}: stopping ({})", function_, inst->id, reason);
+    abort_requests(*inst, reason);
 
     bool failure = fail_status != 0;
     if (failure && (!with_output || !inst->sandbox)) {
@@ -487,6 +507,16 @@ void Pool::retire_locked(const std::shared_ptr<PooledInstance>& inst, const std:
         ensure_min_instances_locked();
     }
     dispatch_waiters_locked();
+}
+
+void Pool::abort_requests(PooledInstance& inst, const std::string& reason) {
+    std::lock_guard lk(inst.caches_mu);
+    inst.retired_reason = reason;
+    for (auto& cache : inst.caches) {
+        if (cache) {
+            cache->abort();
+        }
+    }
 }
 
 void Pool::post_stop_locked(const std::shared_ptr<PooledInstance>& inst, int fail_status,

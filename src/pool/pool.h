@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -42,6 +43,8 @@ class PoolError : public std::runtime_error {
 class SlotCache {
   public:
     virtual ~SlotCache() = default;
+    // The instance is gone: make a request in progress on this slot fail now (from any thread).
+    virtual void abort() {}
 };
 
 enum class InstanceState { Starting, Booting, Ready, Stopping };
@@ -88,7 +91,11 @@ class Lease {
     const std::string& instance_id() const;
     const std::string& address() const;
     std::uint16_t port() const;
-    std::unique_ptr<SlotCache>& cache();
+    // The slot's cache, made by `make` when the slot has none.
+    SlotCache& cache(const std::function<std::unique_ptr<SlotCache>()>& make);
+    void drop_cache();
+    // Why the instance was taken out of service while this lease held it ("" while it serves).
+    std::string retired_reason() const;
     // The instance failed while this lease used it (e.g. its connection broke): stop it.
     void mark_broken(const std::string& reason);
 
@@ -151,6 +158,9 @@ class Pool : public std::enable_shared_from_this<Pool> {
     void post_stop_locked(const std::shared_ptr<PooledInstance>& inst, int fail_status,
                           std::string fail_message);
     void schedule_min_retry_locked();
+    // Fails requests still in progress on a retired instance (its connections would otherwise
+    // wait for a guest that is gone until request-timeout).
+    static void abort_requests(PooledInstance& inst, const std::string& reason);
     void mark_broken(const std::shared_ptr<PooledInstance>& inst, const std::string& reason);
 
     // Takes an instance out of service and stops its sandbox on the stop queue. When fail_status

@@ -41,6 +41,9 @@ class DaemonProcess {
     void kill9();
     bool running() const { return pid_ > 0; }
     std::string log() const;
+    // The daemon's runtime-dir (instances' working files live under it).
+    std::filesystem::path runtime_dir() const { return dir_ / "run"; }
+    std::filesystem::path config_file() const { return dir_ / "unifaas.toml"; }
 
   private:
     int wait_exit(std::chrono::seconds timeout);

@@ -74,7 +74,8 @@ class DaemonTest : public ::testing::Test {
     }
 
     std::size_t instance_count(const std::string& function) {
-        for (auto& f : status()["functions"]) {
+        auto s = status();  // (outlives the loop)
+        for (auto& f : s["functions"]) {
             if (f["name"] == function) {
                 return f["instances"].size();
             }

@@ -260,3 +260,33 @@ TEST_F(DaemonConfigTest, NetworkErrors) {
 
 }  // namespace
 }  // namespace unifaas
+
+namespace unifaas {
+namespace {
+
+class HypervisorConfigTest : public DaemonConfigTest {};
+
+TEST_F(HypervisorConfigTest, Defaults) {
+    DaemonConfig config = load("");
+    EXPECT_EQ(config.qemu_binary, "qemu-system-x86_64");
+    EXPECT_EQ(config.accel, "auto");
+    EXPECT_EQ(config.firecracker_binary, "");
+}
+
+TEST_F(HypervisorConfigTest, Explicit) {
+    DaemonConfig config = load(
+        "qemu-binary = \"/opt/qemu/bin/qemu-system-x86_64\"\naccel = \"tcg\"\n"
+        "firecracker-binary = \"/opt/fc/firecracker\"\n");
+    EXPECT_EQ(config.qemu_binary, "/opt/qemu/bin/qemu-system-x86_64");
+    EXPECT_EQ(config.accel, "tcg");
+    EXPECT_EQ(config.firecracker_binary, "/opt/fc/firecracker");
+    EXPECT_EQ(load("accel = \"kvm\"\n").accel, "kvm");
+}
+
+TEST_F(HypervisorConfigTest, UnknownAccelNamesKey) {
+    expect_error("accel = \"hvf\"\n",
+                 "accel: unknown accelerator \"hvf\" (expected auto, kvm, tcg)");
+}
+
+}  // namespace
+}  // namespace unifaas

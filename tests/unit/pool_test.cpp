@@ -340,6 +340,26 @@ TEST_F(PoolTest, ReadyInstanceThatExitsIsReplacedOnNextRequest) {
     EXPECT_EQ(next.get()->address(), "10.0.0.2");
 }
 
+TEST_F(PoolTest, ExitAbortsRequestsInProgressOnTheInstance) {
+    struct Cache : SlotCache {
+        std::atomic<bool>* aborted;
+        explicit Cache(std::atomic<bool>* a) : aborted(a) {}
+        void abort() override { *aborted = true; }
+    };
+    std::atomic<bool> aborted{false};
+    auto spec = make_spec();
+    auto first = acquire_async(spec);
+    make_ready(0);
+    auto lease = first.get();
+    lease->cache([&] { return std::make_unique<Cache>(&aborted); });
+    EXPECT_EQ(lease->retired_reason(), "");
+    backend.get(0).ctx.on_exit("qemu killed by signal 9");
+    EXPECT_TRUE(aborted) << "the request in progress was left waiting for a dead instance";
+    EXPECT_EQ(lease->retired_reason(), "qemu killed by signal 9");
+    lease.reset();
+    EXPECT_TRUE(backend.wait_destroyed(0));
+}
+
 TEST_F(PoolTest, WrongCallbackSourceChangesNothing) {
     auto spec = make_spec();
     spec->boot_timeout = Seconds(0.3);

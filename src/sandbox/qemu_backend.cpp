@@ -1,0 +1,191 @@
+#include "sandbox/qemu_backend.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "net/network.h"
+#include "sandbox/child_process.h"
+
+namespace unifaas {
+
+namespace {
+
+const char* on_off(bool v) {
+    return v ? "on" : "off";
+}
+
+std::string machine_option(const VmSpec& vm) {
+    if (vm.hypervisor != HypervisorType::Microvm) {
+        return "q35";
+    }
+    return fmt::format("microvm,pic={},pit={},rtc={},acpi={},auto-kernel-cmdline={}",
+                       on_off(vm.pic), on_off(vm.pit), on_off(vm.rtc), on_off(vm.acpi),
+                       on_off(vm.auto_kernel_cmdline));
+}
+
+void add_disk(std::vector<std::string>& argv, const VmSpec& vm, const std::string& bus) {
+    if (vm.image.empty()) {
+        return;
+    }
+    if (vm.disk_type == DiskType::NineP) {
+        // The directory is shared read-only: instances of a function never see each other's
+        // writes.
+        argv.insert(argv.end(),
+                    {"-fsdev",
+                     fmt::format("local,id=rootfs,path={},security_model=none,readonly=on",
+                                 vm.image.string()),
+                     "-device", fmt::format("virtio-9p-{},fsdev=rootfs,mount_tag=rootfs", bus)});
+        return;
+    }
+    // snapshot=on: each instance writes to its own throw-away overlay (in TMPDIR, the instance's
+    // working directory); the image itself is never modified.
+    argv.insert(argv.end(),
+                {"-drive",
+                 fmt::format("id=rootfs,file={},format=raw,if=none,snapshot=on", vm.image.string()),
+                 "-device", fmt::format("virtio-blk-{},drive=rootfs", bus)});
+}
+
+class QemuInstance : public Instance {
+  public:
+    QemuInstance(const InstanceContext& ctx, std::unique_ptr<NetworkLease> lease,
+                 std::unique_ptr<WorkDir> workdir, const std::vector<std::string>& argv,
+                 ExitWatcher& exits)
+        : lease_(std::move(lease)),
+          workdir_(std::move(workdir)),
+          port_(ctx.spec->port),
+          exits_(exits),
+          child_(argv, workdir_->path() / "qemu.log", {"TMPDIR=" + workdir_->path().string()}) {
+        auto on_exit = ctx.on_exit;
+        watch_ = exits_.watch(child_.pidfd(), [this, on_exit] {
+            std::string how = child_.exit_description();
+            on_exit("qemu " + (how.empty() ? std::string("exited") : how));
+        });
+    }
+
+    ~QemuInstance() override {
+        exits_.unwatch(watch_);  // no exit report for the kill below
+        // Members go in reverse order: the qemu process, then its files, then its tap.
+    }
+
+    std::string address() const override { return lease_->guest_ip(); }
+    std::uint16_t port() const override { return port_; }
+    std::string describe() const override {
+        return fmt::format("qemu pid {} (tap {})", child_.pid(), lease_->tap());
+    }
+    std::string output_tail() const override {
+        std::string console = tail_lines(workdir_->path() / "console.log", 20);
+        std::string qemu = tail_lines(workdir_->path() / "qemu.log", 5);
+        if (!qemu.empty()) {
+            console += (console.empty() ? "" : "\n") + qemu;
+        }
+        return console;
+    }
+
+  private:
+    std::unique_ptr<NetworkLease> lease_;
+    std::unique_ptr<WorkDir> workdir_;
+    std::uint16_t port_;
+    ExitWatcher& exits_;
+    ChildProcess child_;
+    ExitWatcher::Id watch_ = 0;
+};
+
+}  // namespace
+
+std::vector<std::string> qemu_command_line(const QemuLaunch& l) {
+    const VmSpec& vm = *l.vm;
+    const std::string bus = vm.hypervisor == HypervisorType::Microvm ? "device" : "pci";
+    std::vector<std::string> argv = {
+        l.binary,
+        "-name",
+        l.name,
+        "-accel",
+        to_string(l.accel),
+        "-cpu",
+        l.accel == Accel::Kvm ? "host" : "max",
+        "-M",
+        machine_option(vm),
+        "-m",
+        std::to_string(vm.memory_mib),
+        "-smp",
+        std::to_string(vm.cpus),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "file:" + l.console_log.string(),
+        "-kernel",
+        vm.kernel.string(),
+    };
+    if (vm.initrd) {
+        argv.insert(argv.end(), {"-initrd", vm.initrd->string()});
+    }
+    argv.insert(argv.end(), {"-append", l.kernel_cmdline});
+    argv.insert(argv.end(),
+                {"-netdev", fmt::format("tap,id=net0,ifname={},script=no,downscript=no", l.tap),
+                 "-device", fmt::format("virtio-net-{},netdev=net0,mac={}", bus, l.mac)});
+    add_disk(argv, vm, bus);
+    return argv;
+}
+
+QemuBackend::QemuBackend(VmEnvironment env, std::string binary, Accel accel)
+    : env_(std::move(env)),
+      configured_binary_(std::move(binary)),
+      binary_(find_executable(configured_binary_)),
+      accel_(accel),
+      tsc_khz_(host_tsc_khz()) {}
+
+std::string QemuBackend::kernel_cmdline(const VmSpec& vm, const GuestAddressing& a) const {
+    std::string cmdline = substitute_cmdline(vm.cmdline, a);
+    // Under TCG, Linux's early TSC calibration occasionally hangs the boot; tell it the rate.
+    if (accel_ == Accel::Tcg && tsc_khz_ > 0 &&
+        cmdline.find("tsc_early_khz=") == std::string::npos && is_linux_kernel(vm.kernel)) {
+        cmdline += fmt::format(" tsc_early_khz={}", tsc_khz_);
+    }
+    return cmdline;
+}
+
+std::unique_ptr<Instance> QemuBackend::start(const InstanceContext& ctx) {
+    const FunctionSpec& spec = *ctx.spec;
+    const VmSpec& vm = spec.vm();
+    if (binary_.empty()) {
+        throw SandboxError(501, fmt::format("QEMU is not installed: {} not found (install "
+                                            "qemu-system-x86 or set qemu-binary)",
+                                            configured_binary_));
+    }
+    if (!env_.network) {
+        throw SandboxError(501, "microVMs are not available: the daemon cannot manage taps");
+    }
+    std::unique_ptr<NetworkLease> lease;
+    try {
+        lease = env_.network->lease();
+    } catch (const NetworkExhausted& e) {
+        throw SandboxError(503, e.what());
+    }
+    auto workdir = std::make_unique<WorkDir>(env_.runtime_dir, ctx.instance_id);
+    GuestAddressing addressing{
+        lease->guest_ip(), lease->host_ip(), lease->netmask(),
+        fmt::format("http://{}:{}{}", lease->host_ip(), env_.callback_port, ctx.callback_path)};
+
+    QemuLaunch launch;
+    launch.binary = binary_;
+    launch.accel = accel_;
+    launch.name = spec.name + "-" + ctx.instance_id;
+    launch.vm = &vm;
+    launch.kernel_cmdline = kernel_cmdline(vm, addressing);
+    launch.tap = lease->tap();
+    launch.mac = lease->mac();
+    launch.console_log = workdir->path() / "console.log";
+    auto argv = qemu_command_line(launch);
+    spdlog::debug("function {} instance {}: {}", spec.name, ctx.instance_id, fmt::join(argv, " "));
+    try {
+        return std::make_unique<QemuInstance>(ctx, std::move(lease), std::move(workdir), argv,
+                                              *env_.exits);
+    } catch (const std::system_error& e) {
+        throw SandboxError(502, e.what());
+    }
+}
+
+}  // namespace unifaas

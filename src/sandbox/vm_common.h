@@ -1,0 +1,55 @@
+// Pieces every microVM backend (qemu, firecracker) shares: the per-instance working directory,
+// kernel command-line placeholders, console tails, the backends' shared dependencies.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+namespace unifaas {
+
+class Network;
+class ExitWatcher;
+
+// What the daemon hands to each VM backend; all owned by main and outliving the backends.
+struct VmEnvironment {
+    std::filesystem::path runtime_dir;  // instances' working dirs live in <runtime_dir>/instances
+    std::uint16_t callback_port = 0;    // readiness callbacks arrive here on every address
+    Network* network = nullptr;
+    ExitWatcher* exits = nullptr;
+};
+
+// <runtime_dir>/instances/<id>, created empty (mode 0700), removed recursively on destruction.
+class WorkDir {
+  public:
+    WorkDir(const std::filesystem::path& runtime_dir, const std::string& instance_id);
+    ~WorkDir();
+    WorkDir(const WorkDir&) = delete;
+    WorkDir& operator=(const WorkDir&) = delete;
+    const std::filesystem::path& path() const { return path_; }
+
+  private:
+    std::filesystem::path path_;
+};
+
+struct GuestAddressing {
+    std::string ip;        // %ip
+    std::string gateway;   // %gateway (the tap's host address)
+    std::string netmask;   // %netmask
+    std::string callback;  // %callback
+};
+
+// Replaces %ip %gateway %netmask %callback; any other '%' is left as it is.
+std::string substitute_cmdline(const std::string& cmdline, const GuestAddressing& a);
+
+// The last `lines` lines of a text file ("" when it cannot be read), at most 64 KiB read.
+std::string tail_lines(const std::filesystem::path& file, unsigned lines);
+
+// Whether a kernel image is Linux: a bzImage ("HdrS" setup header) or an ELF carrying a "Linux"
+// note. Unikernels (OSv, Nanos) are not.
+bool is_linux_kernel(const std::filesystem::path& kernel);
+
+// The host TSC frequency in kHz (for tsc_early_khz= under TCG), 0 when unknown.
+unsigned long host_tsc_khz();
+
+}  // namespace unifaas

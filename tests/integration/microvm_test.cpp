@@ -1,0 +1,352 @@
+// microVM functions through the whole daemon: real QEMU (microvm machine, TCG here) booting the
+// guest image from guest/, taps in the test's private network namespace. VM boots cost about 2 s
+// of a core each, so each test boots at most one.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <regex>
+
+#include "daemon_process.h"
+#include "docker_engine.h"
+#include "link_events.h"
+
+namespace unifaas::test {
+
+PrivateDockerEngine& engine();
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+const fs::path kGuest = fs::path(UNIFAAS_BINARY_DIR) / "guest";
+
+std::string run_command(const std::string& cmd) {
+    std::string out;
+    FILE* p = popen(cmd.c_str(), "r");
+    if (!p) {
+        return out;
+    }
+    char buf[4096];
+    while (std::size_t n = fread(buf, 1, sizeof(buf), p)) {
+        out.append(buf, n);
+    }
+    pclose(p);
+    return out;
+}
+
+// Taps named faasN in the test namespace, as `ip -n NS link` lists them.
+std::vector<std::string> taps() {
+    std::string out = run_command("ip -n " + engine().netns_name() + " -o link show");
+    std::vector<std::string> names;
+    std::regex re(R"(^\d+: (faas\d+)[:@])");
+    std::istringstream lines(out);
+    std::string line;
+    while (std::getline(lines, line)) {
+        std::smatch m;
+        if (std::regex_search(line, m, re)) {
+            names.push_back(m[1]);
+        }
+    }
+    return names;
+}
+
+// qemu processes started for this test's functions (their -name is "<function>-<id>").
+std::vector<pid_t> qemu_processes(const std::string& marker) {
+    std::vector<pid_t> pids;
+    for (const auto& entry : fs::directory_iterator("/proc")) {
+        std::string name = entry.path().filename();
+        if (name.find_first_not_of("0123456789") != std::string::npos) {
+            continue;
+        }
+        std::ifstream in(entry.path() / "cmdline");
+        std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        if (cmdline.rfind("qemu-system", 0) != std::string::npos ||
+            cmdline.find("/qemu-system") != std::string::npos) {
+            if (cmdline.find(marker) != std::string::npos) {
+                pids.push_back(std::stoi(name));
+            }
+        }
+    }
+    return pids;
+}
+
+// Waits for a process to exit through its pidfd.
+bool wait_process_exit(pid_t pid, std::chrono::milliseconds timeout) {
+    int fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+    if (fd < 0) {
+        return errno == ESRCH;
+    }
+    pollfd p{fd, POLLIN, 0};
+    bool exited = poll(&p, 1, static_cast<int>(timeout.count())) > 0;
+    close(fd);
+    return exited;
+}
+
+pid_t qemu_pid_of(const nlohmann::json& instance) {
+    std::smatch m;
+    std::string sandbox = instance["sandbox"];
+    if (std::regex_search(sandbox, m, std::regex(R"(qemu pid (\d+))"))) {
+        return std::stoi(m[1]);
+    }
+    return -1;
+}
+
+class MicroVmTest : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        ASSERT_TRUE(fs::exists(kGuest / "kernel" / "vmlinux")) << "guest images not built";
+        char tmpl[] = "/tmp/unifaas-vmreg-XXXXXX";
+        ASSERT_NE(mkdtemp(tmpl), nullptr);
+        registry_ = tmpl;
+        marker_ =
+            "vmt" + std::to_string(getpid()) + "x" +
+            std::to_string(std::chrono::steady_clock::now().time_since_epoch().count() % 100000);
+        ASSERT_TRUE(taps().empty()) << "taps left by an earlier test";
+    }
+
+    void TearDown() override {
+        if (daemon_ && daemon_->running()) {
+            EXPECT_EQ(daemon_->terminate(), 0) << daemon_->log();
+        }
+        fs::path runtime = daemon_ ? daemon_->runtime_dir() : fs::path();
+        daemon_.reset();
+        EXPECT_TRUE(taps().empty()) << "taps leaked";
+        EXPECT_TRUE(qemu_processes(marker_).empty()) << "qemu processes leaked";
+        fs::remove_all(registry_);
+    }
+
+    // A microVM running the hello example; the function's name carries the test marker so its
+    // qemu processes can be told apart.
+    std::string add_vm(const std::string& base, const std::string& top = "",
+                       const std::string& cmdline_extra = "") {
+        std::string name = base + "-" + marker_;
+        fs::create_directories(registry_ / name);
+        std::ofstream(registry_ / name / "function.toml")
+            << top << "\n[vm]\nkernel = \"" << (kGuest / "kernel" / "vmlinux").string()
+            << "\"\ninitrd = \"" << (kGuest / "hello-initramfs.cpio.gz").string()
+            << "\"\nmemory = 128\n"
+            << "cmdline = \"console=ttyS0 reboot=t panic=-1 cryptomgr.notests quiet "
+               "unifaas.ip=%ip unifaas.gw=%gateway unifaas.mask=%netmask "
+               "unifaas.callback=%callback "
+            << cmdline_extra << "\"\n"
+            << "hypervisor = { type = \"microvm\", pic = false, pit = false }\n";
+        return name;
+    }
+
+    void start_daemon(const std::string& extra_config = "") {
+        DaemonProcess::Options o;
+        o.registry = registry_;
+        o.docker_socket = engine().socket_path();
+        o.extra_config = "accel = \"tcg\"\n" + extra_config;
+        daemon_ = std::make_unique<DaemonProcess>(o);
+    }
+
+    httplib::Result get(const std::string& path) { return daemon_->client().Get(path); }
+
+    nlohmann::json instances(const std::string& function) {
+        auto res = get("/status");
+        if (!res) {
+            return nlohmann::json::array();
+        }
+        auto status = nlohmann::json::parse(res->body);  // (outlives the loop)
+        for (auto& f : status["functions"]) {
+            if (f["name"] == function) {
+                return f["instances"];
+            }
+        }
+        return nlohmann::json::array();
+    }
+
+    bool workdirs_empty() {
+        fs::path dir = daemon_->runtime_dir() / "instances";
+        return !fs::exists(dir) || fs::is_empty(dir);
+    }
+
+    fs::path registry_;
+    std::string marker_;
+    std::unique_ptr<DaemonProcess> daemon_;
+};
+
+TEST_F(MicroVmTest, ColdStartWarmRequestsSlotsAndSigtermRemovesTaps) {
+    auto fn = add_vm("hello", "concurrent-requests = 2\nmax-instances = 1\nqueue-timeout = 30");
+    start_daemon();
+    auto started = std::chrono::steady_clock::now();
+    auto res = get("/invoke/" + fn + "/hello");
+    ASSERT_TRUE(res) << daemon_->log();
+    EXPECT_EQ(res->status, 200) << res->body;
+    EXPECT_EQ(res->body, "hello from unifaas\n");
+    std::cout << "[ timing ] microvm cold start through unifaas: "
+              << std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count()
+              << " s\n";
+    auto list = instances(fn);
+    ASSERT_EQ(list.size(), 1u);
+    std::string address = list[0]["address"];
+    EXPECT_EQ(address.rfind("10.100.", 0), 0u) << address;
+
+    res = daemon_->client().Post("/invoke/" + fn + "/echo/x/y?q=1", "vm-body", "text/plain");
+    ASSERT_TRUE(res);
+    EXPECT_NE(res->body.find("path: /echo/x/y"), std::string::npos) << res->body;
+    EXPECT_NE(res->body.find("query: q=1"), std::string::npos) << res->body;
+    EXPECT_NE(res->body.find("body: vm-body"), std::string::npos) << res->body;
+
+    // Two slots on the one instance: three 700 ms requests need two rounds.
+    auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::future<int>> calls;
+    for (int i = 0; i < 3; ++i) {
+        calls.push_back(std::async(std::launch::async, [&] {
+            auto r = daemon_->client().Get("/invoke/" + fn + "/sleep?ms=700");
+            return r ? r->status : -1;
+        }));
+    }
+    for (auto& c : calls) {
+        EXPECT_EQ(c.get(), 200);
+    }
+    EXPECT_GE(std::chrono::steady_clock::now() - t0, 1400ms);
+    EXPECT_EQ(instances(fn).size(), 1u);
+    EXPECT_FALSE(taps().empty());
+
+    EXPECT_EQ(daemon_->terminate(), 0) << daemon_->log();
+    EXPECT_TRUE(taps().empty()) << "SIGTERM left taps";
+    EXPECT_TRUE(workdirs_empty());
+}
+
+TEST_F(MicroVmTest, SingleUseStopsTheVmAndItsTapDisappears) {
+    auto fn = add_vm("once", "single-use = true");
+    start_daemon("tap-prealloc = 0");
+    LinkEvents links;
+    auto res = get("/invoke/" + fn + "/hello");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200) << res->body;
+    auto pids = qemu_processes(marker_);
+    for (pid_t pid : pids) {
+        EXPECT_TRUE(wait_process_exit(pid, 20s)) << "single-use VM still running";
+    }
+    EXPECT_TRUE(links.wait_gone("faas0", 20s)) << "its tap is still there";
+    EXPECT_TRUE(instances(fn).empty());
+    EXPECT_TRUE(workdirs_empty());
+}
+
+TEST_F(MicroVmTest, KeepaliveExpiryStopsTheVm) {
+    auto fn = add_vm("brief", "keepalive = 1");
+    start_daemon();
+    ASSERT_EQ(get("/invoke/" + fn + "/hello")->status, 200);
+    auto answered = std::chrono::steady_clock::now();
+    auto list = instances(fn);
+    ASSERT_EQ(list.size(), 1u) << get("/status")->body;
+    EXPECT_TRUE(wait_process_exit(qemu_pid_of(list[0]), 20s));
+    EXPECT_GE(std::chrono::steady_clock::now() - answered, 900ms);
+    EXPECT_TRUE(instances(fn).empty());
+}
+
+TEST_F(MicroVmTest, KilledQemuFailsItsRequest502AndReleasesEverything) {
+    auto fn = add_vm("victim");
+    start_daemon("tap-prealloc = 0");
+    ASSERT_EQ(get("/invoke/" + fn + "/hello")->status, 200);
+    auto list = instances(fn);
+    ASSERT_EQ(list.size(), 1u) << get("/status")->body;
+    pid_t pid = qemu_pid_of(list[0]);
+    ASSERT_GT(pid, 0);
+    auto slow = std::async(std::launch::async, [&] {
+        auto r = daemon_->client().Get("/invoke/" + fn + "/sleep?ms=30000");
+        return r ? std::pair{r->status, r->body} : std::pair{-1, std::string()};
+    });
+    // The request is in the guest once the instance shows a slot in use. Nothing announces
+    // that, so the daemon's state is read until it shows (bounded).
+    auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (instances(fn)[0]["in_use"] != 1 && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(10ms);
+    }
+    ASSERT_EQ(instances(fn)[0]["in_use"], 1);
+    LinkEvents links;
+    ::kill(pid, SIGKILL);
+    auto [status, body] = slow.get();
+    EXPECT_EQ(status, 502) << body;
+    EXPECT_NE(body.find(fn), std::string::npos) << body;
+    EXPECT_TRUE(links.wait_gone("faas0", 20s)) << "the dead VM's tap is still there";
+    EXPECT_TRUE(instances(fn).empty());
+    EXPECT_TRUE(workdirs_empty());
+    // The next request boots a fresh VM.
+    EXPECT_EQ(get("/invoke/" + fn + "/hello")->status, 200);
+}
+
+TEST_F(MicroVmTest, GuestThatNeverCallsBackGets504WithItsConsole) {
+    auto fn = add_vm("mute", "boot-timeout = 4", "unifaas.env=HELLO_NO_CALLBACK=1");
+    start_daemon("tap-prealloc = 0");
+    auto res = get("/invoke/" + fn + "/hello");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 504);
+    EXPECT_NE(res->body.find("boot-timeout"), std::string::npos) << res->body;
+    EXPECT_NE(res->body.find("unifaas-init"), std::string::npos)
+        << "no console tail: " << res->body;
+    EXPECT_TRUE(instances(fn).empty());
+    LinkEvents links;
+    EXPECT_TRUE(links.wait_gone("faas0", 20s));
+    EXPECT_TRUE(qemu_processes(marker_).empty());
+    EXPECT_TRUE(workdirs_empty());
+}
+
+TEST_F(MicroVmTest, MissingKernelOrImageIsAClearError) {
+    std::string name = "nokernel-" + marker_;
+    fs::create_directories(registry_ / name);
+    std::ofstream(registry_ / name / "function.toml")
+        << "[vm]\nkernel = \"/nonexistent/vmlinux\"\nimage = \"/nonexistent/rootfs.ext4\"\n"
+        << "hypervisor = { type = \"microvm\" }\n";
+    start_daemon();
+    auto res = get("/invoke/" + name + "/hello");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 500);
+    EXPECT_NE(res->body.find("/nonexistent/vmlinux"), std::string::npos) << res->body;
+    EXPECT_NE(res->body.find("vm.kernel"), std::string::npos) << res->body;
+}
+
+TEST_F(MicroVmTest, TinySubnetExhaustionAnswers503) {
+    auto first = add_vm("first");
+    auto second = add_vm("second");
+    start_daemon("subnet = \"10.100.0.0/30\"\ntap-prealloc = 0");
+    ASSERT_EQ(get("/invoke/" + first + "/hello")->status, 200);  // holds the only /30
+    auto res = get("/invoke/" + second + "/hello");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 503) << res->body;
+    EXPECT_NE(res->body.find("exhausted"), std::string::npos) << res->body;
+    EXPECT_EQ(get("/invoke/" + first + "/hello")->status, 200) << "daemon stopped serving";
+}
+
+TEST_F(MicroVmTest, Kill9ThenRestartRemovesStaleTapsAndCleanupTapsRemovesAll) {
+    add_vm("idle");
+    {
+        LinkEvents links;
+        start_daemon("tap-prealloc = 2");
+        ASSERT_TRUE(links.wait_exists("faas1", 10s)) << "the tap pool was not filled";
+    }
+    daemon_->kill9();
+    EXPECT_EQ(taps().size(), 2u) << "a crashed daemon cannot clean up";
+    start_daemon("tap-prealloc = 0");
+    EXPECT_TRUE(taps().empty()) << "restart kept stale taps";
+    EXPECT_NE(daemon_->log().find("stale"), std::string::npos) << daemon_->log();
+    daemon_->kill9();
+
+    // Leave taps behind again, then remove them with --cleanup-taps.
+    {
+        LinkEvents links;
+        start_daemon("tap-prealloc = 3");
+        ASSERT_TRUE(links.wait_exists("faas2", 10s));
+    }
+    daemon_->kill9();
+    ASSERT_EQ(taps().size(), 3u);
+    std::string out = run_command(std::string(UNIFAAS_DAEMON_PATH) + " --cleanup-taps 2>&1");
+    EXPECT_NE(out.find("removed 3 taps"), std::string::npos) << out;
+    EXPECT_TRUE(taps().empty());
+}
+
+}  // namespace
+}  // namespace unifaas::test
