@@ -82,6 +82,40 @@ std::shared_ptr<Pool> FunctionTable::find_pool(std::string_view name) const {
     return it == pools_.end() ? nullptr : it->second;
 }
 
+std::vector<std::shared_ptr<Pool>> FunctionTable::pools() const {
+    std::shared_lock lk(mu_);
+    std::vector<std::shared_ptr<Pool>> out;
+    out.reserve(pools_.size());
+    for (auto& [name, pool] : pools_) {
+        out.push_back(pool);
+    }
+    return out;
+}
+
+std::pair<std::shared_ptr<Pool>, std::optional<InstanceSnapshot>> FunctionTable::find_instance(
+    const std::string& id) const {
+    for (auto& pool : pools()) {
+        if (auto found = pool->find_instance(id)) {
+            return {pool, found};
+        }
+    }
+    return {nullptr, std::nullopt};
+}
+
+bool FunctionTable::stop_instance(const std::string& id, const std::string& reason) {
+    auto [pool, found] = find_instance(id);
+    return pool && pool->stop_instance(id, reason);
+}
+
+std::optional<unsigned> FunctionTable::stop_function(const std::string& name,
+                                                     const std::string& reason) {
+    auto pool = find_pool(name);
+    if (!pool) {
+        return std::nullopt;
+    }
+    return pool->stop_all(reason);
+}
+
 void FunctionTable::shutdown() {
     std::vector<std::shared_ptr<Pool>> pools;
     {

@@ -35,10 +35,19 @@ class FunctionTable {
     std::vector<PoolSnapshot> snapshot() const;
     std::shared_ptr<Pool> find_pool(std::string_view name) const;
 
+    // The live instance with that id, and its pool.
+    std::pair<std::shared_ptr<Pool>, std::optional<InstanceSnapshot>> find_instance(
+        const std::string& id) const;
+    // Stops one instance; false when none has that id.
+    bool stop_instance(const std::string& id, const std::string& reason);
+    // Stops every instance of a function; nullopt when the function has no pool.
+    std::optional<unsigned> stop_function(const std::string& name, const std::string& reason);
+
     // Stops every instance of every function and waits until all are gone.
     void shutdown();
 
   private:
+    std::vector<std::shared_ptr<Pool>> pools() const;
     std::shared_ptr<Pool> pool_for(const std::string& name,
                                    const std::shared_ptr<const FunctionSpec>& spec);
 

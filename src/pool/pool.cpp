@@ -63,6 +63,7 @@ struct PooledInstance {
     std::string address;
     std::uint16_t port = 0;
     std::string describe;
+    std::string unit;
     std::chrono::system_clock::time_point started_at = std::chrono::system_clock::now();
     Clock::time_point created = Clock::now();
 
@@ -233,6 +234,9 @@ std::shared_ptr<PooledInstance> Pool::create_instance_locked() {
     inst->caches.resize(inst->capacity);
     instances_.push_back(inst);
     ++starting_;
+    if (services_.observer) {
+        services_.observer->instance_started(snapshot_locked(*inst));
+    }
 
     std::weak_ptr<PooledInstance> weak = inst;
     std::weak_ptr<Pool> self = weak_from_this();
@@ -330,6 +334,7 @@ void Pool::run_start(std::shared_ptr<PooledInstance> inst) {
     inst->address = sandbox->address();
     inst->port = sandbox->port();
     inst->describe = sandbox->describe();
+    inst->unit = sandbox->unit();
     inst->sandbox = std::move(sandbox);
     if (inst->state == InstanceState::Stopping) {
         // Retired while starting (boot timeout, shutdown): stop what was just started.
@@ -344,6 +349,7 @@ void Pool::run_start(std::shared_ptr<PooledInstance> inst) {
         return;
     }
     inst->state = InstanceState::Booting;
+    notify_changed_locked(*inst);
     spdlog::debug("function {} instance {}: {} at {} booting", function_, inst->id, inst->describe,
                   inst->address);
     services_.readiness.expect(inst->token, inst->address, [self = weak_from_this(), weak] {
@@ -361,6 +367,7 @@ void Pool::on_ready(const std::shared_ptr<PooledInstance>& inst) {
         return;
     }
     inst->state = InstanceState::Ready;
+    notify_changed_locked(*inst);
     services_.timers.cancel(inst->boot_timer);
     inst->boot_timer = 0;
     auto boot_ms =
@@ -439,6 +446,7 @@ void Pool::release(const std::shared_ptr<PooledInstance>& inst, unsigned slot) {
     --inst->in_use;
     inst->free_slots.push_back(slot);
     ++inst->requests;
+    notify_changed_locked(*inst);
     settle_locked(inst);
 }
 
@@ -491,6 +499,9 @@ void Pool::retire_locked(const std::shared_ptr<PooledInstance>& inst, const std:
     spdlog::debug("function {} instance {}: stopping ({})", function_, inst->id, reason);
     abort_requests(*inst, reason);
 
+    if (services_.observer) {
+        services_.observer->instance_stopped(snapshot_locked(*inst), reason);
+    }
     bool failure = fail_status != 0;
     if (failure && (!with_output || !inst->sandbox)) {
         finish_failure_locked(*inst, fail_status, std::move(fail_message));
@@ -608,17 +619,36 @@ void Pool::shutdown() {
     cv_.wait(lk, [&] { return starting_ == 0 && stopping_ == 0 && waiters_.empty(); });
 }
 
+InstanceSnapshot Pool::snapshot_locked(const PooledInstance& inst) const {
+    return InstanceSnapshot{inst.id,   function_,     inst.state,  inst.address,  inst.describe,
+                            inst.unit, inst.capacity, inst.in_use, inst.requests, inst.started_at};
+}
+
+void Pool::notify_changed_locked(const PooledInstance& inst) {
+    if (services_.observer) {
+        services_.observer->instance_changed(snapshot_locked(inst));
+    }
+}
+
 PoolSnapshot Pool::snapshot() const {
     std::lock_guard lk(mu_);
     PoolSnapshot snap;
     snap.function = function_;
     snap.queued = waiters_.size();
     for (auto& inst : instances_) {
-        snap.instances.push_back(InstanceSnapshot{inst->id, function_, inst->state, inst->address,
-                                                  inst->describe, inst->capacity, inst->in_use,
-                                                  inst->requests, inst->started_at});
+        snap.instances.push_back(snapshot_locked(*inst));
     }
     return snap;
+}
+
+std::optional<InstanceSnapshot> Pool::find_instance(const std::string& id) const {
+    std::lock_guard lk(mu_);
+    for (auto& inst : instances_) {
+        if (inst->id == id) {
+            return snapshot_locked(*inst);
+        }
+    }
+    return std::nullopt;
 }
 
 }  // namespace unifaas

@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -50,6 +51,18 @@ class SlotCache {
 enum class InstanceState { Starting, Booting, Ready, Stopping };
 const char* to_string(InstanceState s);
 
+struct InstanceSnapshot;
+
+// Told about instances' lives (D-Bus signals, notify STATUS, metrics). Called with the pool's
+// lock held: implementations only record or enqueue, never block or call back into the pool.
+class PoolObserver {
+  public:
+    virtual ~PoolObserver() = default;
+    virtual void instance_started(const InstanceSnapshot&) {}  // created (starting)
+    virtual void instance_changed(const InstanceSnapshot&) {}  // state or counts changed
+    virtual void instance_stopped(const InstanceSnapshot&, const std::string& /*reason*/) {}
+};
+
 // Components every pool shares; owned by main.
 struct PoolServices {
     Backends& backends;
@@ -57,6 +70,7 @@ struct PoolServices {
     TimerQueue& timers;
     WorkQueue& starts;
     WorkQueue& stops;
+    PoolObserver* observer = nullptr;
 };
 
 struct InstanceSnapshot {
@@ -65,6 +79,7 @@ struct InstanceSnapshot {
     InstanceState state;
     std::string address;
     std::string sandbox;  // Instance::describe()
+    std::string unit;     // Instance::unit()
     unsigned capacity = 0;
     unsigned in_use = 0;
     std::uint64_t requests = 0;
@@ -128,6 +143,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
     void shutdown();
 
     PoolSnapshot snapshot() const;
+    std::optional<InstanceSnapshot> find_instance(const std::string& id) const;
     const std::string& function() const { return function_; }
 
   private:
@@ -158,6 +174,8 @@ class Pool : public std::enable_shared_from_this<Pool> {
     void post_stop_locked(const std::shared_ptr<PooledInstance>& inst, int fail_status,
                           std::string fail_message);
     void schedule_min_retry_locked();
+    InstanceSnapshot snapshot_locked(const PooledInstance& inst) const;
+    void notify_changed_locked(const PooledInstance& inst);
     // Fails requests still in progress on a retired instance (its connections would otherwise
     // wait for a guest that is gone until request-timeout).
     static void abort_requests(PooledInstance& inst, const std::string& reason);

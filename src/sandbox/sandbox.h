@@ -17,12 +17,12 @@ namespace unifaas {
 // 502 (the sandbox failed or died), 503 (the engine/hypervisor is unreachable), 501 (backend not
 // available).
 class SandboxError : public std::runtime_error {
-public:
+  public:
     SandboxError(int http_status, const std::string& what)
         : std::runtime_error(what), http_status_(http_status) {}
     int http_status() const { return http_status_; }
 
-private:
+  private:
     int http_status_;
 };
 
@@ -39,7 +39,7 @@ struct InstanceContext {
 // A started sandbox. Destroying it stops the sandbox and gives back everything it holds
 // (container, process, tap, scope, working files). Destruction may block; it never throws.
 class Instance {
-public:
+  public:
     virtual ~Instance() = default;
     // Address the function is reached at and from which it calls back (container or guest IP).
     virtual std::string address() const = 0;
@@ -48,10 +48,12 @@ public:
     virtual std::string describe() const = 0;
     // The last lines of the sandbox's output (console/logs), for error messages. May do I/O.
     virtual std::string output_tail() const = 0;
+    // The systemd unit (transient scope) or cgroup holding the sandbox; "" when none.
+    virtual std::string unit() const { return {}; }
 };
 
 class Backend {
-public:
+  public:
     virtual ~Backend() = default;
     // Starts a sandbox; returns once it runs (not once the function is ready). Throws SandboxError.
     virtual std::unique_ptr<Instance> start(const InstanceContext& ctx) = 0;
@@ -61,7 +63,7 @@ public:
 
 // Picks the backend for a spec; nullptr when this build/daemon has none for it.
 class Backends {
-public:
+  public:
     virtual ~Backends() = default;
     virtual Backend* for_spec(const FunctionSpec& spec) = 0;
 };
