@@ -11,10 +11,16 @@
 
 #include "config/daemon_config.h"
 #include "gateway/gateway.h"
+#include "net/network.h"
+#include "net/tap_device.h"
 #include "pool/function_table.h"
 #include "registry/registry.h"
+#include "sandbox/accel.h"
 #include "sandbox/backend_set.h"
+#include "sandbox/child_process.h"
 #include "sandbox/docker_backend.h"
+#include "sandbox/firecracker_backend.h"
+#include "sandbox/qemu_backend.h"
 #include "systemd/listen_fds.h"
 #include "version.h"
 
@@ -33,6 +39,7 @@ Options:
       --listen ADDR:PORT   address for invocations (default 0.0.0.0:8123)
       --config FILE        daemon configuration (TOML), e.g. /etc/unifaas/unifaas.toml;
                            flags override it
+      --cleanup-taps       remove every tap named with the tap prefix (default faasN) and exit
       --version            print the version and exit
   -h, --help               print this help and exit
 )";
@@ -42,16 +49,18 @@ struct Flags {
     std::optional<std::string> log_level;
     std::optional<std::string> listen;
     std::optional<std::string> config;
+    bool cleanup_taps = false;
 };
 
 // Parses argv; exits for --help, --version and usage errors.
 Flags parse_flags(int argc, char** argv) {
-    enum { kListen = 256, kConfig, kVersion };
+    enum { kListen = 256, kConfig, kVersion, kCleanupTaps };
     static const option options[] = {{"registry", required_argument, nullptr, 'r'},
                                      {"log-level", required_argument, nullptr, 'l'},
                                      {"listen", required_argument, nullptr, kListen},
                                      {"config", required_argument, nullptr, kConfig},
                                      {"version", no_argument, nullptr, kVersion},
+                                     {"cleanup-taps", no_argument, nullptr, kCleanupTaps},
                                      {"help", no_argument, nullptr, 'h'},
                                      {nullptr, 0, nullptr, 0}};
     Flags flags;
@@ -69,6 +78,9 @@ Flags parse_flags(int argc, char** argv) {
                 break;
             case kConfig:
                 flags.config = optarg;
+                break;
+            case kCleanupTaps:
+                flags.cleanup_taps = true;
                 break;
             case kVersion:
                 std::cout << "unifaas " << UNIFAAS_VERSION << "\n";
@@ -99,7 +111,7 @@ DaemonConfig make_config(const Flags& flags) {
     if (flags.listen) {
         config.listen = parse_listen_address(*flags.listen, "--listen");
     }
-    if (config.registry.empty()) {
+    if (config.registry.empty() && !flags.cleanup_taps) {
         throw ConfigError("no registry: pass -r DIR or set registry in the config file");
     }
     auto level = spdlog::level::from_str(config.log_level);
@@ -143,6 +155,46 @@ Listeners open_listeners(const DaemonConfig& config) {
     return l;
 }
 
+// The guest network for microVMs. Without the privilege to make taps, the daemon still serves
+// containers and says once why microVMs are off; a subnet that overlaps the host's addresses
+// stops it.
+std::unique_ptr<Network> open_network(const NetworkConfig& config) {
+    try {
+        auto network = std::make_unique<Network>(config);
+        spdlog::info("microVM network: subnet {}, taps {}N", config.subnet.to_string(),
+                     config.tap_prefix);
+        return network;
+    } catch (const std::system_error& e) {
+        spdlog::warn("microVM functions are disabled: cannot manage taps: {}", e.what());
+        return nullptr;
+    }
+}
+
+void add_vm_backends(BackendSet& backends, const DaemonConfig& config, const VmEnvironment& env) {
+    Accel accel = choose_accel(config.accel);
+    backends.set_vm(HypervisorType::Qemu,
+                    std::make_unique<QemuBackend>(env, config.qemu_binary, accel));
+    backends.set_vm(HypervisorType::Microvm,
+                    std::make_unique<QemuBackend>(env, config.qemu_binary, accel));
+    backends.set_vm(
+        HypervisorType::Firecracker,
+        std::make_unique<FirecrackerBackend>(env, find_firecracker(config.firecracker_binary)));
+}
+
+// Working directories of instances a crashed run left behind.
+void remove_stale_workdirs(const std::filesystem::path& runtime_dir) {
+    std::error_code ec;
+    std::filesystem::create_directories(runtime_dir, ec);
+    std::filesystem::remove_all(runtime_dir / "instances", ec);
+}
+
+int cleanup_taps(const DaemonConfig& config) {
+    unsigned removed = remove_taps_with_prefix(config.network.tap_prefix);
+    std::cout << "removed " << removed << " tap" << (removed == 1 ? "" : "s") << " named "
+              << config.network.tap_prefix << "N\n";
+    return 0;
+}
+
 int run(const DaemonConfig& config) {
     Registry registry(config.registry);
     Readiness readiness;
@@ -154,8 +206,14 @@ int run(const DaemonConfig& config) {
     Listeners listeners = open_listeners(config);
     std::uint16_t callback_port = local_port(listeners.callback_fd);
 
+    ExitWatcher exits;
+    std::unique_ptr<Network> network = open_network(config.network);
+    remove_stale_workdirs(config.runtime_dir);
+    VmEnvironment vm_env{config.runtime_dir, callback_port, network.get(), &exits};
+
     BackendSet backends;
     backends.set_container(std::make_unique<DockerBackend>(config.docker_socket, callback_port));
+    add_vm_backends(backends, config, vm_env);
     if (unsigned removed = backends.remove_leftovers(); removed > 0) {
         spdlog::info("removed {} sandboxes left behind by an earlier run", removed);
     }
@@ -213,7 +271,7 @@ int main(int argc, char** argv) {
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     signal(SIGPIPE, SIG_IGN);
     try {
-        return run(config);
+        return flags.cleanup_taps ? cleanup_taps(config) : run(config);
     } catch (const std::exception& e) {
         spdlog::critical("{}", e.what());
         return 1;
