@@ -117,8 +117,8 @@ class MicroVmTest : public ::testing::Test {
     void TearDown() override {
         if (daemon_ && daemon_->running()) {
             EXPECT_EQ(daemon_->terminate(), 0) << daemon_->log();
+            EXPECT_TRUE(workdirs_empty()) << "instance working directories leaked";
         }
-        fs::path runtime = daemon_ ? daemon_->runtime_dir() : fs::path();
         daemon_.reset();
         EXPECT_TRUE(taps().empty()) << "taps leaked";
         EXPECT_TRUE(qemu_processes(marker_).empty()) << "qemu processes leaked";
