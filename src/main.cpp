@@ -181,6 +181,25 @@ void add_vm_backends(BackendSet& backends, const DaemonConfig& config, const VmE
         std::make_unique<FirecrackerBackend>(env, find_firecracker(config.firecracker_binary)));
 }
 
+// /metrics samples of the tap network.
+Gateway::MetricsAppender tap_metrics(const Network* network) {
+    if (!network) {
+        return {};
+    }
+    return [network](std::string& out) {
+        auto stats = network->stats();
+        out +=
+            "# HELP unifaas_tap_leases Taps of the microVM network by use.\n"
+            "# TYPE unifaas_tap_leases gauge\n";
+        out += "unifaas_tap_leases{state=\"leased\"} " + std::to_string(stats.leased) + "\n";
+        out += "unifaas_tap_leases{state=\"idle\"} " + std::to_string(stats.idle) + "\n";
+        out +=
+            "# HELP unifaas_tap_capacity /30 blocks in the subnet.\n"
+            "# TYPE unifaas_tap_capacity gauge\n";
+        out += "unifaas_tap_capacity " + std::to_string(stats.capacity) + "\n";
+    };
+}
+
 // Working directories of instances a crashed run left behind.
 void remove_stale_workdirs(const std::filesystem::path& runtime_dir) {
     std::error_code ec;
@@ -219,7 +238,7 @@ int run(const DaemonConfig& config) {
     }
 
     FunctionTable functions(registry, PoolServices{backends, readiness, timers, starts, stops});
-    Gateway gateway(config, functions, readiness);
+    Gateway gateway(config, functions, readiness, tap_metrics(network.get()));
     gateway.serve(listeners);
     auto [loaded, broken] = functions.load_all();
     spdlog::info("unifaas {} serving {} functions ({} with errors) from {} on {}", UNIFAAS_VERSION,

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "gateway/invoke_target.h"
+#include "gateway/metrics_endpoint.h"
 #include "gateway/proxy.h"
 #include "version.h"
 
@@ -63,8 +64,10 @@ class Gateway::InFlight {
     Gateway& g_;
 };
 
-Gateway::Gateway(const DaemonConfig& config, FunctionTable& functions, Readiness& readiness)
-    : config_(config),
+Gateway::Gateway(const DaemonConfig& config, FunctionTable& functions, Readiness& readiness,
+                 MetricsAppender extra_metrics)
+    : extra_metrics_(std::move(extra_metrics)),
+      config_(config),
       functions_(functions),
       readiness_(readiness),
       invoke_server_(config.http_threads),
@@ -99,6 +102,10 @@ void Gateway::setup_invoke_server() {
         res.set_content("ok\n", "text/plain");
     });
     s.Get("/status", [this](const httplib::Request&, httplib::Response& res) { status(res); });
+    s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+        res.set_content(render_metrics(functions_.metrics_view(), extra_metrics_),
+                        "text/plain; version=0.0.4; charset=utf-8");
+    });
 
     // Errors the server produces itself (no handler ran): give them a short text body too.
     s.set_error_handler(httplib::Server::HandlerWithResponse(
@@ -192,6 +199,17 @@ void Gateway::invoke(const httplib::Request& req, httplib::Response& res) {
         case ResolvedFunction::Kind::Ok:
             break;
     }
+
+    // Counted when the answer is ready (the time to write it to the client is not included).
+    struct Record {
+        FunctionMetrics& metrics;
+        httplib::Response& res;
+        std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+        ~Record() {
+            metrics.count_invocation(res.status);
+            metrics.invocation_seconds.observe(std::chrono::steady_clock::now() - start);
+        }
+    } record{fn.pool->metrics(), res};
 
     std::shared_ptr<Lease> lease;
     try {

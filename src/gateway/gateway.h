@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 
@@ -22,7 +23,10 @@ struct Listeners {
 
 class Gateway {
   public:
-    Gateway(const DaemonConfig& config, FunctionTable& functions, Readiness& readiness);
+    // Appends daemon-wide samples (e.g. tap leases) to /metrics.
+    using MetricsAppender = std::function<void(std::string&)>;
+    Gateway(const DaemonConfig& config, FunctionTable& functions, Readiness& readiness,
+            MetricsAppender extra_metrics = {});
     ~Gateway();
 
     // Serves the given listening sockets (taking ownership) on their own threads.
@@ -44,6 +48,7 @@ class Gateway {
     void status(httplib::Response& res);
     void ready(const httplib::Request& req, httplib::Response& res);
 
+    MetricsAppender extra_metrics_;
     const DaemonConfig& config_;
     FunctionTable& functions_;
     Readiness& readiness_;

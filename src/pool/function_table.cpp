@@ -76,6 +76,14 @@ std::vector<PoolSnapshot> FunctionTable::snapshot() const {
     return out;
 }
 
+std::vector<std::pair<PoolSnapshot, const FunctionMetrics*>> FunctionTable::metrics_view() const {
+    std::vector<std::pair<PoolSnapshot, const FunctionMetrics*>> out;
+    for (auto& pool : pools()) {
+        out.emplace_back(pool->snapshot(), &pool->metrics());  // pools live until shutdown
+    }
+    return out;
+}
+
 std::shared_ptr<Pool> FunctionTable::find_pool(std::string_view name) const {
     std::shared_lock lk(mu_);
     auto it = pools_.find(std::string(name));

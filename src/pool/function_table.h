@@ -33,6 +33,8 @@ class FunctionTable {
     std::pair<unsigned, unsigned> load_all();
 
     std::vector<PoolSnapshot> snapshot() const;
+    // Each function's snapshot with its metrics (for /metrics).
+    std::vector<std::pair<PoolSnapshot, const FunctionMetrics*>> metrics_view() const;
     std::shared_ptr<Pool> find_pool(std::string_view name) const;
 
     // The live instance with that id, and its pool.

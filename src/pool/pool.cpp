@@ -156,8 +156,10 @@ std::unique_ptr<Lease> Pool::acquire(std::shared_ptr<const FunctionSpec> spec) {
         Waiter w;
         waiters_.push_back(&w);
         Seconds timeout = spec_->queue_timeout;
-        auto deadline = Clock::now() + to_duration(timeout);
+        auto queued_at = Clock::now();
+        auto deadline = queued_at + to_duration(timeout);
         cv_.wait_until(lk, deadline, [&] { return w.claim || closed_; });
+        metrics_.queue_wait_seconds.observe(Clock::now() - queued_at);
         if (!w.claim) {
             waiters_.erase(std::find(waiters_.begin(), waiters_.end(), &w));
             if (closed_) {
@@ -234,6 +236,7 @@ std::shared_ptr<PooledInstance> Pool::create_instance_locked() {
     inst->caches.resize(inst->capacity);
     instances_.push_back(inst);
     ++starting_;
+    metrics_.cold_starts.fetch_add(1, std::memory_order_relaxed);
     if (services_.observer) {
         services_.observer->instance_started(snapshot_locked(*inst));
     }
@@ -370,8 +373,9 @@ void Pool::on_ready(const std::shared_ptr<PooledInstance>& inst) {
     notify_changed_locked(*inst);
     services_.timers.cancel(inst->boot_timer);
     inst->boot_timer = 0;
-    auto boot_ms =
-        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - inst->created);
+    auto boot_time = Clock::now() - inst->created;
+    metrics_.cold_start_seconds.observe(boot_time);
+    auto boot_ms = std::chrono::duration_cast<std::chrono::milliseconds>(boot_time);
     spdlog::info("function {} instance {}: ready in {} ms ({})", function_, inst->id,
                  boot_ms.count(), inst->describe);
     settle_locked(inst);  // an instance started for min-instances is idle from now

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "config/function_spec.h"
+#include "metrics/function_metrics.h"
 #include "pool/readiness.h"
 #include "sandbox/sandbox.h"
 #include "util/timer_queue.h"
@@ -145,6 +146,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
     PoolSnapshot snapshot() const;
     std::optional<InstanceSnapshot> find_instance(const std::string& id) const;
     const std::string& function() const { return function_; }
+    FunctionMetrics& metrics() { return metrics_; }
 
   private:
     friend class Lease;
@@ -191,6 +193,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
 
     const std::string function_;
     PoolServices services_;
+    FunctionMetrics metrics_;
 
     mutable std::mutex mu_;
     std::condition_variable cv_;

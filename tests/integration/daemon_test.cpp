@@ -339,6 +339,26 @@ TEST_F(DaemonTest, ServesAndStopsOnASocketFromAnotherNamespace) {
     EXPECT_LT(std::chrono::steady_clock::now() - started, 15s) << "shutdown hung";
 }
 
+TEST_F(DaemonTest, MetricsCountInvocationsColdStartsAndInstances) {
+    add_hello("hello", "concurrent-requests = 4");
+    start_daemon();
+    ASSERT_EQ(get("/invoke/hello/hello")->status, 200);
+    ASSERT_EQ(get("/invoke/hello/nope")->status, 404);
+    ASSERT_EQ(get("/invoke/hello/hello")->status, 200);
+    auto res = get("/metrics");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200);
+    for (auto line : {"unifaas_invocations_total{function=\"hello\",code=\"200\"} 2\n",
+                      "unifaas_invocations_total{function=\"hello\",code=\"404\"} 1\n",
+                      "unifaas_cold_starts_total{function=\"hello\"} 1\n",
+                      "unifaas_cold_start_duration_seconds_count{function=\"hello\"} 1\n",
+                      "unifaas_invocation_duration_seconds_count{function=\"hello\"} 3\n",
+                      "unifaas_instances{function=\"hello\",state=\"ready\"} 1\n",
+                      "unifaas_queue_length{function=\"hello\"} 0\n", "unifaas_tap_leases"}) {
+        EXPECT_NE(res->body.find(line), std::string::npos) << line << "\n---\n" << res->body;
+    }
+}
+
 TEST_F(DaemonTest, HealthzAnswers) {
     start_daemon();
     auto res = get("/healthz");
