@@ -1,5 +1,7 @@
 #include "net/tap_device.h"
 
+#include "util/unique_fd.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
@@ -28,25 +30,6 @@ namespace unifaas {
 
 namespace {
 
-// Owns one file descriptor.
-class Fd {
-  public:
-    explicit Fd(int fd) : fd_(fd) {}
-    ~Fd() {
-        if (fd_ >= 0) {
-            ::close(fd_);
-        }
-    }
-    Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-    Fd& operator=(Fd&&) = delete;
-    int get() const { return fd_; }
-
-  private:
-    int fd_;
-};
-
 [[noreturn]] void fail(int error, const std::string& what) {
     throw std::system_error(error, std::generic_category(), what);
 }
@@ -69,8 +52,8 @@ ifreq request_for(const std::string& name) {
 }
 
 // An AF_INET datagram socket: the handle for interface ioctls in this thread's namespace.
-Fd inet_socket(const std::string& what) {
-    Fd fd(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+UniqueFd inet_socket(const std::string& what) {
+    UniqueFd fd(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
     if (fd.get() < 0) {
         fail_errno(what + ": socket");
     }
@@ -96,7 +79,7 @@ void set_up(int sock, const std::string& name, bool up, const std::string& what)
 
 // Creates the persistent tap. EEXIST when the name is taken (IFF_TUN_EXCL).
 void create_persistent_tap(const std::string& name, const std::string& what) {
-    Fd tun(::open("/dev/net/tun", O_RDWR | O_CLOEXEC));
+    UniqueFd tun(::open("/dev/net/tun", O_RDWR | O_CLOEXEC));
     if (tun.get() < 0) {
         fail_errno(what + "open /dev/net/tun");
     }
@@ -155,7 +138,7 @@ class NetlinkMessage {
 
 // Sends one rtnetlink request that expects an ACK; returns 0 or the kernel's errno.
 int netlink_request(nlmsghdr* request, const std::string& what) {
-    Fd sock(::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
+    UniqueFd sock(::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
     if (sock.get() < 0) {
         fail_errno(what + ": netlink socket");
     }
@@ -220,7 +203,7 @@ TapDevice::TapDevice(std::string name, std::uint32_t host_ip, std::uint32_t netm
         add_ipv4_address(name_, host_ip_, netmask_,
                          what + "set address " + ipv4_to_string(host_ip_) + "/" +
                              std::to_string(__builtin_popcount(netmask_)) + " (RTM_NEWADDR)");
-        Fd sock = inet_socket("tap " + name_);
+        UniqueFd sock = inet_socket("tap " + name_);
         set_up(sock.get(), name_, true, what + "bring up (SIOCSIFFLAGS)");
     } catch (...) {
         try {
@@ -245,7 +228,7 @@ TapDevice::~TapDevice() {
 }
 
 void TapDevice::reset() {
-    Fd sock = inet_socket("tap " + name_);
+    UniqueFd sock = inet_socket("tap " + name_);
     set_up(sock.get(), name_, false, "tap " + name_ + ": bring down (SIOCSIFFLAGS)");
     set_up(sock.get(), name_, true, "tap " + name_ + ": bring up (SIOCSIFFLAGS)");
 }
@@ -295,7 +278,7 @@ bool is_tun_device(const std::string& name) {
     if (name.empty() || name.size() >= IFNAMSIZ) {
         return false;
     }
-    Fd sock = inet_socket("interface " + name);
+    UniqueFd sock = inet_socket("interface " + name);
     ethtool_drvinfo info{};
     info.cmd = ETHTOOL_GDRVINFO;
     ifreq ifr = request_for(name);
@@ -308,7 +291,7 @@ bool is_tun_device(const std::string& name) {
 
 unsigned interface_flags(const std::string& name) {
     check_name(name, "interface " + name);
-    Fd sock = inet_socket("interface " + name);
+    UniqueFd sock = inet_socket("interface " + name);
     return static_cast<unsigned short>(
         get_flags(sock.get(), name, "interface " + name + ": SIOCGIFFLAGS"));
 }

@@ -1,5 +1,7 @@
 #include "sandbox/accel.h"
 
+#include "util/unique_fd.h"
+
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <spdlog/spdlog.h>
@@ -16,16 +18,6 @@
 namespace unifaas {
 
 namespace {
-
-struct Fd {
-    int fd;
-    explicit Fd(int f) : fd(f) {}
-    ~Fd() {
-        if (fd >= 0) {
-            close(fd);
-        }
-    }
-};
 
 struct Mapping {
     void* addr;
@@ -74,15 +66,15 @@ bool kvm_runs_guests(std::string* why) {
                              ? "the CPU has no VT-x/AMD-V; /dev/kvm is kvm_pvm"
                              : "the CPU has no VT-x/AMD-V");
     }
-    Fd kvm(open("/dev/kvm", O_RDWR | O_CLOEXEC));
-    if (kvm.fd < 0) {
+    UniqueFd kvm(open("/dev/kvm", O_RDWR | O_CLOEXEC));
+    if (kvm.get() < 0) {
         return fail(why, std::string("/dev/kvm: ") + strerror(errno));
     }
-    if (ioctl(kvm.fd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION) {
+    if (ioctl(kvm.get(), KVM_GET_API_VERSION, 0) != KVM_API_VERSION) {
         return fail(why, "unexpected KVM API version");
     }
-    Fd vm(ioctl(kvm.fd, KVM_CREATE_VM, 0));
-    if (vm.fd < 0) {
+    UniqueFd vm(ioctl(kvm.get(), KVM_CREATE_VM, 0));
+    if (vm.get() < 0) {
         return fail(why, std::string("KVM_CREATE_VM: ") + strerror(errno));
     }
     // Guest code at 0x1000: out 0x10, al (al = 0x42); hlt.
@@ -98,43 +90,43 @@ bool kvm_runs_guests(std::string* why) {
     region.guest_phys_addr = 0x1000;
     region.memory_size = 0x1000;
     region.userspace_addr = reinterpret_cast<__u64>(mem.addr);
-    if (ioctl(vm.fd, KVM_SET_USER_MEMORY_REGION, &region) < 0) {
+    if (ioctl(vm.get(), KVM_SET_USER_MEMORY_REGION, &region) < 0) {
         return fail(why, std::string("KVM_SET_USER_MEMORY_REGION: ") + strerror(errno));
     }
-    Fd vcpu(ioctl(vm.fd, KVM_CREATE_VCPU, 0));
-    if (vcpu.fd < 0) {
+    UniqueFd vcpu(ioctl(vm.get(), KVM_CREATE_VCPU, 0));
+    if (vcpu.get() < 0) {
         return fail(why, std::string("KVM_CREATE_VCPU: ") + strerror(errno));
     }
-    int run_size = ioctl(kvm.fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+    int run_size = ioctl(kvm.get(), KVM_GET_VCPU_MMAP_SIZE, 0);
     if (run_size <= 0) {
         return fail(why, "KVM_GET_VCPU_MMAP_SIZE");
     }
     Mapping run_map(mmap(nullptr, static_cast<size_t>(run_size), PROT_READ | PROT_WRITE, MAP_SHARED,
-                         vcpu.fd, 0),
+                         vcpu.get(), 0),
                     static_cast<size_t>(run_size));
     if (run_map.addr == MAP_FAILED) {
         return fail(why, "mmap kvm_run");
     }
     auto* run = static_cast<kvm_run*>(run_map.addr);
     kvm_sregs sregs{};
-    if (ioctl(vcpu.fd, KVM_GET_SREGS, &sregs) < 0) {
+    if (ioctl(vcpu.get(), KVM_GET_SREGS, &sregs) < 0) {
         return fail(why, "KVM_GET_SREGS");
     }
     sregs.cs.base = 0;
     sregs.cs.selector = 0;
-    if (ioctl(vcpu.fd, KVM_SET_SREGS, &sregs) < 0) {
+    if (ioctl(vcpu.get(), KVM_SET_SREGS, &sregs) < 0) {
         return fail(why, "KVM_SET_SREGS");
     }
     kvm_regs regs{};
     regs.rip = 0x1000;
     regs.rax = 0;
     regs.rflags = 0x2;
-    if (ioctl(vcpu.fd, KVM_SET_REGS, &regs) < 0) {
+    if (ioctl(vcpu.get(), KVM_SET_REGS, &regs) < 0) {
         return fail(why, "KVM_SET_REGS");
     }
     bool saw_io = false;
     for (int step = 0; step < 4; ++step) {
-        if (ioctl(vcpu.fd, KVM_RUN, 0) < 0) {
+        if (ioctl(vcpu.get(), KVM_RUN, 0) < 0) {
             return fail(why, std::string("KVM_RUN: ") + strerror(errno));
         }
         switch (run->exit_reason) {

@@ -1,5 +1,7 @@
 #include "sandbox/firecracker_backend.h"
 
+#include "util/unique_fd.h"
+
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <poll.h>
@@ -24,6 +26,8 @@
 
 #include "net/network.h"
 #include "sandbox/child_process.h"
+#include "systemd/console_forwarder.h"
+#include "systemd/scope_manager.h"
 
 namespace unifaas {
 
@@ -44,23 +48,6 @@ constexpr const char* kNotInstalled =
 [[noreturn]] void throw_errno(const std::string& what) {
     throw std::system_error(errno, std::generic_category(), what);
 }
-
-class Fd {
-  public:
-    explicit Fd(int fd) : fd_(fd) {}
-    ~Fd() {
-        if (fd_ >= 0) {
-            ::close(fd_);
-        }
-    }
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-    int get() const { return fd_; }
-    explicit operator bool() const { return fd_ >= 0; }
-
-  private:
-    int fd_;
-};
 
 // --- sparse copy ---
 
@@ -180,7 +167,7 @@ bool accepts_connections(const fs::path& socket) {
         throw_errno("API socket " + path);
     }
     std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-    Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!fd) {
         throw_errno("socket");
     }
@@ -295,11 +282,14 @@ void boot(const fs::path& socket, const BootPlan& plan) {
 class FirecrackerInstance : public Instance {
   public:
     FirecrackerInstance(ExitWatcher* exits, std::unique_ptr<NetworkLease> lease,
-                        std::unique_ptr<WorkDir> dir, std::unique_ptr<ChildProcess> child,
+                        std::unique_ptr<WorkDir> dir, std::unique_ptr<ForwardedConsole> console,
+                        std::unique_ptr<Scope> scope, std::unique_ptr<ChildProcess> child,
                         std::uint16_t port)
         : exits_(exits),
           lease_(std::move(lease)),
           dir_(std::move(dir)),
+          console_(std::move(console)),
+          scope_(std::move(scope)),
           child_(std::move(child)),
           port_(port) {}
 
@@ -329,11 +319,14 @@ class FirecrackerInstance : public Instance {
     std::string output_tail() const override {
         return tail_lines(dir_->path() / kLogFile, kTailLines);
     }
+    std::string unit() const override { return scope_ ? scope_->name() : std::string(); }
 
   private:
     ExitWatcher* exits_;
     std::unique_ptr<NetworkLease> lease_;
     std::unique_ptr<WorkDir> dir_;
+    std::unique_ptr<ForwardedConsole> console_;  // last lines passed on once the process is gone
+    std::unique_ptr<Scope> scope_;               // stopped once the process is gone
     std::unique_ptr<ChildProcess> child_;
     std::uint16_t port_;
     ExitWatcher::Id watch_ = 0;
@@ -357,7 +350,7 @@ std::string find_firecracker(const std::string& configured) {
 }
 
 CopyMethod copy_sparse(const fs::path& from, const fs::path& to, bool allow_reflink) {
-    Fd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
+    UniqueFd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
     if (!in) {
         throw_errno("open " + from.string());
     }
@@ -369,7 +362,7 @@ CopyMethod copy_sparse(const fs::path& from, const fs::path& to, bool allow_refl
         errno = EINVAL;
         throw_errno(from.string() + " is not a regular file");
     }
-    Fd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    UniqueFd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
     if (!out) {
         throw_errno("create " + to.string());
     }
@@ -414,7 +407,7 @@ std::vector<std::string> firecracker_command_line(const std::string& executable,
 
 SocketWait wait_for_api_socket(const fs::path& socket, int pidfd, milliseconds timeout) {
     const auto deadline = Clock::now() + timeout;
-    Fd inotify(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+    UniqueFd inotify(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
     if (!inotify) {
         throw_errno("inotify_init1");
     }
@@ -486,7 +479,11 @@ std::unique_ptr<Instance> FirecrackerBackend::start(const InstanceContext& ctx) 
 
     const fs::path socket = dir->path() / kApiSocket;
     const fs::path log = dir->path() / kLogFile;
+    auto console =
+        std::make_unique<ForwardedConsole>(env_.consoles, log, spec.name, ctx.instance_id);
+    std::unique_ptr<Scope> scope;  // declared before the process: stopped after it is killed
     auto child = spawn(firecracker_command_line(executable_, socket, ctx.instance_id), log);
+    scope = start_instance_scope(env_.scopes, ctx, child->pid(), scope_memory_max(vm.memory_mib));
     await_api_socket(*child, socket, log);
     auto listening = Clock::now();
     boot(socket, plan);
@@ -499,7 +496,8 @@ std::unique_ptr<Instance> FirecrackerBackend::start(const InstanceContext& ctx) 
         std::chrono::duration<double, std::milli>(listening - prepared).count(),
         ms_since(listening));
     auto instance = std::make_unique<FirecrackerInstance>(
-        env_.exits, std::move(lease), std::move(dir), std::move(child), spec.port);
+        env_.exits, std::move(lease), std::move(dir), std::move(console), std::move(scope),
+        std::move(child), spec.port);
     instance->watch(ctx.on_exit);
     return instance;
 }

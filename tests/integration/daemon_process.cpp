@@ -1,6 +1,7 @@
 #include "daemon_process.h"
 
 #include "gateway/listening_server.h"
+#include "util/unique_fd.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -29,16 +30,6 @@ namespace {
 [[noreturn]] void fail(const std::string& what) {
     throw std::system_error(errno, std::generic_category(), what);
 }
-
-struct Fd {
-    int fd = -1;
-    explicit Fd(int f) : fd(f) {}
-    ~Fd() {
-        if (fd >= 0) {
-            close(fd);
-        }
-    }
-};
 
 // A datagram socket the daemon reports READY=1 to (sd_notify protocol).
 int notify_socket(const fs::path& path) {
@@ -107,10 +98,10 @@ DaemonProcess::DaemonProcess(Options options) : options_(std::move(options)) {
                                                 static_cast<int>(local_port(options_.http_fd))}
                                     : listen_ephemeral("127.0.0.1");
     auto [cb_fd, cb_port] = listen_ephemeral("0.0.0.0");
-    Fd http(http_fd), cb(cb_fd);
+    UniqueFd http(http_fd), cb(cb_fd);
     http_port_ = http_port;
     callback_port_ = cb_port;
-    Fd notify(notify_socket(dir_ / "notify"));
+    UniqueFd notify(notify_socket(dir_ / "notify"));
 
     std::vector<std::string> args = {UNIFAAS_DAEMON_PATH, "--config",
                                      (dir_ / "unifaas.toml").string(), "--log-level", "debug"};
@@ -145,8 +136,8 @@ DaemonProcess::DaemonProcess(Options options) : options_(std::move(options)) {
         int log = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         dup2(log, 1);
         dup2(log, 2);
-        dup2(http.fd, 3);
-        dup2(cb.fd, 4);
+        dup2(http.get(), 3);
+        dup2(cb.get(), 4);
         format_pid(listen_pid, getpid());
         sigset_t none;
         sigemptyset(&none);
@@ -156,12 +147,12 @@ DaemonProcess::DaemonProcess(Options options) : options_(std::move(options)) {
     }
 
     // Wait for READY=1 or the daemon's exit, whichever comes first.
-    Fd exited(static_cast<int>(syscall(SYS_pidfd_open, pid_, 0)));
+    UniqueFd exited(static_cast<int>(syscall(SYS_pidfd_open, pid_, 0)));
     auto deadline = std::chrono::steady_clock::now() + options_.ready_timeout;
     for (;;) {
         auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
             deadline - std::chrono::steady_clock::now());
-        pollfd p[2] = {{notify.fd, POLLIN, 0}, {exited.fd, POLLIN, 0}};
+        pollfd p[2] = {{notify.get(), POLLIN, 0}, {exited.get(), POLLIN, 0}};
         if (left.count() <= 0 || poll(p, 2, static_cast<int>(left.count())) == 0) {
             std::string log = this->log();
             kill9();
@@ -172,7 +163,7 @@ DaemonProcess::DaemonProcess(Options options) : options_(std::move(options)) {
             throw std::runtime_error("daemon exited before ready; log:\n" + log());
         }
         char buf[4096];
-        ssize_t len = recv(notify.fd, buf, sizeof(buf) - 1, 0);
+        ssize_t len = recv(notify.get(), buf, sizeof(buf) - 1, 0);
         if (len > 0) {
             buf[len] = '\0';
             if (std::strstr(buf, "READY=1")) {

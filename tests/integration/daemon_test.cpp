@@ -65,7 +65,16 @@ class DaemonTest : public ::testing::Test {
         daemon_ = std::make_unique<DaemonProcess>(o);
     }
 
-    httplib::Result get(const std::string& path) { return daemon_->client().Get(path); }
+    // Sequential requests share one keep-alive connection: the daemon finishes writing (and
+    // releases the slot of) one response before it reads the next request on that connection,
+    // so /status read this way reflects every earlier request.
+    httplib::Result get(const std::string& path) {
+        if (!client_ || client_port_ != daemon_->http_port()) {
+            client_ = std::make_unique<httplib::Client>(daemon_->client());
+            client_port_ = daemon_->http_port();
+        }
+        return client_->Get(path);
+    }
 
     nlohmann::json status() {
         auto res = get("/status");
@@ -83,8 +92,28 @@ class DaemonTest : public ::testing::Test {
         return 0;
     }
 
+    // Responses to other connections may still be finishing: a response reaches the client
+    // just before the daemon releases its slot, and nothing announces the release. Read the
+    // state until it settles (bounded).
     void expect_no_slot_in_use() {
+        auto settled = [](const nlohmann::json& st) {
+            if (st["in_flight"] != 0) {
+                return false;
+            }
+            for (auto& f : st["functions"]) {
+                for (auto& i : f["instances"]) {
+                    if (i["in_use"] != 0) {
+                        return false;
+                    }
+                }
+            }
+            return true;
+        };
         auto s = status();
+        for (int i = 0; i < 100 && !settled(s); ++i) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            s = status();
+        }
         EXPECT_EQ(s["in_flight"], 0);
         for (auto& f : s["functions"]) {
             EXPECT_EQ(f["queued"], 0) << f["name"];
@@ -96,6 +125,8 @@ class DaemonTest : public ::testing::Test {
 
     fs::path registry_;
     std::unique_ptr<DaemonProcess> daemon_;
+    std::unique_ptr<httplib::Client> client_;
+    int client_port_ = 0;
 };
 
 TEST_F(DaemonTest, ColdStartThenWarmReuse) {

@@ -30,7 +30,9 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+
 #include <httplib.h>
+#include "private_netns.h"
 
 #include "gateway/listening_server.h"
 #include "net/network.h"
@@ -46,35 +48,6 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 const fs::path kGuest = fs::path(UNIFAAS_BINARY_DIR) / "guest";
-
-ino_t netns_inode(const char* path) {
-    struct stat st {};
-    return ::stat(path, &st) == 0 ? st.st_ino : 0;
-}
-
-// Runs `body` on a new thread inside a new network namespace (threads and children it starts
-// inherit it); the namespace goes away with the thread. Exceptions become test failures.
-void in_private_netns(const std::function<void()>& body) {
-    std::thread worker([&] {
-        ino_t before = netns_inode("/proc/thread-self/ns/net");
-        if (::unshare(CLONE_NEWNET) != 0) {
-            ADD_FAILURE() << "unshare(CLONE_NEWNET): " << std::strerror(errno);
-            return;
-        }
-        ino_t inside = netns_inode("/proc/thread-self/ns/net");
-        if (before == 0 || inside == 0 || inside == before ||
-            inside == netns_inode("/proc/1/ns/net")) {
-            ADD_FAILURE() << "not in a private network namespace; refusing to touch interfaces";
-            return;
-        }
-        try {
-            body();
-        } catch (const std::exception& e) {
-            ADD_FAILURE() << "exception: " << e.what();
-        }
-    });
-    worker.join();
-}
 
 // Receives GET /ready/<token> on 0.0.0.0 of the calling thread's namespace.
 class Callbacks {

@@ -28,6 +28,8 @@
 
 #include <gtest/gtest.h>
 
+#include "private_netns.h"
+
 #include "net/network.h"
 #include "net/tap_device.h"
 
@@ -39,35 +41,6 @@ using Clock = std::chrono::steady_clock;
 
 double ms_since(Clock::time_point start) {
     return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
-
-ino_t netns_inode(const char* path) {
-    struct stat st {};
-    return ::stat(path, &st) == 0 ? st.st_ino : 0;
-}
-
-// Runs `body` on a new thread inside a new network namespace. Exceptions become test failures.
-// The body never runs if the thread did not demonstrably leave the namespace it started in.
-void in_private_netns(const std::function<void()>& body) {
-    std::thread worker([&] {
-        ino_t before = netns_inode("/proc/thread-self/ns/net");
-        if (::unshare(CLONE_NEWNET) != 0) {
-            ADD_FAILURE() << "unshare(CLONE_NEWNET): " << std::strerror(errno);
-            return;
-        }
-        ino_t inside = netns_inode("/proc/thread-self/ns/net");
-        if (before == 0 || inside == 0 || inside == before ||
-            inside == netns_inode("/proc/1/ns/net")) {
-            ADD_FAILURE() << "not in a private network namespace; refusing to touch interfaces";
-            return;
-        }
-        try {
-            body();
-        } catch (const std::exception& e) {
-            ADD_FAILURE() << "exception: " << e.what();
-        }
-    });
-    worker.join();
 }
 
 // Interfaces named <prefix><digits> in the calling thread's namespace.
