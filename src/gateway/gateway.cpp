@@ -47,13 +47,11 @@ void log_failure(const std::string& function, int status, const std::string& mes
 // Counts an invocation from the moment it is accepted until its response has been written.
 class Gateway::InFlight {
   public:
-    explicit InFlight(Gateway& g) : g_(g) {
-        std::lock_guard lk(g_.mu_);
-        ++g_.in_flight_;
-    }
+    // An atomic on the hot path; the mutex only when the last request ends, for drain().
+    explicit InFlight(Gateway& g) : g_(g) { g_.in_flight_.fetch_add(1, std::memory_order_relaxed); }
     ~InFlight() {
-        std::lock_guard lk(g_.mu_);
-        if (--g_.in_flight_ == 0) {
+        if (g_.in_flight_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            std::lock_guard lk(g_.mu_);
             g_.drained_.notify_all();
         }
     }
@@ -163,7 +161,7 @@ void Gateway::stop_accepting() {
 
 bool Gateway::drain(std::chrono::steady_clock::time_point deadline) {
     std::unique_lock lk(mu_);
-    return drained_.wait_until(lk, deadline, [this] { return in_flight_ == 0; });
+    return drained_.wait_until(lk, deadline, [this] { return in_flight_.load() == 0; });
 }
 
 void Gateway::join() {
@@ -174,8 +172,7 @@ void Gateway::join() {
 }
 
 std::size_t Gateway::in_flight() const {
-    std::lock_guard lk(mu_);
-    return in_flight_;
+    return in_flight_.load(std::memory_order_relaxed);
 }
 
 void Gateway::invoke(const httplib::Request& req, httplib::Response& res) {

@@ -57,7 +57,7 @@ class Gateway {
 
     mutable std::mutex mu_;
     std::condition_variable drained_;
-    std::size_t in_flight_ = 0;
+    std::atomic<std::size_t> in_flight_{0};
 };
 
 }  // namespace unifaas
