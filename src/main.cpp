@@ -9,6 +9,7 @@
 #include <iostream>
 #include <optional>
 
+#include "bus/bus_service.h"
 #include "config/daemon_config.h"
 #include "gateway/gateway.h"
 #include "net/network.h"
@@ -207,6 +208,29 @@ void remove_stale_workdirs(const std::filesystem::path& runtime_dir) {
     std::filesystem::remove_all(runtime_dir / "instances", ec);
 }
 
+// The management interface on the system bus (org.unifaas). Optional: without a system bus or the
+// name, the daemon serves anyway and says once why. Pools report to the bus through `events`.
+std::unique_ptr<BusService> open_bus(const DaemonConfig& config, FunctionTable& functions,
+                                     Registry& registry, Network* network, ObserverRelay& events) {
+    BusService::Config info{UNIFAAS_VERSION, config.listen.to_string(),
+                            network ? network->config().subnet.to_string() : ""};
+    auto reload = [&functions] {
+        auto [ok, bad] = functions.load_all();
+        spdlog::info("reloaded: {} functions ({} with errors)", ok, bad);
+        return ok;
+    };
+    try {
+        auto bus = std::make_unique<BusService>(info, functions, registry, network,
+                                                AccountingSource{}, reload);
+        bus->start(&events);
+        spdlog::info("D-Bus interface {} on the system bus", BusService::kBusName);
+        return bus;
+    } catch (const std::exception& e) {
+        spdlog::warn("D-Bus interface disabled: {}", e.what());
+        return nullptr;
+    }
+}
+
 int cleanup_taps(const DaemonConfig& config) {
     unsigned removed = remove_taps_with_prefix(config.network.tap_prefix);
     std::cout << "removed " << removed << " tap" << (removed == 1 ? "" : "s") << " named "
@@ -237,9 +261,12 @@ int run(const DaemonConfig& config) {
         spdlog::info("removed {} sandboxes left behind by an earlier run", removed);
     }
 
-    FunctionTable functions(registry, PoolServices{backends, readiness, timers, starts, stops});
+    ObserverRelay pool_events;  // the bus, made after the table it serves, attaches to it
+    FunctionTable functions(registry,
+                            PoolServices{backends, readiness, timers, starts, stops, &pool_events});
     Gateway gateway(config, functions, readiness, tap_metrics(network.get()));
     gateway.serve(listeners);
+    auto bus = open_bus(config, functions, registry, network.get(), pool_events);
     auto [loaded, broken] = functions.load_all();
     spdlog::info("unifaas {} serving {} functions ({} with errors) from {} on {}", UNIFAAS_VERSION,
                  loaded, broken, registry.dir().string(), config.listen.to_string());
