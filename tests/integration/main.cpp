@@ -61,6 +61,9 @@ int main(int argc, char** argv) {
     if (const char* level = std::getenv("UNIFAAS_TEST_LOG")) {
         spdlog::set_level(spdlog::level::from_str(level));
     }
+    // Daemons under test must never reach a real system bus (or systemd): tests that want a bus
+    // start a private one and point DBUS_SYSTEM_BUS_ADDRESS at it themselves.
+    setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/unifaas-tests-have-no-system-bus", 1);
     ::testing::AddGlobalTestEnvironment(new unifaas::test::DockerEngineEnvironment);
     return RUN_ALL_TESTS();
 }
