@@ -193,6 +193,8 @@ rootfs_tar=$state/rootfs-$suite-$key.tar
     : >"$tree/etc/machine-id"
     tar -C "$tree" --numeric-owner -cf "$rootfs_tar.tmp" . && mv "$rootfs_tar.tmp" "$rootfs_tar"
     rm -rf --one-file-system "$tree"
+    # Trees for another package list are stale now (about 400 MB each).
+    find "$state" -maxdepth 1 -name 'rootfs-*.tar' ! -name "$(basename "$rootfs_tar")" -delete
   fi
 } 9>"$state/.rootfs.lock"
 
@@ -204,6 +206,23 @@ mkdir "$root"
 tar -C "$root" --numeric-owner -xf "$rootfs_tar"
 ip netns add "$netns"
 ip -n "$netns" link set lo up
+
+# Installing where systemd does not run (image builds, chroots) must work and enable the socket;
+# purging removes what it did, so the booted system below still sees a first installation.
+note "dpkg -i and --purge in a chroot (no systemd running)"
+cp "$deb" "$root/root/"
+ct_deb=/root/$(basename "$deb")
+check "dpkg -i in a chroot without a running systemd succeeds" chroot "$root" dpkg -i "$ct_deb"
+check "... and enables unifaas.socket offline" \
+  test -L "$root/etc/systemd/system/sockets.target.wants/unifaas.socket"
+check "dpkg --purge in the chroot succeeds" chroot "$root" dpkg --purge unifaas
+chroot_clean() {
+  local left
+  left=$(find "$root" -xdev -name '*unifaas*' ! -path "$root$ct_deb")
+  echo "$left"
+  [ -z "$left" ]
+}
+check "... and leaves nothing named *unifaas*" chroot_clean
 
 note "booting it with systemd-nspawn"
 # Without a session of its own the container would get the terminal's signals. CAP_NET_ADMIN:
@@ -248,8 +267,6 @@ esac
 
 # --- (c) install the .deb ----------------------------------------------------------------------
 note "dpkg -i $(basename "$deb")"
-cp "$deb" "$root/root/"
-ct_deb=/root/$(basename "$deb")
 check "dpkg -i installs the package with its dependencies already present" \
   in_ct dpkg -i "$ct_deb"
 version_is_packaged() { [ "$(in_ct unifaas --version)" = "unifaas $version" ]; }
