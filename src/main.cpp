@@ -3,7 +3,6 @@
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
-#include <systemd/sd-daemon.h>
 
 #include <cstdio>
 #include <iostream>
@@ -15,6 +14,7 @@
 #include "net/network.h"
 #include "net/tap_device.h"
 #include "pool/function_table.h"
+#include "pool/observer_list.h"
 #include "registry/registry.h"
 #include "sandbox/accel.h"
 #include "sandbox/backend_set.h"
@@ -22,7 +22,11 @@
 #include "sandbox/docker_backend.h"
 #include "sandbox/firecracker_backend.h"
 #include "sandbox/qemu_backend.h"
+#include "systemd/console_forwarder.h"
+#include "systemd/journal_sink.h"
 #include "systemd/listen_fds.h"
+#include "systemd/notify.h"
+#include "systemd/scope_manager.h"
 #include "version.h"
 
 namespace {
@@ -123,9 +127,15 @@ DaemonConfig make_config(const Flags& flags) {
     return config;
 }
 
+// To the journal, with UNIFAAS_FUNCTION/UNIFAAS_INSTANCE fields, when stderr goes there.
 void setup_logging(const std::string& level) {
-    auto logger = spdlog::stderr_color_mt("unifaas");
-    logger->set_pattern("%^%l%$: %v");
+    std::shared_ptr<spdlog::logger> logger;
+    if (running_under_journal()) {
+        logger = std::make_shared<spdlog::logger>("unifaas", std::make_shared<JournalSink>());
+    } else {
+        logger = spdlog::stderr_color_mt("unifaas");
+        logger->set_pattern("%^%l%$: %v");
+    }
     spdlog::set_default_logger(logger);
     spdlog::set_level(spdlog::level::from_str(level));
 }
@@ -201,6 +211,44 @@ Gateway::MetricsAppender tap_metrics(const Network* network) {
     };
 }
 
+// A transient scope per microVM when systemd runs the machine; otherwise says once why not.
+std::unique_ptr<ScopeManager> open_scopes() {
+    std::string reason;
+    auto scopes = ScopeManager::connect(reason);
+    if (scopes) {
+        spdlog::info("systemd {}: each microVM runs in a transient scope in {}", scopes->version(),
+                     kInstanceSlice);
+    } else {
+        spdlog::info("running without transient scopes: {}", reason);
+    }
+    return scopes;
+}
+
+// microVM consoles go to the journal too when the daemon logs there.
+std::unique_ptr<ConsoleForwarder> open_consoles() {
+    if (!running_under_journal()) {
+        return nullptr;
+    }
+    try {
+        return std::make_unique<ConsoleForwarder>();
+    } catch (const std::system_error& e) {
+        spdlog::warn("microVM consoles are not copied to the journal: {}", e.what());
+        return nullptr;
+    }
+}
+
+// Containers join the instances' slice when systemd manages the machine, and log to the journal
+// when the daemon does.
+std::unique_ptr<DockerBackend> make_docker_backend(const DaemonConfig& config,
+                                                   std::uint16_t callback_port, bool in_slice) {
+    auto docker = std::make_unique<DockerBackend>(config.docker_socket, callback_port);
+    if (in_slice) {
+        docker->set_cgroup_parent(kInstanceSlice);
+    }
+    docker->set_journald_logs(running_under_journal() && journal_socket_exists());
+    return docker;
+}
+
 // Working directories of instances a crashed run left behind.
 void remove_stale_workdirs(const std::filesystem::path& runtime_dir) {
     std::error_code ec;
@@ -251,38 +299,48 @@ int run(const DaemonConfig& config) {
 
     ExitWatcher exits;
     std::unique_ptr<Network> network = open_network(config.network);
+    std::unique_ptr<ScopeManager> scopes = open_scopes();
+    std::unique_ptr<ConsoleForwarder> consoles = open_consoles();
     remove_stale_workdirs(config.runtime_dir);
     VmEnvironment vm_env{config.runtime_dir, callback_port, network.get(), &exits};
+    vm_env.scopes = scopes.get();
+    vm_env.consoles = consoles.get();
 
     BackendSet backends;
-    backends.set_container(std::make_unique<DockerBackend>(config.docker_socket, callback_port));
+    backends.set_container(make_docker_backend(config, callback_port, scopes != nullptr));
     add_vm_backends(backends, config, vm_env);
     if (unsigned removed = backends.remove_leftovers(); removed > 0) {
         spdlog::info("removed {} sandboxes left behind by an earlier run", removed);
     }
 
+    ServiceNotifier notifier;   // READY, STATUS, RELOADING, STOPPING, WATCHDOG to systemd
     ObserverRelay pool_events;  // the bus, made after the table it serves, attaches to it
+    ObserverList observers;
+    observers.add(&notifier);
+    observers.add(&pool_events);
     FunctionTable functions(registry,
-                            PoolServices{backends, readiness, timers, starts, stops, &pool_events});
+                            PoolServices{backends, readiness, timers, starts, stops, &observers});
     Gateway gateway(config, functions, readiness, tap_metrics(network.get()));
     gateway.serve(listeners);
     auto bus = open_bus(config, functions, registry, network.get(), pool_events);
     auto [loaded, broken] = functions.load_all();
     spdlog::info("unifaas {} serving {} functions ({} with errors) from {} on {}", UNIFAAS_VERSION,
                  loaded, broken, registry.dir().string(), config.listen.to_string());
-    sd_notifyf(0, "READY=1\nSTATUS=%u functions (%u with errors)", loaded, broken);
+    notifier.ready(loaded, broken);
 
     sigset_t signals = handled_signals();
     for (;;) {
         int sig = 0;
         sigwait(&signals, &sig);
         if (sig == SIGHUP) {
+            notifier.reloading();
             auto [ok, bad] = functions.load_all();
             spdlog::info("reloaded: {} functions ({} with errors)", ok, bad);
+            notifier.reloaded(ok, bad);
             continue;
         }
         spdlog::info("{} received: shutting down", strsignal(sig));
-        sd_notify(0, "STOPPING=1");
+        notifier.stopping();
         break;
     }
 

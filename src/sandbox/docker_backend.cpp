@@ -340,7 +340,8 @@ auto engine_call(const std::string& socket, const ContainerSpec& spec, Fn&& fn) 
     }
 }
 
-json container_config(const InstanceContext& ctx, const std::string& callback_url) {
+json container_config(const InstanceContext& ctx, const std::string& callback_url,
+                      const DockerPlacement& placement) {
     const FunctionSpec& spec = *ctx.spec;
     const ContainerSpec& container = spec.container();
     std::map<std::string, std::string> ours{{"UNIFAAS_CALLBACK", callback_url},
@@ -360,6 +361,17 @@ json container_config(const InstanceContext& ctx, const std::string& callback_ur
     json host{{"Memory", memory}, {"MemorySwap", memory}, {"NetworkMode", "bridge"}};
     if (container.runtime) {
         host["Runtime"] = *container.runtime;
+    }
+    if (!placement.cgroup_parent.empty()) {
+        host["CgroupParent"] = placement.cgroup_parent;
+    }
+    if (placement.journald) {
+        // The driver turns label keys into fields: unifaas.function -> UNIFAAS_FUNCTION.
+        host["LogConfig"] = {
+            {"Type", "journald"},
+            {"Config",
+             {{"labels", std::string(docker::kFunctionLabel) + "," + docker::kInstanceLabel},
+              {"tag", "unifaas-" + spec.name}}}};
     }
     return json{{"Image", container.image},
                 {"Cmd", {callback_url}},
@@ -399,12 +411,13 @@ class ContainerGuard {
 class DockerInstance : public Instance {
   public:
     DockerInstance(std::shared_ptr<DockerClient> client, std::shared_ptr<ExitWatcher> watcher,
-                   std::string id, std::string ip, std::uint16_t port)
+                   std::string id, std::string ip, std::uint16_t port, std::string unit)
         : client_(std::move(client)),
           watcher_(std::move(watcher)),
           id_(std::move(id)),
           ip_(std::move(ip)),
-          port_(port) {}
+          port_(port),
+          unit_(std::move(unit)) {}
 
     ~DockerInstance() override {
         watcher_->forget(id_);  // first, so our own removal is not reported as an exit
@@ -418,6 +431,7 @@ class DockerInstance : public Instance {
     std::string address() const override { return ip_; }
     std::uint16_t port() const override { return port_; }
     std::string describe() const override { return "container " + id_.substr(0, 12); }
+    std::string unit() const override { return unit_; }
     std::string output_tail() const override {
         try {
             return client_->logs_tail(id_, kTailLines);
@@ -432,6 +446,7 @@ class DockerInstance : public Instance {
     std::string id_;
     std::string ip_;
     std::uint16_t port_;
+    std::string unit_;
 };
 
 std::string logs_or_note(const DockerClient& client, const std::string& id) {
@@ -466,6 +481,24 @@ std::string choose_docker_socket(const std::string& configured, const char* dock
     return configured;
 }
 
+std::string docker_cgroup_parent(const std::string& cgroup_driver, const std::string& slice) {
+    if (cgroup_driver == "systemd") {
+        return slice;
+    }
+    if (cgroup_driver == "cgroupfs") {
+        return "/" + slice;  // a relative path would be taken below the engine's own cgroup
+    }
+    return {};
+}
+
+std::string docker_container_unit(const std::string& cgroup_driver,
+                                  const std::string& cgroup_parent, const std::string& id) {
+    if (cgroup_parent.empty()) {
+        return {};
+    }
+    return cgroup_driver == "systemd" ? "docker-" + id + ".scope" : cgroup_parent + "/" + id;
+}
+
 DockerBackend::DockerBackend(std::string socket_path, std::uint16_t callback_port)
     : socket_path_(choose_docker_socket(socket_path, std::getenv("DOCKER_HOST"))),
       callback_port_(callback_port),
@@ -480,6 +513,58 @@ DockerBackend::DockerBackend(std::string socket_path, std::uint16_t callback_por
 
 DockerBackend::~DockerBackend() {
     watcher_->stop();
+}
+
+void DockerBackend::set_cgroup_parent(std::string slice) {
+    std::lock_guard lock(placement_mutex_);
+    slice_ = std::move(slice);
+    placement_.reset();
+}
+
+void DockerBackend::set_journald_logs(bool on) {
+    std::lock_guard lock(placement_mutex_);
+    journald_logs_ = on;
+    placement_.reset();
+}
+
+// Asked once the engine answers; until then containers start with the engine's defaults.
+DockerPlacement DockerBackend::placement() {
+    std::lock_guard lock(placement_mutex_);
+    if (placement_ || (slice_.empty() && !journald_logs_)) {
+        return placement_.value_or(DockerPlacement{});
+    }
+    json info;
+    try {
+        info = client_->info();
+    } catch (const std::exception& e) {
+        spdlog::debug("docker: cannot ask the engine for its cgroup driver and log drivers: {}",
+                      e.what());
+        return {};
+    }
+    DockerPlacement p;
+    p.cgroup_driver = info.value("CgroupDriver", "");
+    if (!slice_.empty()) {
+        p.cgroup_parent = docker_cgroup_parent(p.cgroup_driver, slice_);
+        if (p.cgroup_parent.empty()) {
+            spdlog::warn(
+                "docker: cgroup driver \"{}\": containers stay in the engine's cgroups, "
+                "not in {}",
+                p.cgroup_driver, slice_);
+        }
+    }
+    if (journald_logs_) {
+        auto drivers = info.value("Plugins", json::object()).value("Log", json::array());
+        p.journald = std::find(drivers.begin(), drivers.end(), "journald") != drivers.end();
+        if (!p.journald) {
+            spdlog::info(
+                "docker: the engine has no journald log driver: container output stays "
+                "in the engine's logs");
+        }
+    }
+    spdlog::debug("docker: cgroup driver {}, cgroup parent \"{}\", journald logs {}",
+                  p.cgroup_driver, p.cgroup_parent, p.journald);
+    placement_ = p;
+    return p;
 }
 
 void DockerBackend::ensure_watching() {
@@ -538,11 +623,12 @@ std::unique_ptr<Instance> DockerBackend::start(const InstanceContext& ctx) {
     auto begin = Clock::now();
 
     ensure_watching();
+    DockerPlacement where = placement();
     std::string url =
         "http://" + callback_host() + ":" + std::to_string(callback_port_) + ctx.callback_path;
     std::string name = "unifaas-" + spec.name + "-" + ctx.instance_id;
     std::string id = engine_call(socket_path_, container, [&] {
-        return client_->create_container(name, container_config(ctx, url));
+        return client_->create_container(name, container_config(ctx, url, where));
     });
     ContainerGuard guard(*client_, *watcher_, id);
     watcher_->watch(id, ctx.on_exit);
@@ -567,7 +653,9 @@ std::unique_ptr<Instance> DockerBackend::start(const InstanceContext& ctx) {
                   spec.name, ctx.instance_id, id.substr(0, 12), info.ip,
                   std::chrono::duration<double, std::milli>(created - begin).count(),
                   ms_since(created));
-    return std::make_unique<DockerInstance>(client_, watcher_, id, info.ip, spec.port);
+    return std::make_unique<DockerInstance>(
+        client_, watcher_, id, info.ip, spec.port,
+        docker_container_unit(where.cgroup_driver, where.cgroup_parent, id));
 }
 
 unsigned DockerBackend::remove_leftovers() {

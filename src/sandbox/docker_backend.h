@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "sandbox/sandbox.h"
@@ -26,6 +27,23 @@ inline constexpr const char* kDefaultDockerSocket = "/var/run/docker.sock";
 // The socket to use: DOCKER_HOST=unix://PATH (docker_host, may be null) replaces the configured
 // socket only when that is the default; other DOCKER_HOST forms are ignored.
 std::string choose_docker_socket(const std::string& configured, const char* docker_host);
+
+// HostConfig.CgroupParent putting containers into a systemd slice, in the form the engine's
+// cgroup driver (GET /info CgroupDriver) expects: the slice name for "systemd" (the container
+// becomes docker-<id>.scope in it), the absolute cgroup path "/<slice>" for "cgroupfs"; "" for
+// any other driver.
+std::string docker_cgroup_parent(const std::string& cgroup_driver, const std::string& slice);
+// The unit ("docker-<id>.scope", systemd driver) or cgroup ("<parent>/<id>", cgroupfs) a
+// container with that parent runs in.
+std::string docker_container_unit(const std::string& cgroup_driver,
+                                  const std::string& cgroup_parent, const std::string& id);
+
+// Where containers run and log; decided once from the engine's /info.
+struct DockerPlacement {
+    std::string cgroup_driver;  // "systemd", "cgroupfs", ... ("" unknown)
+    std::string cgroup_parent;  // HostConfig.CgroupParent ("" the engine's default)
+    bool journald = false;      // LogConfig: the journald log driver
+};
 
 class DockerBackend : public Backend {
   public:
@@ -45,7 +63,16 @@ class DockerBackend : public Backend {
 
     const std::string& socket_path() const { return socket_path_; }
 
+    // systemd integration; set before the first start. Containers go into `slice` (e.g.
+    // "unifaas.slice"); Instance::unit() then names their scope or cgroup.
+    void set_cgroup_parent(std::string slice);
+    // Containers log to the journal when the engine has the journald log driver: their lines
+    // carry UNIFAAS_FUNCTION and UNIFAAS_INSTANCE (from the labels), SYSLOG_IDENTIFIER
+    // unifaas-<function>. `docker logs` (and so error messages) keep working.
+    void set_journald_logs(bool on);
+
   private:
+    DockerPlacement placement();
     void ensure_watching();
     std::string callback_host();
     void note_gateway(const std::string& gateway);
@@ -56,6 +83,10 @@ class DockerBackend : public Backend {
     std::shared_ptr<docker::ExitWatcher> watcher_;
     std::mutex gateway_mutex_;
     std::string gateway_;  // the bridge gateway, looked up once
+    std::mutex placement_mutex_;
+    std::string slice_;
+    bool journald_logs_ = false;
+    std::optional<DockerPlacement> placement_;  // asked once the engine answers
 };
 
 }  // namespace unifaas

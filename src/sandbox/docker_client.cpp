@@ -312,6 +312,12 @@ std::string DockerClient::network_gateway(const std::string& network) const {
     throw EngineError(200, "", request + ": the network has no IPv4 gateway");
 }
 
+json DockerClient::info() const {
+    const std::string request = "GET /info";
+    return parse_body(expect(connect()->Get("/info", api_headers()), socket_path_, request, {200}),
+                      request);
+}
+
 // ---------------------------------------------------------------------------------------------
 
 EventStream::EventStream(std::string socket_path, json filters)

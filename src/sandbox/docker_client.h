@@ -82,6 +82,8 @@ class DockerClient {
     std::vector<ContainerSummary> list_containers(const std::string& label) const;
     // The gateway address of a network (the host side of the default "bridge").
     std::string network_gateway(const std::string& network) const;
+    // GET /info: the engine's system information (CgroupDriver, Plugins.Log, ...).
+    nlohmann::json info() const;
 
   private:
     std::unique_ptr<httplib::Client> connect() const;

@@ -5,10 +5,16 @@
 
 #include "net/network.h"
 #include "sandbox/child_process.h"
+#include "systemd/console_forwarder.h"
+#include "systemd/scope_manager.h"
 
 namespace unifaas {
 
 namespace {
+
+// Under TCG a scope's memory limit also covers QEMU's translation cache, which grows as guest code
+// is translated (about 100 MiB after a Linux boot here; QEMU reserves up to 1 GiB for it).
+constexpr std::uint64_t kTcgCacheMiB = 256;
 
 const char* on_off(bool v) {
     return v ? "on" : "off";
@@ -49,12 +55,15 @@ class QemuInstance : public Instance {
   public:
     QemuInstance(const InstanceContext& ctx, std::unique_ptr<NetworkLease> lease,
                  std::unique_ptr<WorkDir> workdir, const std::vector<std::string>& argv,
-                 ExitWatcher& exits)
+                 const VmEnvironment& env, std::uint64_t memory_max)
         : lease_(std::move(lease)),
           workdir_(std::move(workdir)),
           port_(ctx.spec->port),
-          exits_(exits),
+          exits_(*env.exits),
+          console_(env.consoles, workdir_->path() / "console.log", ctx.spec->name, ctx.instance_id),
           child_(argv, workdir_->path() / "qemu.log", {"TMPDIR=" + workdir_->path().string()}) {
+        // Before the watch: when systemd refuses the scope, child_ is killed on the way out.
+        scope_ = start_instance_scope(env.scopes, ctx, child_.pid(), memory_max);
         auto on_exit = ctx.on_exit;
         watch_ = exits_.watch(child_.pidfd(), [this, on_exit] {
             std::string how = child_.exit_description();
@@ -72,6 +81,7 @@ class QemuInstance : public Instance {
     std::string describe() const override {
         return fmt::format("qemu pid {} (tap {})", child_.pid(), lease_->tap());
     }
+    std::string unit() const override { return scope_ ? scope_->name() : std::string(); }
     std::string output_tail() const override {
         std::string console = tail_lines(workdir_->path() / "console.log", 20);
         std::string qemu = tail_lines(workdir_->path() / "qemu.log", 5);
@@ -86,6 +96,8 @@ class QemuInstance : public Instance {
     std::unique_ptr<WorkDir> workdir_;
     std::uint16_t port_;
     ExitWatcher& exits_;
+    ForwardedConsole console_;      // its last lines are passed on once qemu is gone
+    std::unique_ptr<Scope> scope_;  // stopped once qemu is gone
     ChildProcess child_;
     ExitWatcher::Id watch_ = 0;
 };
@@ -181,8 +193,9 @@ std::unique_ptr<Instance> QemuBackend::start(const InstanceContext& ctx) {
     auto argv = qemu_command_line(launch);
     spdlog::debug("function {} instance {}: {}", spec.name, ctx.instance_id, fmt::join(argv, " "));
     try {
-        return std::make_unique<QemuInstance>(ctx, std::move(lease), std::move(workdir), argv,
-                                              *env_.exits);
+        return std::make_unique<QemuInstance>(
+            ctx, std::move(lease), std::move(workdir), argv, env_,
+            scope_memory_max(vm.memory_mib, accel_ == Accel::Tcg ? kTcgCacheMiB : 0));
     } catch (const std::system_error& e) {
         throw SandboxError(502, e.what());
     }

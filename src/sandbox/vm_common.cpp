@@ -10,6 +10,9 @@
 #include <system_error>
 #include <vector>
 
+#include "sandbox/sandbox.h"
+#include "systemd/scope_manager.h"
+
 namespace unifaas {
 
 namespace fs = std::filesystem;
@@ -150,6 +153,18 @@ unsigned long host_tsc_khz() {
         }
     }
     return 0;
+}
+
+std::unique_ptr<Scope> start_instance_scope(ScopeManager* scopes, const InstanceContext& ctx,
+                                            pid_t pid, std::uint64_t memory_max_bytes) {
+    if (scopes == nullptr) {
+        return nullptr;
+    }
+    try {
+        return scopes->create(ctx.spec->name, ctx.instance_id, pid, memory_max_bytes);
+    } catch (const ScopeError& e) {
+        throw SandboxError(502, e.what());
+    }
 }
 
 }  // namespace unifaas

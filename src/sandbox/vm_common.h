@@ -2,14 +2,21 @@
 // kernel command-line placeholders, console tails, the backends' shared dependencies.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 
 namespace unifaas {
 
 class Network;
 class ExitWatcher;
+class ScopeManager;
+class Scope;
+class ConsoleForwarder;
+struct InstanceContext;
 
 // What the daemon hands to each VM backend; all owned by main and outliving the backends.
 struct VmEnvironment {
@@ -17,7 +24,14 @@ struct VmEnvironment {
     std::uint16_t callback_port = 0;    // readiness callbacks arrive here on every address
     Network* network = nullptr;
     ExitWatcher* exits = nullptr;
+    ScopeManager* scopes = nullptr;        // set: each hypervisor runs in a transient scope
+    ConsoleForwarder* consoles = nullptr;  // set: guest consoles are copied to the journal
 };
+
+// The transient scope holding an instance's hypervisor process (nullptr without `scopes`).
+// Throws SandboxError 502 naming the unit when systemd does not start it.
+std::unique_ptr<Scope> start_instance_scope(ScopeManager* scopes, const InstanceContext& ctx,
+                                            pid_t pid, std::uint64_t memory_max_bytes);
 
 // <runtime_dir>/instances/<id>, created empty (mode 0700), removed recursively on destruction.
 class WorkDir {
