@@ -4,6 +4,20 @@
 
 namespace unifaas {
 
+namespace {
+
+// A callback through a dual-stack socket comes from "::ffff:10.100.0.2": compare as IPv4.
+std::string_view without_v4_mapping(std::string_view address) {
+    constexpr std::string_view kMapped = "::ffff:";
+    if (address.size() > kMapped.size() && address.substr(0, kMapped.size()) == kMapped &&
+        address.find('.') != std::string_view::npos) {
+        address.remove_prefix(kMapped.size());
+    }
+    return address;
+}
+
+}  // namespace
+
 std::string Readiness::issue() {
     std::string token = random_hex(16);
     std::lock_guard lk(mu_);
@@ -47,7 +61,8 @@ Readiness::Outcome Readiness::signal(const std::string& token, const std::string
         if (it == entries_.end()) {
             return Outcome::UnknownToken;
         }
-        if (it->second.address.empty() || it->second.address != source) {
+        if (it->second.address.empty() ||
+            without_v4_mapping(it->second.address) != without_v4_mapping(source)) {
             return Outcome::WrongSource;
         }
         on_ready = std::move(it->second.on_ready);

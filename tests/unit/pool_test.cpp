@@ -374,6 +374,20 @@ TEST_F(PoolTest, WrongCallbackSourceChangesNothing) {
     EXPECT_THROW(first.get(), PoolError);  // boot timeout: the refused callbacks did nothing
 }
 
+TEST_F(PoolTest, CallbackThroughADualStackSocketMatchesTheIpv4Address) {
+    auto spec = make_spec();
+    auto first = acquire_async(spec);
+    ASSERT_TRUE(backend.wait_started(1));
+    while (pool->snapshot().instances.at(0).state != InstanceState::Booting) {
+        std::this_thread::yield();
+    }
+    auto s = backend.get(0);
+    std::string token = s.ctx.callback_path.substr(7);
+    EXPECT_EQ(readiness.signal(token, "::ffff:10.0.0.9", 10ms), Readiness::Outcome::WrongSource);
+    EXPECT_EQ(readiness.signal(token, "::ffff:" + s.address, 2s), Readiness::Outcome::Ready);
+    EXPECT_EQ(first.get()->address(), s.address);
+}
+
 TEST_F(PoolTest, ShutdownFailsWaitersAndStopsEverything) {
     auto spec = make_spec();
     spec->max_instances = 1;
