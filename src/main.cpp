@@ -127,10 +127,15 @@ DaemonConfig make_config(const Flags& flags) {
     return config;
 }
 
+// Whether the daemon's stderr is the journal (and journald takes native entries too).
+bool log_to_journal() {
+    return running_under_journal() && journal_socket_exists();
+}
+
 // To the journal, with UNIFAAS_FUNCTION/UNIFAAS_INSTANCE fields, when stderr goes there.
 void setup_logging(const std::string& level) {
     std::shared_ptr<spdlog::logger> logger;
-    if (running_under_journal()) {
+    if (log_to_journal()) {
         logger = std::make_shared<spdlog::logger>("unifaas", std::make_shared<JournalSink>());
     } else {
         logger = spdlog::stderr_color_mt("unifaas");
@@ -226,7 +231,7 @@ std::unique_ptr<ScopeManager> open_scopes() {
 
 // microVM consoles go to the journal too when the daemon logs there.
 std::unique_ptr<ConsoleForwarder> open_consoles() {
-    if (!running_under_journal()) {
+    if (!log_to_journal()) {
         return nullptr;
     }
     try {
@@ -245,7 +250,7 @@ std::unique_ptr<DockerBackend> make_docker_backend(const DaemonConfig& config,
     if (in_slice) {
         docker->set_cgroup_parent(kInstanceSlice);
     }
-    docker->set_journald_logs(running_under_journal() && journal_socket_exists());
+    docker->set_journald_logs(log_to_journal());
     return docker;
 }
 
@@ -256,10 +261,34 @@ void remove_stale_workdirs(const std::filesystem::path& runtime_dir) {
     std::filesystem::remove_all(runtime_dir / "instances", ec);
 }
 
+// systemd's accounting of an instance's unit, for the bus; unknown without scopes, or for a unit
+// systemd does not know (a container's cgroup under the cgroupfs driver).
+AccountingSource scope_accounting(ScopeManager* scopes) {
+    if (scopes == nullptr) {
+        return {};
+    }
+    return [scopes](const std::string& unit) {
+        UnitAccounting out;
+        if (unit.empty()) {
+            return out;
+        }
+        try {
+            ScopeAccounting a = scopes->accounting(unit);
+            out.memory_current = a.memory_current;
+            out.cpu_usage_nsec = a.cpu_usage_nsec;
+            out.tasks_current = a.tasks_current;
+        } catch (const ScopeError& e) {
+            spdlog::debug("systemd: no accounting for {}: {}", unit, e.what());
+        }
+        return out;
+    };
+}
+
 // The management interface on the system bus (org.unifaas). Optional: without a system bus or the
 // name, the daemon serves anyway and says once why. Pools report to the bus through `events`.
 std::unique_ptr<BusService> open_bus(const DaemonConfig& config, FunctionTable& functions,
-                                     Registry& registry, Network* network, ObserverRelay& events) {
+                                     Registry& registry, Network* network, ObserverRelay& events,
+                                     AccountingSource accounting) {
     BusService::Config info{UNIFAAS_VERSION, config.listen.to_string(),
                             network ? network->config().subnet.to_string() : ""};
     auto reload = [&functions] {
@@ -269,7 +298,7 @@ std::unique_ptr<BusService> open_bus(const DaemonConfig& config, FunctionTable& 
     };
     try {
         auto bus = std::make_unique<BusService>(info, functions, registry, network,
-                                                AccountingSource{}, reload);
+                                                std::move(accounting), reload);
         bus->start(&events);
         spdlog::info("D-Bus interface {} on the system bus", BusService::kBusName);
         return bus;
@@ -322,7 +351,8 @@ int run(const DaemonConfig& config) {
                             PoolServices{backends, readiness, timers, starts, stops, &observers});
     Gateway gateway(config, functions, readiness, tap_metrics(network.get()));
     gateway.serve(listeners);
-    auto bus = open_bus(config, functions, registry, network.get(), pool_events);
+    auto bus = open_bus(config, functions, registry, network.get(), pool_events,
+                        scope_accounting(scopes.get()));
     auto [loaded, broken] = functions.load_all();
     spdlog::info("unifaas {} serving {} functions ({} with errors) from {} on {}", UNIFAAS_VERSION,
                  loaded, broken, registry.dir().string(), config.listen.to_string());
