@@ -255,6 +255,9 @@ in_ct() {
   nsenter -t "$cpid" -a env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 SYSTEMD_PAGER= \
     SYSTEMD_COLORS=0 "$@"
 }
+# systemctl answers "offline" until systemd has set up its runtime directory: wait for that
+# first (found early in a clean CI run), then for the boot to finish.
+wait_for 30 test -d "/proc/$cpid/root/run/systemd/system" || true
 boot_state=$(in_ct timeout 60 systemctl is-system-running --wait 2>&1 || true)
 case $boot_state in
   running | degraded) pass "the container booted ($boot_state)" ;;
