@@ -286,16 +286,12 @@ AccountingSource scope_accounting(ScopeManager* scopes) {
 
 // The management interface on the system bus (org.unifaas). Optional: without a system bus or the
 // name, the daemon serves anyway and says once why. Pools report to the bus through `events`.
-std::unique_ptr<BusService> open_bus(const DaemonConfig& config, FunctionTable& functions,
+std::unique_ptr<BusService> open_bus(const std::string& listen_address, FunctionTable& functions,
                                      Registry& registry, Network* network, ObserverRelay& events,
-                                     AccountingSource accounting) {
-    BusService::Config info{UNIFAAS_VERSION, config.listen.to_string(),
+                                     AccountingSource accounting,
+                                     std::function<unsigned()> reload) {
+    BusService::Config info{UNIFAAS_VERSION, listen_address,
                             network ? network->config().subnet.to_string() : ""};
-    auto reload = [&functions] {
-        auto [ok, bad] = functions.load_all();
-        spdlog::info("reloaded: {} functions ({} with errors)", ok, bad);
-        return ok;
-    };
     try {
         auto bus = std::make_unique<BusService>(info, functions, registry, network,
                                                 std::move(accounting), reload);
@@ -306,6 +302,15 @@ std::unique_ptr<BusService> open_bus(const DaemonConfig& config, FunctionTable& 
         spdlog::warn("D-Bus interface disabled: {}", e.what());
         return nullptr;
     }
+}
+
+// Re-reads the registry (SIGHUP, ExecReload=, D-Bus Reload()), telling systemd around it.
+unsigned reload_registry(FunctionTable& functions, ServiceNotifier& notifier) {
+    notifier.reloading();
+    auto [ok, bad] = functions.load_all();
+    spdlog::info("reloaded: {} functions ({} with errors)", ok, bad);
+    notifier.reloaded(ok, bad);
+    return ok;
 }
 
 int cleanup_taps(const DaemonConfig& config) {
@@ -351,11 +356,14 @@ int run(const DaemonConfig& config) {
                             PoolServices{backends, readiness, timers, starts, stops, &observers});
     Gateway gateway(config, functions, readiness, tap_metrics(network.get()));
     gateway.serve(listeners);
-    auto bus = open_bus(config, functions, registry, network.get(), pool_events,
-                        scope_accounting(scopes.get()));
+    // The address actually served: with socket activation it is the socket's, not the config's.
+    const std::string listen_address = local_address(listeners.http_fd);
+    auto bus = open_bus(listen_address, functions, registry, network.get(), pool_events,
+                        scope_accounting(scopes.get()),
+                        [&] { return reload_registry(functions, notifier); });
     auto [loaded, broken] = functions.load_all();
     spdlog::info("unifaas {} serving {} functions ({} with errors) from {} on {}", UNIFAAS_VERSION,
-                 loaded, broken, registry.dir().string(), config.listen.to_string());
+                 loaded, broken, registry.dir().string(), listen_address);
     notifier.ready(loaded, broken);
 
     sigset_t signals = handled_signals();
@@ -363,10 +371,7 @@ int run(const DaemonConfig& config) {
         int sig = 0;
         sigwait(&signals, &sig);
         if (sig == SIGHUP) {
-            notifier.reloading();
-            auto [ok, bad] = functions.load_all();
-            spdlog::info("reloaded: {} functions ({} with errors)", ok, bad);
-            notifier.reloaded(ok, bad);
+            reload_registry(functions, notifier);
             continue;
         }
         spdlog::info("{} received: shutting down", strsignal(sig));

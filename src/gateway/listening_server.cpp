@@ -154,6 +154,23 @@ int bind_listener(const std::string& host, int port) {
     return fd;
 }
 
+std::string local_address(int listen_fd) {
+    sockaddr_storage addr{};
+    socklen_t len = sizeof(addr);
+    if (getsockname(listen_fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+        throw std::system_error(errno, std::generic_category(), "getsockname");
+    }
+    char host[INET6_ADDRSTRLEN] = {};
+    if (addr.ss_family == AF_INET6) {
+        auto* in6 = reinterpret_cast<sockaddr_in6*>(&addr);
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+        return std::string("[") + host + "]:" + std::to_string(ntohs(in6->sin6_port));
+    }
+    auto* in = reinterpret_cast<sockaddr_in*>(&addr);
+    inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+    return std::string(host) + ":" + std::to_string(ntohs(in->sin_port));
+}
+
 std::uint16_t local_port(int listen_fd) {
     sockaddr_storage addr{};
     socklen_t len = sizeof(addr);

@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <string>
 #include <thread>
 
 namespace unifaas {
@@ -41,5 +42,7 @@ class ListeningServer : public httplib::Server {
 int bind_listener(const std::string& host, int port);
 // The local port a listening socket is bound to.
 std::uint16_t local_port(int listen_fd);
+// "ADDR:PORT" ("[v6]:PORT") of a listening socket.
+std::string local_address(int listen_fd);
 
 }  // namespace unifaas

@@ -276,8 +276,9 @@ class BusTest : public ::testing::Test {
         DaemonProcess::Options o;
         o.registry = registry_;
         o.docker_socket = engine().socket_path();
-        o.extra_config = "listen = \"127.0.0.1:18999\"";  // shown as ListenAddress; the socket
-                                                          // served is the one passed in
+        // The configured address is not the one served: the socket is passed in (activation),
+        // and ListenAddress must show the socket's.
+        o.extra_config = "listen = \"127.0.0.1:18999\"";
         daemon_ = std::make_unique<DaemonProcess>(o);
         client_ = std::make_unique<BusClient>(bus_->address());
     }
@@ -365,7 +366,8 @@ SuiteBus BusTest::bus_;
 TEST_F(BusTest, ManagerProperties) {
     start_daemon();
     EXPECT_EQ(property(kManagerPath, kManager, "Version"), UNIFAAS_VERSION);
-    EXPECT_EQ(property(kManagerPath, kManager, "ListenAddress"), "127.0.0.1:18999");
+    EXPECT_EQ(property(kManagerPath, kManager, "ListenAddress"),
+              "127.0.0.1:" + std::to_string(daemon_->http_port()));
     EXPECT_EQ(property(kManagerPath, kManager, "Subnet"), "10.100.0.0/16");
     EXPECT_EQ(property(kManagerPath, kManager, "InstanceCount"), 0);
     EXPECT_EQ(client_->manager().Version(), UNIFAAS_VERSION);
