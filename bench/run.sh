@@ -1,0 +1,384 @@
+#!/usr/bin/env bash
+# bench/run.sh [--smoke] [--out DIR]
+#
+# The unifaas benchmark: one command that installs what it needs (wrk, nginx), builds unifaas and
+# the example images (BUILD_DIR, default build/), and measures, each comparison side by side in
+# the same run:
+#   1. warm latency      unifaas vs straight to the same container instance (wrk, keep-alive)
+#   2. warm throughput   unifaas vs nginx reverse proxy vs direct, c = 1 4 16 64
+#   3. cold start        single-use function through unifaas vs the bare sandbox started here
+#                        (Docker Engine API create+start; QEMU with unifaas's own command line)
+#   4. burst             10/50/100 simultaneous requests to a single-use function, no instance
+#   5. idle footprint    daemon RSS and CPU over 60 s, no instances and 20 idle instances
+#   6. fleet             warm latency with 1/100/1000 functions and 1/50 live instances
+# Results: DIR/results.json and DIR/results.md (default bench/results/<date>[-smoke]); the
+# Markdown is printed at the end. See bench/README.md for how to read them.
+#
+# Everything (private dockerd, the daemon, nginx, QEMU, wrk and the python clients) runs inside a
+# network namespace made here (unifaas-bench-PID) and deleted on exit, Ctrl-C included: nothing
+# touches the host's network. --smoke: the same with tiny durations and counts (< 60 s once built),
+# exit 0 whenever the measurements ran; benchmarks report, they do not pass or fail.
+# Environment: BUILD_DIR (default build) for the daemon and the images; UNIFAAS_BIN to measure
+# another unifaas binary (e.g. a before/after comparison) with the same images.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+if [ "$(id -u)" != 0 ]; then
+  exec sudo --preserve-env=PATH,BUILD_DIR,UNIFAAS_BIN "$0" "$@"
+fi
+
+usage() { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'; }
+smoke=false
+out=""
+while (($#)); do
+  case $1 in
+    --smoke) smoke=true ;;
+    --out) out=${2:?--out needs a directory}; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if $smoke; then
+  mode=smoke wrk_s=1 rounds=1 conns=(1 16) cold_runs=2 bursts=(5 10)
+  idle_s=3 idle_instances=5 fleet_functions=(1 100) fleet_instances=(1 5)
+else
+  mode=full wrk_s=5 rounds=3 conns=(1 4 16 64) cold_runs=20 bursts=(10 50 100)
+  idle_s=60 idle_instances=20 fleet_functions=(1 100 1000) fleet_instances=(1 50)
+fi
+build=${BUILD_DIR:-build}
+suffix=""
+$smoke && suffix=-smoke
+[ -n "$out" ] || out=bench/results/$(date +%Y-%m-%d-%H%M%S)$suffix
+py=python3
+[ -x /usr/bin/python3 ] && py=/usr/bin/python3
+lib=$repo/bench/lib
+started=$(date +%s)
+
+log() { printf '\n== %s (%ds)\n' "$*" $(($(date +%s) - started)); }
+die() { echo "bench: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# Tools and build
+
+log "packages"
+tests/lib/install-deps.sh
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+if ((${#need[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # nginx-light is the small flavour; where it is only a transitional name, plain nginx.
+  for i in "${!need[@]}"; do
+    if [ "${need[$i]}" = nginx ] && apt-cache show nginx-light >/dev/null 2>&1; then
+      need[$i]=nginx-light
+    fi
+  done
+  # A package's maintainer scripts must not start a system-wide nginx on the host:
+  # policy-rc.d answering 101 forbids service starts during the install.
+  made_policy=false
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    made_policy=true
+  fi
+  echo "installing: ${need[*]}"
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || install_failed=1
+  if $made_policy; then rm -f /usr/sbin/policy-rc.d; fi
+  [ -z "${install_failed:-}" ] || die "apt-get install ${need[*]} failed"
+fi
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+
+log "build ($build)"
+if [ ! -f "$build/CMakeCache.txt" ]; then
+  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+fi
+cmake --build "$build" -j"$(nproc)" --target unifaas example_images guest_images >/dev/null
+unifaas=${UNIFAAS_BIN:-$repo/$build/unifaas}  # UNIFAAS_BIN: compare another build of the daemon
+[ -x "$unifaas" ] || die "$unifaas is not an executable"
+build_type=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$build/CMakeCache.txt")
+case $build_type in
+  Release|RelWithDebInfo) ;;
+  *) echo "bench: warning: $build is a '${build_type:-no type}' build; numbers of an" \
+       "unoptimised daemon mean little" >&2 ;;
+esac
+
+# One run per build directory at a time: the engine's data root below is shared.
+mkdir -p "$build"
+exec 9>"$build/bench.lock"
+flock -n 9 || die "another bench run is using $build"
+
+# ---------------------------------------------------------------------------------------------
+# Namespace, engine, clean-up
+
+. tests/lib/private-docker.sh
+ns=unifaas-bench-$$
+work=$(mktemp -d /tmp/unifaas-bench.XXXXXX)
+dockerdir=$repo/$build/bench-docker  # kept between runs: the imported image survives
+dsock=$dockerdir/docker.sock
+raw=$work/raw.jsonl
+daemon_pid=""
+nginx_pid=""
+mkdir -p "$work/logs" "$work/run" "$work/vm" "$work/nginx/tmp"
+
+innet() { nsenter --net="/run/netns/$ns" "$@"; }
+pyin() { innet "$py" "$@"; }
+
+stop_pid() {  # stop_pid PID SIGNAL SECONDS: signal, wait, then SIGKILL
+  local pid=$1 sig=$2 secs=$3 i
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+  kill -"$sig" "$pid" 2>/dev/null || true
+  for ((i = 0; i < secs * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local rc=$? pid left=""
+  set +e
+  trap - EXIT INT TERM
+  stop_pid "$daemon_pid" TERM 60
+  stop_pid "$nginx_pid" QUIT 10
+  [ -f "$work/vm/bare-qemu.pid" ] && stop_pid "$(cat "$work/vm/bare-qemu.pid")" KILL 5
+  # Everything still in the namespace now is the engine or a process of ours interrupted
+  # mid-run; once the engine has stopped (its containers removed), the rest is killed.
+  [ -e "/run/netns/$ns" ] && left=$(ip netns pids "$ns" 2>/dev/null)
+  private_docker_stop "$ns" "$dockerdir"
+  for pid in $left; do kill -KILL "$pid" 2>/dev/null; done
+  ip netns delete "$ns" 2>/dev/null
+  if [ -d "$out" ] && [ -d "$work/logs" ]; then
+    mkdir -p "$out/logs" && cp "$work"/logs/*.log "$out/logs/" 2>/dev/null
+    tail -n 100 "$dockerdir/dockerd.log" >"$out/logs/dockerd-tail.log" 2>/dev/null
+  fi
+  rm -rf "$work"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)  # the host is shared: say how busy it was
+log "network namespace $ns, private dockerd"
+ip netns add "$ns"
+ip -n "$ns" link set lo up
+private_docker_start "$ns" "$dockerdir"
+for id in $(curl -fsS --unix-socket "$dsock" 'http://localhost/containers/json?all=1' |
+    grep -o '"Id":"[0-9a-f]*"' | cut -d'"' -f4); do  # leftovers of an interrupted run
+  curl -fsS -X DELETE --unix-socket "$dsock" "http://localhost/containers/$id?force=true" >/dev/null
+done
+examples/import-image.sh "$dsock" "$build/examples/hello-rootfs.tar" unifaas-hello
+
+# ---------------------------------------------------------------------------------------------
+# Registries and the daemon
+
+cat >"$work/unifaas.toml" <<TOML
+runtime-dir = "$work/run"
+shutdown-grace = 5
+TOML
+
+container_fn() {  # container_fn DIR [extra toml lines...]
+  mkdir -p "$1"
+  {
+    printf '%s\n' "${@:2}"
+    printf '\n[container]\nimage = "unifaas-hello"\nmemory = 64\n'
+  } >"$1/function.toml"
+}
+
+main_reg=$work/reg-main
+# Warm tests: one instance takes every connection, so "direct" hits the very same instance.
+container_fn "$main_reg/hello" "concurrent-requests = 256" "max-instances = 1" "keepalive = 600"
+# Cold starts and bursts: examples/registry/hello-once (defaults: max-instances 10,
+# queue-timeout 10 s).
+container_fn "$main_reg/hello-once" "concurrent-requests = 1" "single-use = true" "keepalive = 30"
+# Idle instances: one slot each, kept for 10 minutes.
+container_fn "$main_reg/idle" "concurrent-requests = 1" "max-instances = $idle_instances" \
+  "keepalive = 600" "boot-timeout = 120" "queue-timeout = 120"
+# The microVM example (examples/registry/hello-vm), single-use.
+mkdir -p "$main_reg/hello-vm-once"
+sed -e "s|\.\./\.\./\.\./build/|$repo/$build/|" \
+    -e 's/^concurrent-requests = .*/concurrent-requests = 1\nsingle-use = true/' \
+    examples/registry/hello-vm/function.toml >"$main_reg/hello-vm-once/function.toml"
+
+start_daemon() {  # start_daemon REGISTRY LOGNAME
+  # A simple command (no shell function) in the background: nsenter and env exec, so $! is
+  # the daemon itself.
+  nsenter --net="/run/netns/$ns" env DOCKER_HOST="unix://$dsock" "$unifaas" \
+    --config "$work/unifaas.toml" --registry "$1" --listen 127.0.0.1:8123 --log-level warn \
+    </dev/null >"$work/logs/$2.log" 2>&1 &
+  daemon_pid=$!
+  if ! pyin "$lib/status.py" healthy 60; then
+    tail -n 30 "$work/logs/$2.log" >&2
+    die "unifaas did not start"
+  fi
+}
+
+stop_daemon() {
+  stop_pid "$daemon_pid" TERM 60
+  daemon_pid=""
+}
+
+# ---------------------------------------------------------------------------------------------
+# 1 + 2: warm latency and throughput
+
+log "warm latency and throughput (wrk ${wrk_s} s x ${rounds} rounds, c = ${conns[*]})"
+start_daemon "$main_reg" daemon-main
+innet curl -fsS -o /dev/null http://127.0.0.1:8123/invoke/hello/hello
+addr=$(pyin "$lib/status.py" address hello)
+echo "instance of hello at $addr:8080"
+
+cat >"$work/nginx/nginx.conf" <<NGINX
+worker_processes auto;
+pid $work/nginx/nginx.pid;
+error_log $work/logs/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/tmp/body;
+  proxy_temp_path $work/nginx/tmp/proxy;
+  upstream fn {
+    server $addr:8080;
+    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:8180;
+    location / {
+      proxy_pass http://fn;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+NGINX
+nsenter --net="/run/netns/$ns" "$nginx_bin" -e "$work/logs/nginx-error.log" -p "$work/nginx" \
+  -c "$work/nginx/nginx.conf" -g 'daemon off;' </dev/null >>"$work/logs/nginx-error.log" 2>&1 &
+nginx_pid=$!  # the nginx master (nsenter execs)
+for _ in $(seq 100); do
+  innet curl -fsS -o /dev/null http://127.0.0.1:8180/hello 2>/dev/null && break
+  sleep 0.05
+done
+innet curl -fsS -o /dev/null http://127.0.0.1:8180/hello || die "nginx does not answer"
+
+declare -A url=(
+  [direct]=http://$addr:8080/hello
+  [unifaas]=http://127.0.0.1:8123/invoke/hello/hello
+  [nginx]=http://127.0.0.1:8180/hello
+)
+targets=(direct unifaas nginx)
+for t in "${targets[@]}"; do  # warm-up: connections, instance slots, caches
+  innet wrk -t2 -c64 -d1s "${url[$t]}" >/dev/null
+done
+for ((r = 1; r <= rounds; r++)); do
+  for c in "${conns[@]}"; do
+    for ((k = 0; k < ${#targets[@]}; k++)); do  # rotate the order from round to round
+      t=${targets[$(((k + r + c) % ${#targets[@]}))]}
+      pyin "$lib/wrkrun.py" "$raw" "${url[$t]}" -c "$c" -d "$wrk_s" \
+        --tag phase=warm --tag target="$t" --tag round="$r"
+    done
+  done
+done
+echo "hello has $(pyin "$lib/status.py" count hello) instance(s) after the warm runs"
+stop_pid "$nginx_pid" QUIT 10
+nginx_pid=""
+
+# ---------------------------------------------------------------------------------------------
+# 3: cold starts
+
+log "cold start, Docker ($cold_runs runs per side)"
+pyin "$lib/coldstart.py" docker "$raw" --socket "$dsock" --function hello-once \
+  --image unifaas-hello --memory 64 --runs "$cold_runs" --callback-port 9190
+
+log "cold start, microVM ($cold_runs runs per side)"
+# The bare VM's tap, inside the namespace, outside the daemon's subnet (10.100.0.0/16).
+ip -n "$ns" tuntap add dev benchtap0 mode tap
+ip -n "$ns" addr add 10.201.0.1/30 dev benchtap0
+ip -n "$ns" link set benchtap0 up
+# The guest's MAC is known (02:fa:<guest IPv4>, as unifaas derives it): a permanent neighbour
+# entry means the host never has to ARP for the guest. Without it, a guest address reused after
+# a killed guest can have a stale entry whose ARP retry (1 s timer) holds the host's SYN-ACK to
+# the readiness callback: 0-1 s of noise per boot (see bench/README.md).
+ip -n "$ns" neigh replace 10.201.0.2 lladdr 02:fa:0a:c9:00:02 dev benchtap0 nud permanent
+pyin "$lib/coldstart.py" vm "$raw" --daemon-pid "$daemon_pid" --function hello-vm-once \
+  --runs "$cold_runs" --callback-port 9191 --tap benchtap0 --host-ip 10.201.0.1 \
+  --guest-ip 10.201.0.2 --workdir "$work/vm"
+# The daemon's own view of the cold starts above (start -> readiness callback histogram).
+innet curl -fsS http://127.0.0.1:8123/metrics >"$work/metrics-main.txt"
+
+# ---------------------------------------------------------------------------------------------
+# 4: bursts
+
+log "burst (${bursts[*]} simultaneous requests, single-use container function)"
+for n in "${bursts[@]}"; do
+  pyin "$lib/status.py" wait hello-once 0 120
+  sleep 1  # the engine finishes removing the previous burst's containers
+  pyin "$lib/burst.py" http://127.0.0.1:8123/invoke/hello-once/hello "$n" --raw "$raw" \
+    --tag phase=burst
+done
+pyin "$lib/status.py" wait hello-once 0 120
+stop_daemon
+
+# ---------------------------------------------------------------------------------------------
+# 5: idle footprint
+
+log "idle footprint (${idle_s} s with no instances, then ${idle_s} s with $idle_instances)"
+start_daemon "$main_reg" daemon-idle
+sleep 2  # start-up work (accelerator probe, pre-created taps) is not idleness
+pyin "$lib/idle.py" "$raw" "$daemon_pid" "$idle_s" --tag instances=0
+pyin "$lib/burst.py" "http://127.0.0.1:8123/invoke/idle/sleep?ms=500" "$idle_instances"
+pyin "$lib/status.py" wait idle "$idle_instances" 60 ready
+sleep 1
+pyin "$lib/idle.py" "$raw" "$daemon_pid" "$idle_s" --tag instances="$idle_instances"
+stop_daemon
+
+# ---------------------------------------------------------------------------------------------
+# 6: fleet
+
+max_instances=${fleet_instances[-1]}
+for nf in "${fleet_functions[@]}"; do
+  log "fleet: $nf registered functions, ${fleet_instances[*]} live instances"
+  reg=$work/reg-$nf
+  container_fn "$reg/hello" "concurrent-requests = 1" "max-instances = $max_instances" \
+    "keepalive = 600" "boot-timeout = 120" "queue-timeout = 120"
+  for ((i = 1; i < nf; i++)); do
+    container_fn "$(printf '%s/f%04d' "$reg" "$i")" "concurrent-requests = 4"
+  done
+  start_daemon "$reg" "daemon-fleet-$nf"
+  for ni in "${fleet_instances[@]}"; do
+    if ((ni == 1)); then
+      innet curl -fsS -o /dev/null http://127.0.0.1:8123/invoke/hello/hello
+    else
+      pyin "$lib/burst.py" "http://127.0.0.1:8123/invoke/hello/sleep?ms=500" "$ni"
+    fi
+    pyin "$lib/status.py" wait hello "$ni" 60 ready
+    pyin "$lib/wrkrun.py" "$raw" http://127.0.0.1:8123/invoke/hello/hello -c 1 -d "$wrk_s" \
+      --tag phase=fleet --tag functions="$nf" --tag instances="$ni" --count-after hello
+  done
+  stop_daemon
+done
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+log "report"
+mkdir -p "$out"
+version() { "$@" 2>&1 | head -n 1 || true; }
+git_rev=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo "?")
+git -C "$repo" diff --quiet HEAD -- src 2>/dev/null || git_rev+=" (src/ modified)"
+BENCH_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ) BENCH_MODE=$mode BENCH_BUILD_TYPE=$build_type \
+BENCH_GIT=$git_rev BENCH_UNIFAAS="$(version "$unifaas" --version) ($unifaas)" \
+BENCH_DOCKERD=$(version dockerd --version) BENCH_RUNC=$(version runc --version) \
+BENCH_QEMU=$(version qemu-system-x86_64 --version) BENCH_NGINX=$(version "$nginx_bin" -v) \
+BENCH_WRK=$(version wrk -v) BENCH_LOAD_START=$load_start \
+BENCH_CONFIG="{\"mode\": \"$mode\", \"wrk_seconds\": $wrk_s, \"rounds\": $rounds, \
+\"cold_runs\": $cold_runs, \"idle_seconds\": $idle_s, \"idle_instances\": $idle_instances}" \
+  "$py" "$lib/machine.py" >"$work/machine.json"
+mkdir -p "$out/logs"
+cp "$raw" "$out/raw.jsonl"
+cp "$work/machine.json" "$out/machine.json"
+cp "$work/metrics-main.txt" "$out/logs/metrics-main.txt"
+"$py" "$lib/report.py" "$raw" "$work/machine.json" "$out" --metrics "$work/metrics-main.txt"
+echo
+echo "results: $out/results.md, $out/results.json ($(($(date +%s) - started)) s)"
