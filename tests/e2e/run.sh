@@ -255,9 +255,18 @@ in_ct() {
   nsenter -t "$cpid" -a env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 SYSTEMD_PAGER= \
     SYSTEMD_COLORS=0 "$@"
 }
-# systemctl answers "offline" until systemd has set up its runtime directory: wait for that
-# first (found early in a clean CI run), then for the boot to finish.
-wait_for 30 test -d "/proc/$cpid/root/run/systemd/system" || true
+# Early in the boot systemctl answers "offline" (no /run/systemd/system yet) or cannot reach
+# systemd at all (no /run/systemd/private yet); both were seen in clean CI runs. Ask until
+# systemd answers, then wait for the boot to finish.
+systemd_answers() {
+  local state
+  state=$(in_ct systemctl is-system-running 2>&1 || true)
+  case $state in
+    offline | *"Failed to connect"* | *"not been booted"* | "") return 1 ;;
+    *) return 0 ;;
+  esac
+}
+wait_for 60 systemd_answers || true
 boot_state=$(in_ct timeout 60 systemctl is-system-running --wait 2>&1 || true)
 case $boot_state in
   running | degraded) pass "the container booted ($boot_state)" ;;
