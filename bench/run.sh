@@ -44,7 +44,7 @@ if $smoke; then
   mode=smoke wrk_s=1 rounds=1 conns=(1 16) cold_runs=2 bursts=(5 10)
   idle_s=3 idle_instances=5 fleet_functions=(1 100) fleet_instances=(1 5)
 else
-  mode=full wrk_s=5 rounds=3 conns=(1 4 16 64) cold_runs=20 bursts=(10 50 100)
+  mode=full wrk_s=3 rounds=5 conns=(1 4 16 64) cold_runs=20 bursts=(10 50 100)
   idle_s=60 idle_instances=20 fleet_functions=(1 100 1000) fleet_instances=(1 50)
 fi
 build=${BUILD_DIR:-build}
