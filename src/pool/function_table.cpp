@@ -61,16 +61,8 @@ std::pair<unsigned, unsigned> FunctionTable::load_all() {
 }
 
 std::vector<PoolSnapshot> FunctionTable::snapshot() const {
-    std::vector<std::shared_ptr<Pool>> pools;
-    {
-        std::shared_lock lk(mu_);
-        for (auto& [name, pool] : pools_) {
-            pools.push_back(pool);
-        }
-    }
     std::vector<PoolSnapshot> out;
-    out.reserve(pools.size());
-    for (auto& pool : pools) {
+    for (auto& pool : pools()) {
         out.push_back(pool->snapshot());
     }
     return out;
@@ -125,14 +117,7 @@ std::optional<unsigned> FunctionTable::stop_function(const std::string& name,
 }
 
 void FunctionTable::shutdown() {
-    std::vector<std::shared_ptr<Pool>> pools;
-    {
-        std::shared_lock lk(mu_);
-        for (auto& [name, pool] : pools_) {
-            pools.push_back(pool);
-        }
-    }
-    for (auto& pool : pools) {
+    for (auto& pool : pools()) {
         pool->shutdown();
     }
 }
