@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <future>
 
 #include "util/random.h"
 
@@ -77,10 +78,43 @@ struct PooledInstance {
     bool failed = false;  // waiting requests get fail_status / fail_message
     int fail_status = 0;
     std::string fail_message;
+    // Requests holding a slot of this instance while it boots.
+    std::vector<std::pair<unsigned, AcquireDone>> boot_waiters;
 };
 
 struct Pool::Waiter {
-    Claim claim;
+    AcquireDone done;
+    Clock::time_point queued_at = Clock::now();
+    TimerQueue::Id timer = 0;
+};
+
+// The pool's lock. Requests settled while it is held (completions_) are handed their result
+// after it is released, so a callback may take a lease, drop one, or acquire again.
+class Pool::Locked {
+  public:
+    explicit Locked(Pool& pool) : pool_(pool), lk_(pool.mu_) {}
+    ~Locked() { flush(); }
+    Locked(const Locked&) = delete;
+    Locked& operator=(const Locked&) = delete;
+
+    std::unique_lock<std::mutex>& lock() { return lk_; }
+    // Runs the settled requests' callbacks without the lock; returns with it held.
+    void flush() {
+        while (!pool_.completions_.empty()) {
+            std::vector<Completion> todo;
+            todo.swap(pool_.completions_);
+            lk_.unlock();
+            for (auto& c : todo) {
+                c.done(std::move(c.result));
+            }
+            todo.clear();  // leases not taken are given back without the lock
+            lk_.lock();
+        }
+    }
+
+  private:
+    Pool& pool_;
+    std::unique_lock<std::mutex> lk_;
 };
 
 // ---- Lease ------------------------------------------------------------------------------------
@@ -131,7 +165,7 @@ Pool::Pool(std::string function, PoolServices services)
 Pool::~Pool() = default;
 
 void Pool::update(std::shared_ptr<const FunctionSpec> spec) {
-    std::lock_guard lk(mu_);
+    Locked lk(*this);
     if (spec_ == spec || closed_) {
         return;
     }
@@ -140,47 +174,79 @@ void Pool::update(std::shared_ptr<const FunctionSpec> spec) {
 }
 
 std::unique_ptr<Lease> Pool::acquire(std::shared_ptr<const FunctionSpec> spec) {
-    std::unique_lock lk(mu_);
+    std::promise<AcquireResult> promise;
+    auto result = promise.get_future();
+    acquire_async(std::move(spec),
+                  [&promise](AcquireResult r) { promise.set_value(std::move(r)); });
+    AcquireResult r = result.get();
+    if (r.error) {
+        throw *r.error;
+    }
+    return std::move(r.lease);
+}
+
+void Pool::acquire_async(std::shared_ptr<const FunctionSpec> spec, AcquireDone done) {
+    Locked lk(*this);
     if (spec_ != spec && !closed_) {
         spec_ = std::move(spec);
         ensure_min_instances_locked();
     }
     if (closed_) {
-        throw PoolError(503, fmt::format("function {}: the daemon is shutting down", function_));
+        fail_locked(std::move(done), 503,
+                    fmt::format("function {}: the daemon is shutting down", function_));
+        return;
     }
-    Claim claim;
     if (waiters_.empty()) {
-        claim = try_claim_locked();
-    }
-    if (!claim) {
-        Waiter w;
-        waiters_.push_back(&w);
-        Seconds timeout = spec_->queue_timeout;
-        auto queued_at = Clock::now();
-        auto deadline = queued_at + to_duration(timeout);
-        cv_.wait_until(lk, deadline, [&] { return w.claim || closed_; });
-        metrics_.queue_wait_seconds.observe(Clock::now() - queued_at);
-        if (!w.claim) {
-            waiters_.erase(std::find(waiters_.begin(), waiters_.end(), &w));
-            if (closed_) {
-                throw PoolError(503,
-                                fmt::format("function {}: the daemon is shutting down", function_));
-            }
-            throw PoolError(503,
-                            fmt::format("function {}: no capacity within queue-timeout ({}; "
-                                        "max-instances {})",
-                                        function_, format_seconds(timeout), spec_->max_instances),
-                            1);
+        if (Claim claim = try_claim_locked()) {
+            deliver_locked(std::move(claim), std::move(done));
+            return;
         }
-        claim = std::move(w.claim);
     }
+    auto waiter = std::make_shared<Waiter>();
+    waiter->done = std::move(done);
+    std::weak_ptr<Pool> self = weak_from_this();
+    std::weak_ptr<Waiter> weak = waiter;
+    waiter->timer = services_.timers.schedule(waiter->queued_at + to_duration(spec_->queue_timeout),
+                                              [self, weak] {
+                                                  auto pool = self.lock();
+                                                  auto w = weak.lock();
+                                                  if (pool && w) {
+                                                      pool->on_queue_timeout(w);
+                                                  }
+                                              });
+    waiters_.push_back(std::move(waiter));
+}
+
+void Pool::on_queue_timeout(const std::shared_ptr<Waiter>& waiter) {
+    Locked lk(*this);
+    auto it = std::find(waiters_.begin(), waiters_.end(), waiter);
+    if (it == waiters_.end()) {
+        return;  // dispatched meanwhile
+    }
+    waiters_.erase(it);
+    metrics_.queue_wait_seconds.observe(Clock::now() - waiter->queued_at);
+    fail_locked(std::move(waiter->done), 503,
+                fmt::format("function {}: no capacity within queue-timeout ({}; max-instances {})",
+                            function_, format_seconds(spec_->queue_timeout), spec_->max_instances),
+                1);
+}
+
+void Pool::deliver_locked(Claim claim, AcquireDone done) {
     auto& inst = claim.instance;
-    // Boot timeout, exit and shutdown all end a boot, so this wait is bounded.
-    cv_.wait(lk, [&] { return inst->failed || inst->state == InstanceState::Ready; });
-    if (inst->failed) {
-        throw PoolError(inst->fail_status, inst->fail_message);
+    if (inst->state == InstanceState::Ready) {
+        complete_locked(std::move(done),
+                        {std::make_unique<Lease>(shared_from_this(), inst, claim.slot), {}});
+    } else {
+        inst->boot_waiters.emplace_back(claim.slot, std::move(done));
     }
-    return std::make_unique<Lease>(shared_from_this(), inst, claim.slot);
+}
+
+void Pool::complete_locked(AcquireDone done, AcquireResult result) {
+    completions_.push_back(Completion{std::move(done), std::move(result)});
+}
+
+void Pool::fail_locked(AcquireDone done, int status, std::string message, int retry_after_s) {
+    complete_locked(std::move(done), {nullptr, PoolError(status, message, retry_after_s)});
 }
 
 Pool::Claim Pool::try_claim_locked() {
@@ -263,10 +329,12 @@ void Pool::dispatch_waiters_locked() {
         if (!claim) {
             break;
         }
-        waiters_.front()->claim = std::move(claim);
+        auto waiter = std::move(waiters_.front());
         waiters_.pop_front();
+        services_.timers.cancel(waiter->timer);
+        metrics_.queue_wait_seconds.observe(Clock::now() - waiter->queued_at);
+        deliver_locked(std::move(claim), std::move(waiter->done));
     }
-    cv_.notify_all();
 }
 
 void Pool::ensure_min_instances_locked() {
@@ -282,13 +350,13 @@ void Pool::run_start(std::shared_ptr<PooledInstance> inst) {
     struct StartDone {  // however this ends, shutdown() may stop waiting for it
         Pool& pool;
         ~StartDone() {
-            std::lock_guard lk(pool.mu_);
+            Locked lk(pool);
             --pool.starting_;
             pool.cv_.notify_all();
         }
     } done{*this};
     {
-        std::lock_guard lk(mu_);
+        Locked lk(*this);
         if (inst->state == InstanceState::Stopping) {
             return;  // retired (boot timeout, shutdown) before its start began
         }
@@ -323,7 +391,7 @@ void Pool::run_start(std::shared_ptr<PooledInstance> inst) {
         fail_message = e.what();
     }
 
-    std::lock_guard lk(mu_);
+    Locked lk(*this);
     if (!sandbox) {
         spdlog::warn("function {} instance {}: start failed: {}", function_, inst->id,
                      fail_message);
@@ -365,7 +433,7 @@ void Pool::run_start(std::shared_ptr<PooledInstance> inst) {
 }
 
 void Pool::on_ready(const std::shared_ptr<PooledInstance>& inst) {
-    std::lock_guard lk(mu_);
+    Locked lk(*this);
     if (inst->state != InstanceState::Booting) {
         return;
     }
@@ -378,6 +446,10 @@ void Pool::on_ready(const std::shared_ptr<PooledInstance>& inst) {
     auto boot_ms = std::chrono::duration_cast<std::chrono::milliseconds>(boot_time);
     spdlog::info("function {} instance {}: ready in {} ms ({})", function_, inst->id,
                  boot_ms.count(), inst->describe);
+    for (auto& [slot, done] : std::exchange(inst->boot_waiters, {})) {
+        complete_locked(std::move(done),
+                        {std::make_unique<Lease>(shared_from_this(), inst, slot), {}});
+    }
     settle_locked(inst);  // an instance started for min-instances is idle from now
 }
 
@@ -386,7 +458,7 @@ void Pool::on_exit(const std::weak_ptr<PooledInstance>& weak, const std::string&
     if (!inst) {
         return;
     }
-    std::lock_guard lk(mu_);
+    Locked lk(*this);
     switch (inst->state) {
         case InstanceState::Stopping:
             return;
@@ -414,7 +486,7 @@ void Pool::on_boot_timeout(const std::weak_ptr<PooledInstance>& weak) {
     if (!inst) {
         return;
     }
-    std::lock_guard lk(mu_);
+    Locked lk(*this);
     inst->boot_timer = 0;
     if (inst->state != InstanceState::Starting && inst->state != InstanceState::Booting) {
         return;
@@ -432,7 +504,7 @@ void Pool::on_keepalive(const std::weak_ptr<PooledInstance>& weak, std::uint64_t
     if (!inst) {
         return;
     }
-    std::lock_guard lk(mu_);
+    Locked lk(*this);
     if (inst->idle_epoch != epoch || inst->state != InstanceState::Ready || inst->in_use != 0) {
         return;
     }
@@ -446,7 +518,7 @@ void Pool::on_keepalive(const std::weak_ptr<PooledInstance>& weak, std::uint64_t
 }
 
 void Pool::release(const std::shared_ptr<PooledInstance>& inst, unsigned slot) {
-    std::lock_guard lk(mu_);
+    Locked lk(*this);
     --inst->in_use;
     inst->free_slots.push_back(slot);
     ++inst->requests;
@@ -478,7 +550,7 @@ void Pool::arm_keepalive_locked(const std::shared_ptr<PooledInstance>& inst) {
 }
 
 void Pool::mark_broken(const std::shared_ptr<PooledInstance>& inst, const std::string& reason) {
-    std::lock_guard lk(mu_);
+    Locked lk(*this);
     if (inst->state == InstanceState::Stopping) {
         return;
     }
@@ -505,6 +577,11 @@ void Pool::retire_locked(const std::shared_ptr<PooledInstance>& inst, const std:
 
     if (services_.observer) {
         services_.observer->instance_stopped(snapshot_locked(*inst), reason);
+    }
+    if (fail_status == 0 && !inst->boot_waiters.empty()) {
+        fail_status = 502;
+        fail_message = fmt::format("function {}: instance {} stopped before it was ready ({})",
+                                   function_, inst->id, reason);
     }
     bool failure = fail_status != 0;
     if (failure && (!with_output || !inst->sandbox)) {
@@ -541,7 +618,7 @@ void Pool::post_stop_locked(const std::shared_ptr<PooledInstance>& inst, int fai
                           message = std::move(fail_message)]() mutable {
         std::unique_ptr<Instance> sandbox;
         {
-            std::lock_guard lk(pool->mu_);
+            Locked lk(*pool);
             sandbox = std::move(inst->sandbox);
         }
         if (fail_status != 0) {
@@ -549,11 +626,11 @@ void Pool::post_stop_locked(const std::shared_ptr<PooledInstance>& inst, int fai
             if (!tail.empty()) {
                 message += "; last output:\n" + tail;
             }
-            std::lock_guard lk(pool->mu_);
+            Locked lk(*pool);
             pool->finish_failure_locked(*inst, fail_status, std::move(message));
         }
         sandbox.reset();  // stops the sandbox and frees what it holds
-        std::lock_guard lk(pool->mu_);
+        Locked lk(*pool);
         --pool->stopping_;
         pool->cv_.notify_all();
     });
@@ -566,7 +643,7 @@ void Pool::schedule_min_retry_locked() {
     std::weak_ptr<Pool> self = weak_from_this();
     min_retry_timer_ = services_.timers.schedule(Clock::now() + kMinInstancesRetry, [self] {
         if (auto pool = self.lock()) {
-            std::lock_guard lk(pool->mu_);
+            Locked lk(*pool);
             pool->min_retry_timer_ = 0;
             pool->ensure_min_instances_locked();
         }
@@ -577,11 +654,13 @@ void Pool::finish_failure_locked(PooledInstance& inst, int status, std::string m
     inst.failed = true;
     inst.fail_status = status;
     inst.fail_message = std::move(message);
-    cv_.notify_all();
+    for (auto& [slot, done] : std::exchange(inst.boot_waiters, {})) {
+        fail_locked(std::move(done), inst.fail_status, inst.fail_message);
+    }
 }
 
 bool Pool::stop_instance(const std::string& id, const std::string& reason) {
-    std::lock_guard lk(mu_);
+    Locked lk(*this);
     for (auto& inst : instances_) {
         if (inst->id == id) {
             auto keep = inst;
@@ -595,7 +674,7 @@ bool Pool::stop_instance(const std::string& id, const std::string& reason) {
 }
 
 unsigned Pool::stop_all(const std::string& reason) {
-    std::lock_guard lk(mu_);
+    Locked lk(*this);
     unsigned n = 0;
     while (!instances_.empty()) {
         auto inst = instances_.front();
@@ -608,8 +687,14 @@ unsigned Pool::stop_all(const std::string& reason) {
 }
 
 void Pool::shutdown() {
-    std::unique_lock lk(mu_);
+    Locked lk(*this);
     closed_ = true;
+    for (auto& waiter : std::exchange(waiters_, {})) {
+        services_.timers.cancel(waiter->timer);
+        metrics_.queue_wait_seconds.observe(Clock::now() - waiter->queued_at);
+        fail_locked(std::move(waiter->done), 503,
+                    fmt::format("function {}: the daemon is shutting down", function_));
+    }
     if (min_retry_timer_ != 0) {
         services_.timers.cancel(min_retry_timer_);
         min_retry_timer_ = 0;
@@ -619,8 +704,8 @@ void Pool::shutdown() {
         retire_locked(inst, "daemon shutdown", 503,
                       fmt::format("function {}: the daemon is shutting down", function_));
     }
-    cv_.notify_all();
-    cv_.wait(lk, [&] { return starting_ == 0 && stopping_ == 0 && waiters_.empty(); });
+    lk.flush();
+    cv_.wait(lk.lock(), [&] { return starting_ == 0 && stopping_ == 0; });
 }
 
 InstanceSnapshot Pool::snapshot_locked(const PooledInstance& inst) const {

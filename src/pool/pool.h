@@ -94,7 +94,18 @@ struct PoolSnapshot {
 };
 
 class Pool;
+class Lease;
 struct PooledInstance;
+
+// What an asynchronous acquire ends with: a lease, or the error the request must answer with.
+struct AcquireResult {
+    std::unique_ptr<Lease> lease;
+    std::optional<PoolError> error;
+};
+// Called exactly once, never with the pool's lock held, on whichever thread settles the request
+// (the caller's own when a slot is free at once or the request fails at once; otherwise the
+// thread that readies an instance, frees a slot or expires queue-timeout). Must not block.
+using AcquireDone = std::function<void(AcquireResult)>;
 
 // A slot on a ready instance; gives the slot back when destroyed.
 class Lease {
@@ -130,6 +141,8 @@ class Pool : public std::enable_shared_from_this<Pool> {
     // it, running ones keep theirs). Blocks until ready, failed, or queue-timeout. Throws
     // PoolError.
     std::unique_ptr<Lease> acquire(std::shared_ptr<const FunctionSpec> spec);
+    // The same without blocking: `done` receives the lease or the error (see AcquireDone).
+    void acquire_async(std::shared_ptr<const FunctionSpec> spec, AcquireDone done);
 
     // Newer definition of the function (instances started from now on use it); starts instances
     // up to min-instances.
@@ -151,12 +164,22 @@ class Pool : public std::enable_shared_from_this<Pool> {
   private:
     friend class Lease;
     struct Waiter;
+    class Locked;
+    struct Completion {
+        AcquireDone done;
+        AcquireResult result;
+    };
     struct Claim {
         std::shared_ptr<PooledInstance> instance;
         unsigned slot = 0;
         explicit operator bool() const { return instance != nullptr; }
     };
 
+    // Hands `claim` to `done`: now when its instance is ready, else when the boot ends.
+    void deliver_locked(Claim claim, AcquireDone done);
+    void complete_locked(AcquireDone done, AcquireResult result);
+    void fail_locked(AcquireDone done, int status, std::string message, int retry_after_s = 0);
+    void on_queue_timeout(const std::shared_ptr<Waiter>& waiter);
     Claim try_claim_locked();
     Claim claim_slot_locked(const std::shared_ptr<PooledInstance>& inst);
     std::shared_ptr<PooledInstance> create_instance_locked();
@@ -199,9 +222,10 @@ class Pool : public std::enable_shared_from_this<Pool> {
     std::condition_variable cv_;
     std::shared_ptr<const FunctionSpec> spec_;
     std::vector<std::shared_ptr<PooledInstance>> instances_;  // live: Starting, Booting, Ready
-    std::deque<Waiter*> waiters_;
-    std::size_t starting_ = 0;  // run_start() calls queued or running
-    std::size_t stopping_ = 0;  // sandboxes on the stop queue
+    std::deque<std::shared_ptr<Waiter>> waiters_;
+    std::vector<Completion> completions_;  // run by Locked once the lock is released
+    std::size_t starting_ = 0;             // run_start() calls queued or running
+    std::size_t stopping_ = 0;             // sandboxes on the stop queue
     bool closed_ = false;
     TimerQueue::Id min_retry_timer_ = 0;
 };

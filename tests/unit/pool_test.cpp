@@ -413,6 +413,70 @@ TEST_F(PoolTest, ShutdownFailsWaitersAndStopsEverything) {
     EXPECT_THROW(pool->acquire(spec), PoolError);
 }
 
+TEST_F(PoolTest, AsyncAcquireOfAFreeSlotCompletesBeforeItReturns) {
+    auto spec = make_spec();
+    auto first = acquire_async(spec);
+    make_ready(0);
+    first.get().reset();
+
+    bool called = false;
+    std::thread::id caller;
+    pool->acquire_async(spec, [&](AcquireResult r) {
+        called = true;
+        caller = std::this_thread::get_id();
+        EXPECT_FALSE(r.error);
+        ASSERT_TRUE(r.lease);
+        EXPECT_EQ(r.lease->address(), "10.0.0.1");
+    });
+    EXPECT_TRUE(called) << "a free slot should be handed over at once";
+    EXPECT_EQ(caller, std::this_thread::get_id());
+    EXPECT_EQ(pool->snapshot().instances.at(0).in_use, 0u) << "the dropped lease kept its slot";
+}
+
+TEST_F(PoolTest, AsyncCallbacksRunWithoutThePoolLock) {
+    auto spec = make_spec();
+    spec->max_instances = 1;
+    auto first = acquire_async(spec);
+    make_ready(0);
+    auto lease = first.get();
+
+    // Queued; served when `lease` is released. Its callback drops the lease and acquires again,
+    // which deadlocks if the pool still holds its lock while calling it.
+    std::promise<std::string> again;
+    pool->acquire_async(spec, [&](AcquireResult r) {
+        ASSERT_TRUE(r.lease);
+        r.lease.reset();
+        pool->acquire_async(spec, [&](AcquireResult r2) {
+            again.set_value(r2.lease ? r2.lease->address() : std::string("error"));
+        });
+    });
+    EXPECT_EQ(pool->snapshot().queued, 1u);
+    lease.reset();
+    auto result = again.get_future();
+    ASSERT_EQ(result.wait_for(5s), std::future_status::ready) << "callback under the pool lock?";
+    EXPECT_EQ(result.get(), "10.0.0.1");
+    EXPECT_EQ(pool->snapshot().queued, 0u);
+}
+
+TEST_F(PoolTest, AsyncRequestsOnABootingInstanceFailWithItsError) {
+    auto spec = make_spec();
+    spec->concurrent_requests = 2;
+    std::promise<int> a, b;
+    pool->acquire_async(spec,
+                        [&](AcquireResult r) { a.set_value(r.error ? r.error->status() : 0); });
+    pool->acquire_async(spec,
+                        [&](AcquireResult r) { b.set_value(r.error ? r.error->status() : 0); });
+    ASSERT_TRUE(backend.wait_started(1));
+    EXPECT_EQ(backend.started_count(), 1u) << "both requests fit on one instance";
+    auto id = pool->snapshot().instances.at(0).id;
+    ASSERT_TRUE(pool->stop_instance(id, "test"));
+    auto fa = a.get_future(), fb = b.get_future();
+    ASSERT_EQ(fa.wait_for(5s), std::future_status::ready);
+    ASSERT_EQ(fb.wait_for(5s), std::future_status::ready);
+    EXPECT_EQ(fa.get(), 503);
+    EXPECT_EQ(fb.get(), 503);
+}
+
 TEST_F(PoolTest, NewDefinitionAppliesToNewInstancesOnly) {
     auto spec = make_spec();
     spec->concurrent_requests = 1;
