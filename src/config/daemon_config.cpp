@@ -168,7 +168,8 @@ DaemonConfig load_daemon_config(const fs::path& file) {
     set(config.callback_listen, listen_address(reader, "callback-listen"));
     set(config.log_level, log_level(reader, "log-level"));
     set(config.max_body_bytes, reader.integer<std::size_t>("max-body-size", 1));
-    set(config.http_threads, reader.integer<unsigned>("http-threads", 1, 4096));
+    set(config.http_threads, reader.integer<unsigned>("http-threads", 0, 256));
+    set(config.max_connections, reader.integer<std::size_t>("max-connections", 1, 1'000'000));
     set(config.shutdown_grace, reader.seconds("shutdown-grace", SecondsMin::Zero));
     set(config.runtime_dir, reader.path("runtime-dir", base));
     set(config.docker_socket, reader.path("docker-socket", base));

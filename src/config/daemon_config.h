@@ -24,13 +24,14 @@ struct ListenAddress {
 ListenAddress parse_listen_address(const std::string& text, const std::string& what);
 
 struct DaemonConfig {
-    std::filesystem::path registry;                      // required (flag or file)
-    ListenAddress listen{"0.0.0.0", 8123};               // invocations
-    ListenAddress callback_listen{"0.0.0.0", 8124};      // readiness callbacks from instances
-    std::string log_level = "info";                      // error|warn|info|debug|trace
-    std::size_t max_body_bytes = 6 * 1024 * 1024;        // request body limit (413 above)
-    unsigned http_threads = 64;                          // connections served at once
-    Seconds shutdown_grace{10};                          // in-flight requests get this long on stop
+    std::filesystem::path registry;                  // required (flag or file)
+    ListenAddress listen{"0.0.0.0", 8123};           // invocations
+    ListenAddress callback_listen{"0.0.0.0", 8124};  // readiness callbacks from instances
+    std::string log_level = "info";                  // error|warn|info|debug|trace
+    std::size_t max_body_bytes = 6 * 1024 * 1024;    // request body limit (413 above)
+    unsigned http_threads = 0;                       // invocation event loops; 0: one per CPU
+    std::size_t max_connections = 4096;  // open invocation connections (more are closed)
+    Seconds shutdown_grace{10};          // in-flight requests get this long on stop
     std::filesystem::path runtime_dir = "/run/unifaas";  // per-instance working files
     std::string docker_socket = "/var/run/docker.sock";  // DOCKER_HOST=unix://... overrides default
     // Guest network (keys subnet, tap-prefix, tap-prealloc): one tap and /30 per microVM.

@@ -3,9 +3,12 @@
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cctype>
+
 #include "gateway/invoke_target.h"
 #include "gateway/metrics_endpoint.h"
-#include "gateway/proxy.h"
+#include "http/forwarding.h"
 #include "version.h"
 
 namespace unifaas {
@@ -14,15 +17,7 @@ namespace {
 
 constexpr auto kCallbackAddressWait = std::chrono::seconds(5);
 constexpr unsigned kCallbackThreads = 8;
-
-void send_error(httplib::Response& res, int status, const std::string& message,
-                int retry_after_s = 0) {
-    res.status = status;
-    if (retry_after_s > 0) {
-        res.set_header("Retry-After", std::to_string(retry_after_s));
-    }
-    res.set_content(message + "\n", "text/plain; charset=utf-8");
-}
+constexpr std::string_view kTextPlain = "text/plain; charset=utf-8";
 
 std::string human_size(std::size_t bytes) {
     if (bytes % (1024 * 1024) == 0) {
@@ -40,6 +35,20 @@ void log_failure(const std::string& function, int status, const std::string& mes
     } else {
         spdlog::debug("function {}: {} {}", function, status, message);
     }
+}
+
+void send_error(HttpExchange& ex, int status, const std::string& message, int retry_after_s = 0,
+                std::shared_ptr<void> hold = {}) {
+    std::string retry = std::to_string(retry_after_s);
+    http::HeaderField extra[] = {{"Retry-After", retry}};
+    ex.respond_simple(status, kTextPlain, message + "\n",
+                      retry_after_s > 0 ? std::span<const http::HeaderField>(extra)
+                                        : std::span<const http::HeaderField>(),
+                      std::move(hold));
+}
+
+std::string_view path_of(std::string_view target) {
+    return target.substr(0, target.find('?'));
 }
 
 }  // namespace
@@ -62,15 +71,44 @@ class Gateway::InFlight {
     Gateway& g_;
 };
 
+// One invocation between its request and its response.
+struct Gateway::Invocation {
+    Invocation(Gateway& g, std::shared_ptr<HttpExchange> exchange)
+        : ex(std::move(exchange)), in_flight(std::make_shared<InFlight>(g)) {}
+
+    // Counted when the answer is ready (the time to write it to the client is not included).
+    void count(int status) {
+        metrics->count_invocation(status);
+        metrics->invocation_seconds.observe(std::chrono::steady_clock::now() - started);
+    }
+    void fail(int status, const std::string& message, int retry_after_s = 0) {
+        log_failure(function, status, message);
+        count(status);
+        send_error(*ex, status, message, retry_after_s, in_flight);
+    }
+
+    std::shared_ptr<HttpExchange> ex;
+    std::shared_ptr<InFlight> in_flight;
+    std::string function;
+    std::string upstream_target;
+    std::shared_ptr<Pool> pool;  // keeps `metrics` alive
+    FunctionMetrics* metrics = nullptr;
+    Seconds request_timeout{};
+    std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+};
+
 Gateway::Gateway(const DaemonConfig& config, FunctionTable& functions, Readiness& readiness,
                  MetricsAppender extra_metrics)
     : extra_metrics_(std::move(extra_metrics)),
       config_(config),
       functions_(functions),
       readiness_(readiness),
-      invoke_server_(config.http_threads),
+      invoke_server_(
+          invoke_options(), [this](std::shared_ptr<HttpExchange> ex) { on_request(ex); },
+          [this](std::string_view target, int status, std::string_view problem) {
+              return error_text(target, status, problem);
+          }),
       callback_server_(kCallbackThreads) {
-    setup_invoke_server();
     setup_callback_server();
 }
 
@@ -80,66 +118,26 @@ Gateway::~Gateway() {
     join();
 }
 
-void Gateway::setup_invoke_server() {
-    auto& s = invoke_server_;
-    s.set_tcp_nodelay(true);
-    s.set_keep_alive_max_count(100000);
-    s.set_payload_max_length(config_.max_body_bytes);
+HttpServer::Options Gateway::invoke_options() const {
+    HttpServer::Options o;
+    o.threads = config_.http_threads;
+    o.max_connections = config_.max_connections;
+    o.max_body_bytes = config_.max_body_bytes;
+    return o;
+}
 
-    auto handler = [this](const httplib::Request& req, httplib::Response& res) {
-        invoke(req, res);
-    };
-    const std::string pattern = "/invoke/.*";
-    s.Get(pattern, handler);
-    s.Post(pattern, handler);
-    s.Put(pattern, handler);
-    s.Patch(pattern, handler);
-    s.Delete(pattern, handler);
-    s.Options(pattern, handler);
-    s.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
-        res.set_content("ok\n", "text/plain");
-    });
-    s.Get("/status", [this](const httplib::Request&, httplib::Response& res) { status(res); });
-    s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-        res.set_content(render_metrics(functions_.metrics_view(), extra_metrics_),
-                        "text/plain; version=0.0.4; charset=utf-8");
-    });
-
-    // Errors the server produces itself (no handler ran): give them a short text body too.
-    s.set_error_handler(httplib::Server::HandlerWithResponse(
-        [this](const httplib::Request& req, httplib::Response& res) {
-            if (!res.body.empty() || !res.headers.empty()) {
-                return httplib::Server::HandlerResponse::Unhandled;  // an answer of ours or a
-                                                                     // function's
-            }
-            auto target = parse_invoke_target(req.target);
-            std::string who = target ? "function " + target->function + ": " : std::string();
-            switch (res.status) {
-                case 413:
-                    send_error(res, 413,
-                               who + "request body exceeds the limit of " +
-                                   human_size(config_.max_body_bytes));
-                    break;
-                case 404:
-                    send_error(res, 404, "not found: use /invoke/<function>/<path>");
-                    break;
-                default:
-                    send_error(res, res.status, who + "bad request");
-            }
-            return httplib::Server::HandlerResponse::Handled;
-        }));
-    s.set_exception_handler(
-        [](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
-            std::string what = "internal error";
-            try {
-                std::rethrow_exception(ep);
-            } catch (const std::exception& e) {
-                what = e.what();
-            } catch (...) {
-            }
-            spdlog::error("{} {}: {}", req.method, req.path, what);
-            send_error(res, 500, what);
-        });
+// Bodies of the errors the HTTP server answers before a request reaches on_request().
+std::string Gateway::error_text(std::string_view target, int status,
+                                std::string_view problem) const {
+    auto invoked = parse_invoke_target(target);
+    std::string who = invoked ? "function " + invoked->function + ": " : std::string();
+    if (status == 413) {
+        return who + "request body exceeds the limit of " + human_size(config_.max_body_bytes);
+    }
+    std::string reason(http::reason_phrase(status));
+    std::transform(reason.begin(), reason.end(), reason.begin(),
+                   [](unsigned char c) { return std::tolower(c); });
+    return fmt::format("{}{}: {}", who, reason, problem);
 }
 
 void Gateway::setup_callback_server() {
@@ -175,72 +173,113 @@ std::size_t Gateway::in_flight() const {
     return in_flight_.load(std::memory_order_relaxed);
 }
 
-void Gateway::invoke(const httplib::Request& req, httplib::Response& res) {
-    auto in_flight = std::make_shared<InFlight>(*this);
-    auto target = parse_invoke_target(req.target);
-    if (!target) {
-        send_error(res, 404, "no function named in the path: use /invoke/<function>/<path>");
+void Gateway::on_request(const std::shared_ptr<HttpExchange>& ex) {
+    const auto& req = ex->request();
+    if (req.target.starts_with("/invoke/") || path_of(req.target) == "/invoke") {
+        invoke(ex);
         return;
     }
-    const std::string& name = target->function;
+    std::string_view path = path_of(req.target);
+    if (req.method == "GET" || req.method == "HEAD") {
+        if (path == "/healthz") {
+            ex->respond_simple(200, "text/plain", "ok\n");
+            return;
+        }
+        if (path == "/status") {
+            ex->respond_simple(200, "application/json", status_json());
+            return;
+        }
+        if (path == "/metrics") {
+            ex->respond_simple(200, "text/plain; version=0.0.4; charset=utf-8",
+                               render_metrics(functions_.metrics_view(), extra_metrics_));
+            return;
+        }
+    }
+    send_error(*ex, 404, "not found: use /invoke/<function>/<path>");
+}
+
+void Gateway::invoke(const std::shared_ptr<HttpExchange>& ex) {
+    auto call = std::make_shared<Invocation>(*this, ex);
+    auto target = parse_invoke_target(ex->request().target);
+    if (!target) {
+        send_error(*ex, 404, "no function named in the path: use /invoke/<function>/<path>", 0,
+                   call->in_flight);
+        return;
+    }
+    call->function = std::move(target->function);
+    call->upstream_target = std::move(target->upstream_target);
+    const std::string& name = call->function;
     auto fn = functions_.resolve(name);
     switch (fn.kind) {
         case ResolvedFunction::Kind::Unknown:
-            send_error(res, 404, fmt::format("function {}: no such function", name));
+            send_error(*ex, 404, fmt::format("function {}: no such function", name), 0,
+                       call->in_flight);
             return;
         case ResolvedFunction::Kind::Broken:
             log_failure(name, 500, fn.error);
-            send_error(res, 500,
-                       fmt::format("function {}: configuration error: {}", name, fn.error));
+            send_error(*ex, 500,
+                       fmt::format("function {}: configuration error: {}", name, fn.error), 0,
+                       call->in_flight);
             return;
         case ResolvedFunction::Kind::Ok:
             break;
     }
-
-    // Counted when the answer is ready (the time to write it to the client is not included).
-    struct Record {
-        FunctionMetrics& metrics;
-        httplib::Response& res;
-        std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
-        ~Record() {
-            metrics.count_invocation(res.status);
-            metrics.invocation_seconds.observe(std::chrono::steady_clock::now() - start);
+    call->pool = fn.pool;
+    call->metrics = &fn.pool->metrics();
+    call->request_timeout = fn.spec->request_timeout;
+    fn.pool->acquire_async(fn.spec, [this, call](AcquireResult result) {
+        // A free slot is handed over at once, on this loop; otherwise from another thread.
+        EventLoop& loop = call->ex->loop();
+        std::shared_ptr<Lease> lease = std::move(result.lease);
+        if (loop.in_loop_thread()) {
+            on_lease(call, std::move(lease), std::move(result.error));
+            return;
         }
-    } record{fn.pool->metrics(), res};
-
-    std::shared_ptr<Lease> lease;
-    try {
-        lease = fn.pool->acquire(fn.spec);
-    } catch (const PoolError& e) {
-        log_failure(name, e.status(), e.what());
-        send_error(res, e.status(), e.what(), e.retry_after_s());
-        return;
-    }
-
-    httplib::Response upstream;
-    try {
-        upstream = forward(*lease, req, target->upstream_target, fn.spec->request_timeout);
-    } catch (const ProxyError& e) {
-        std::string message = fmt::format("function {}: {}", name, e.what());
-        log_failure(name, e.status(), message);
-        send_error(res, e.status(), message);
-        return;
-    }
-
-    res.status = upstream.status;
-    res.headers = downstream_response_headers(upstream.headers);
-    std::string content_type = upstream.get_header_value("Content-Type");
-    auto body = std::make_shared<std::string>(std::move(upstream.body));
-    // The slot (and the in-flight count) are held until the response has been written.
-    res.set_content_provider(
-        body->size(), content_type,
-        [body](std::size_t offset, std::size_t length, httplib::DataSink& sink) {
-            return sink.write(body->data() + offset, length);
-        },
-        [lease, in_flight](bool) {});
+        loop.post([this, call, lease, error = std::move(result.error)]() mutable {
+            on_lease(call, std::move(lease), std::move(error));
+        });
+    });
 }
 
-void Gateway::status(httplib::Response& res) {
+void Gateway::on_lease(const std::shared_ptr<Invocation>& call, std::shared_ptr<Lease> lease,
+                       std::optional<PoolError> error) {
+    if (error) {
+        call->fail(error->status(), error->what(), error->retry_after_s());
+        return;
+    }
+    auto& ex = *call->ex;
+    const auto& req = ex.request();
+    UpstreamRequest up;
+    std::string host = fmt::format("{}:{}", lease->address(), lease->port());
+    http::append_upstream_request_head(up.head, req, call->upstream_target, host,
+                                       ex.client_address(), ex.body().size());
+    up.body = ex.body();
+    up.method = std::string(req.method);
+    up.client_keep_alive = ex.keep_alive();
+    up.timeout = call->request_timeout;
+    call_upstream(ex.loop(), lease, std::move(up), [this, call, lease](UpstreamReply reply) {
+        on_reply(call, lease, std::move(reply));
+    });
+}
+
+void Gateway::on_reply(const std::shared_ptr<Invocation>& call, std::shared_ptr<Lease> lease,
+                       UpstreamReply reply) {
+    if (reply.error_status != 0) {
+        call->fail(reply.error_status, fmt::format("function {}: {}", call->function, reply.error));
+        return;
+    }
+    call->count(reply.status);
+    // The slot (and the in-flight count) are held until the response has been written.
+    struct Hold {
+        std::shared_ptr<Lease> lease;
+        std::shared_ptr<InFlight> in_flight;
+    };
+    auto hold = std::make_shared<Hold>(Hold{std::move(lease), call->in_flight});
+    call->ex->respond(std::move(reply.head), std::move(reply.storage), reply.body_offset,
+                      reply.body_length, std::move(hold));
+}
+
+std::string Gateway::status_json() const {
     nlohmann::json functions = nlohmann::json::array();
     for (const auto& pool : functions_.snapshot()) {
         nlohmann::json instances = nlohmann::json::array();
@@ -260,7 +299,7 @@ void Gateway::status(httplib::Response& res) {
                           {"in_flight", in_flight()},
                           {"pending_callbacks", readiness_.pending()},
                           {"functions", functions}};
-    res.set_content(doc.dump(2) + "\n", "application/json");
+    return doc.dump(2) + "\n";
 }
 
 void Gateway::ready(const httplib::Request& req, httplib::Response& res) {
@@ -272,7 +311,8 @@ void Gateway::ready(const httplib::Request& req, httplib::Response& res) {
         case Readiness::Outcome::UnknownToken:
         case Readiness::Outcome::WrongSource:
             spdlog::debug("refused readiness callback from {}", req.remote_addr);
-            send_error(res, 404, "unknown callback");
+            res.status = 404;
+            res.set_content("unknown callback\n", "text/plain; charset=utf-8");
             return;
     }
 }

@@ -1,5 +1,7 @@
 // Gateway: the daemon's HTTP face. The invocation server (/invoke/<function>/<path…>, /healthz,
-// /status) and the callback server (/ready/<token>, reached by booting instances).
+// /status, /metrics) runs on event loops (HttpServer): a request waits for its instance slot and
+// its instance's answer without holding a thread. The callback server (/ready/<token>, reached by
+// booting instances, rare) is a small cpp-httplib server.
 #pragma once
 
 #include <atomic>
@@ -10,7 +12,9 @@
 #include <mutex>
 
 #include "config/daemon_config.h"
+#include "gateway/http_server.h"
 #include "gateway/listening_server.h"
+#include "gateway/upstream_call.h"
 #include "pool/function_table.h"
 #include "pool/readiness.h"
 
@@ -42,17 +46,24 @@ class Gateway {
 
   private:
     class InFlight;
-    void setup_invoke_server();
+    struct Invocation;
+    HttpServer::Options invoke_options() const;
+    std::string error_text(std::string_view target, int status, std::string_view problem) const;
     void setup_callback_server();
-    void invoke(const httplib::Request& req, httplib::Response& res);
-    void status(httplib::Response& res);
+    void on_request(const std::shared_ptr<HttpExchange>& ex);
+    void invoke(const std::shared_ptr<HttpExchange>& ex);
+    void on_lease(const std::shared_ptr<Invocation>& call, std::shared_ptr<Lease> lease,
+                  std::optional<PoolError> error);
+    void on_reply(const std::shared_ptr<Invocation>& call, std::shared_ptr<Lease> lease,
+                  UpstreamReply reply);
+    std::string status_json() const;
     void ready(const httplib::Request& req, httplib::Response& res);
 
     MetricsAppender extra_metrics_;
     const DaemonConfig& config_;
     FunctionTable& functions_;
     Readiness& readiness_;
-    ListeningServer invoke_server_;
+    HttpServer invoke_server_;
     ListeningServer callback_server_;
 
     mutable std::mutex mu_;

@@ -48,7 +48,8 @@ TEST_F(DaemonConfigTest, EmptyFileGivesDefaults) {
     EXPECT_EQ(config.callback_listen.to_string(), "0.0.0.0:8124");
     EXPECT_EQ(config.log_level, "info");
     EXPECT_EQ(config.max_body_bytes, 6u * 1024 * 1024);
-    EXPECT_EQ(config.http_threads, 64u);
+    EXPECT_EQ(config.http_threads, 0u) << "default: one event loop per CPU";
+    EXPECT_EQ(config.max_connections, 4096u);
     EXPECT_EQ(config.shutdown_grace, Seconds(10));
     EXPECT_EQ(config.runtime_dir, "/run/unifaas");
     EXPECT_EQ(config.docker_socket, "/var/run/docker.sock");
@@ -58,7 +59,7 @@ TEST_F(DaemonConfigTest, EveryKeyExplicit) {
     DaemonConfig config = load(
         "registry = \"/srv/functions\"\nlisten = \"127.0.0.1:9000\"\n"
         "callback-listen = \"[::1]:9001\"\nlog-level = \"debug\"\nmax-body-size = 1024\n"
-        "http-threads = 8\nshutdown-grace = 2.5\nruntime-dir = \"/tmp/rt\"\n"
+        "http-threads = 8\nmax-connections = 100\nshutdown-grace = 2.5\nruntime-dir = \"/tmp/rt\"\n"
         "docker-socket = \"/run/user/1000/docker.sock\"\n");
     EXPECT_EQ(config.registry, "/srv/functions");
     EXPECT_EQ(config.listen.host, "127.0.0.1");
@@ -68,6 +69,7 @@ TEST_F(DaemonConfigTest, EveryKeyExplicit) {
     EXPECT_EQ(config.log_level, "debug");
     EXPECT_EQ(config.max_body_bytes, 1024u);
     EXPECT_EQ(config.http_threads, 8u);
+    EXPECT_EQ(config.max_connections, 100u);
     EXPECT_EQ(config.shutdown_grace, Seconds(2.5));
     EXPECT_EQ(config.runtime_dir, "/tmp/rt");
     EXPECT_EQ(config.docker_socket, "/run/user/1000/docker.sock");
@@ -80,8 +82,9 @@ TEST_F(DaemonConfigTest, EveryLogLevel) {
 }
 
 TEST_F(DaemonConfigTest, BoundsAccepted) {
-    EXPECT_EQ(load("http-threads = 1\n").http_threads, 1u);
-    EXPECT_EQ(load("http-threads = 4096\n").http_threads, 4096u);
+    EXPECT_EQ(load("http-threads = 0\n").http_threads, 0u);
+    EXPECT_EQ(load("http-threads = 256\n").http_threads, 256u);
+    EXPECT_EQ(load("max-connections = 1\n").max_connections, 1u);
     EXPECT_EQ(load("max-body-size = 1\n").max_body_bytes, 1u);
     EXPECT_EQ(load("shutdown-grace = 0\n").shutdown_grace, Seconds(0));
 }
@@ -114,8 +117,9 @@ TEST_F(DaemonConfigTest, Errors) {
                  "trace)");
     expect_error("max-body-size = 0\n", "max-body-size: must be at least 1 (got 0)");
     expect_error("max-body-size = \"6M\"\n", "max-body-size: expected an integer, got string");
-    expect_error("http-threads = 0\n", "http-threads: must be between 1 and 4096 (got 0)");
-    expect_error("http-threads = 4097\n", "http-threads: must be between 1 and 4096 (got 4097)");
+    expect_error("http-threads = -1\n", "http-threads: must be between 0 and 256 (got -1)");
+    expect_error("http-threads = 257\n", "http-threads: must be between 0 and 256 (got 257)");
+    expect_error("max-connections = 0\n", "max-connections: must be between 1 and 1000000 (got 0)");
     expect_error("shutdown-grace = -1\n", "shutdown-grace: must be at least 0 (got -1)");
     expect_error("shutdown-grace = true\n",
                  "shutdown-grace: expected a number of seconds, got boolean");

@@ -1,0 +1,695 @@
+#include "gateway/http_server.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <future>
+#include <unordered_map>
+
+#include "http/chunked.h"
+#include "http/forwarding.h"
+
+namespace unifaas {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr std::size_t kReadChunk = 16 * 1024;
+constexpr int kAcceptBatch = 32;
+// Pipelined bytes read ahead of the request being served.
+constexpr std::size_t kReadAhead = 64 * 1024;
+
+// A growable byte buffer that, unlike std::string, does not zero what recv() will overwrite.
+class ByteBuffer {
+  public:
+    std::string_view view() const { return {data_.get(), size_}; }
+    std::size_t size() const { return size_; }
+    // Room for at least n more bytes at tail().
+    void reserve_tail(std::size_t n) {
+        if (capacity_ - size_ >= n) {
+            return;
+        }
+        std::size_t cap = std::max(capacity_ * 2, size_ + n);
+        auto bigger = std::make_unique<char[]>(cap);
+        if (size_ > 0) {
+            std::memcpy(bigger.get(), data_.get(), size_);
+        }
+        data_ = std::move(bigger);
+        capacity_ = cap;
+    }
+    char* tail() { return data_.get() + size_; }
+    std::size_t tail_room() const { return capacity_ - size_; }
+    void grow(std::size_t n) { size_ += n; }
+    // Drops the first n bytes.
+    void consume(std::size_t n) {
+        if (n >= size_) {
+            size_ = 0;
+            return;
+        }
+        std::memmove(data_.get(), data_.get() + n, size_ - n);
+        size_ -= n;
+    }
+
+  private:
+    std::unique_ptr<char[]> data_;
+    std::size_t size_ = 0;
+    std::size_t capacity_ = 0;
+};
+
+bool would_block(int err) {
+    return err == EAGAIN || err == EWOULDBLOCK;
+}
+
+}  // namespace
+
+std::string peer_address(const sockaddr_storage& addr) {
+    char text[INET6_ADDRSTRLEN] = {};
+    if (addr.ss_family == AF_INET6) {
+        const auto& in6 = reinterpret_cast<const sockaddr_in6&>(addr);
+        if (IN6_IS_ADDR_V4MAPPED(&in6.sin6_addr)) {
+            inet_ntop(AF_INET, &in6.sin6_addr.s6_addr[12], text, sizeof(text));
+        } else {
+            inet_ntop(AF_INET6, &in6.sin6_addr, text, sizeof(text));
+        }
+    } else if (addr.ss_family == AF_INET) {
+        inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(addr).sin_addr, text,
+                  sizeof(text));
+    }
+    return text;
+}
+
+void HttpExchange::respond_simple(int status, std::string_view content_type, std::string_view body,
+                                  std::span<const http::HeaderField> extra,
+                                  std::shared_ptr<void> hold) {
+    std::string head;
+    http::append_simple_response(head, status, content_type,
+                                 request().method == "HEAD" ? std::string_view() : body,
+                                 keep_alive(), extra);
+    respond(std::move(head), {}, 0, 0, std::move(hold));
+}
+
+struct HttpServer::Shared {
+    Options options;
+    RequestHandler handler;
+    ErrorText error_text;
+    std::atomic<std::size_t> connections{0};
+    std::atomic<unsigned> next_loop{0};
+    std::vector<Loop*> loops;
+    std::atomic<bool> stopping{false};
+};
+
+// ---- ClientConnection --------------------------------------------------------------------------
+
+namespace {
+
+class ClientConnection;
+
+// What a loop keeps of its connections.
+class ConnectionSet {
+  public:
+    virtual ~ConnectionSet() = default;
+    virtual void forget(ClientConnection* c) = 0;
+};
+
+class ClientConnection : public HttpExchange,
+                         public EventLoop::Handler,
+                         public std::enable_shared_from_this<ClientConnection> {
+  public:
+    ClientConnection(HttpServer::Shared& shared, EventLoop& loop, ConnectionSet& set, int fd,
+                     std::string address)
+        : shared_(shared),
+          loop_(loop),
+          set_(set),
+          fd_(fd),
+          address_(std::move(address)),
+          decoder_(shared.options.max_body_bytes),
+          deadline_timer_(loop.no_timer()) {}
+
+    ~ClientConnection() override { shared_.connections.fetch_sub(1); }
+
+    void open() {
+        loop_.add(fd_.get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, this);
+        set_deadline(shared_.options.idle_timeout);
+    }
+
+    // HttpExchange
+    const http::RequestHead& request() const override { return head_; }
+    std::string_view body() const override {
+        return head_.framing == http::BodyFraming::Chunked
+                   ? std::string_view(chunked_body_)
+                   : in_.view().substr(head_.size, head_.content_length);
+    }
+    const std::string& client_address() const override { return address_; }
+    EventLoop& loop() override { return loop_; }
+    bool keep_alive() const override {
+        return head_.keep_alive && !peer_closed_ && !shared_.stopping.load();
+    }
+    void respond(std::string head, std::string body, std::size_t body_offset,
+                 std::size_t body_length, std::shared_ptr<void> hold) override {
+        if (state_ != State::Handling) {
+            return;  // the connection is gone (hold is dropped here)
+        }
+        out_head_ = std::move(head);
+        out_body_ = std::move(body);
+        body_offset_ = body_offset;
+        body_length_ = body_length;
+        written_ = 0;
+        hold_ = std::move(hold);
+        close_after_ = !keep_alive();
+        state_ = State::Writing;
+        set_deadline(shared_.options.io_timeout);
+        if (!in_progress_) {
+            progress();
+        }
+    }
+
+    // EventLoop::Handler
+    void on_events(std::uint32_t events) override {
+        if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+            readable_ = true;
+        }
+        if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) {
+            writable_ = true;
+        }
+        progress();
+    }
+
+    void close() {
+        if (state_ == State::Closed) {
+            return;
+        }
+        bool handling = state_ == State::Handling;
+        state_ = State::Closed;
+        loop_.cancel_timer(deadline_timer_);
+        loop_.remove(fd_.get());
+        fd_.reset();
+        hold_.reset();
+        auto self = shared_from_this();
+        loop_.release_later(self);
+        set_.forget(this);
+        (void)handling;  // the handler still holds us; its respond() will find us closed
+    }
+
+  private:
+    enum class State { Reading, Handling, Writing, Lingering, Closed };
+
+    // Advances as far as the socket allows.
+    void progress() {
+        auto self = shared_from_this();  // a handler may drop the last other reference
+        in_progress_ = true;
+        bool more = true;
+        while (more) {
+            switch (state_) {
+                case State::Reading:
+                    more = advance_reading();
+                    break;
+                case State::Writing:
+                    more = flush();
+                    break;
+                case State::Lingering:
+                    more = linger();
+                    break;
+                case State::Handling:
+                case State::Closed:
+                    more = false;
+                    break;
+            }
+        }
+        in_progress_ = false;
+    }
+
+    // Reads what the socket has, up to `limit` bytes buffered. False on a fatal error (closed).
+    bool fill(std::size_t limit) {
+        while (readable_ && in_.size() < limit) {
+            in_.reserve_tail(kReadChunk);
+            std::size_t room = std::min(in_.tail_room(), limit - in_.size());
+            ssize_t n = recv(fd_.get(), in_.tail(), room, 0);
+            if (n > 0) {
+                in_.grow(static_cast<std::size_t>(n));
+                continue;
+            }
+            if (n == 0) {
+                peer_closed_ = true;
+                readable_ = false;
+            } else if (would_block(errno)) {
+                readable_ = false;
+            } else if (errno != EINTR) {
+                close();
+                return false;
+            }
+        }
+        return true;
+    }
+
+    // One step of receiving a request. True when the state changed and progress may continue.
+    bool advance_reading() {
+        const auto& o = shared_.options;
+        std::size_t limit = head_complete_ ? request_bytes_wanted() : o.max_head_bytes + 1;
+        if (!fill(std::max(limit, kReadAhead))) {
+            return false;
+        }
+        if (in_.size() == 0) {
+            if (peer_closed_) {
+                close();
+            }
+            return false;  // idle: the deadline set when the last response ended applies
+        }
+        if (!request_started_) {
+            request_started_ = true;  // the whole head must arrive within io_timeout
+            set_deadline(o.io_timeout);
+        }
+        // The head is parsed once; again only if the buffer moved (its views point into it).
+        if (!head_complete_ || head_buffer_ != in_.view().data()) {
+            http::ParseError error;
+            switch (http::parse_request_head(in_.view(), o.max_head_bytes, head_, error)) {
+                case http::ParseState::Incomplete:
+                    return wait_for_more();
+                case http::ParseState::Failed:
+                    refuse(error.status, error.message, {});
+                    return true;
+                case http::ParseState::Complete:
+                    head_buffer_ = in_.view().data();
+                    break;
+            }
+        }
+        if (!head_complete_) {
+            head_complete_ = true;  // and the body within io_timeout after it
+            set_deadline(o.io_timeout);
+        }
+        switch (head_.framing) {
+            case http::BodyFraming::Length:
+                if (head_.content_length > o.max_body_bytes) {
+                    refuse(413, "request body too large", head_.target);
+                    return true;
+                }
+                if (in_.size() < head_.size + head_.content_length) {
+                    in_.reserve_tail(head_.size + head_.content_length - in_.size());
+                    return wait_for_more();
+                }
+                request_bytes_ = head_.size + head_.content_length;
+                break;
+            case http::BodyFraming::Chunked: {
+                std::string_view rest = in_.view().substr(head_.size + chunked_consumed_);
+                chunked_consumed_ += decoder_.feed(rest, chunked_body_);
+                if (decoder_.failed()) {
+                    if (decoder_.too_large()) {
+                        refuse(413, "request body too large", head_.target);
+                    } else {
+                        refuse(400, decoder_.error(), head_.target);
+                    }
+                    return true;
+                }
+                if (!decoder_.done()) {
+                    return wait_for_more();
+                }
+                request_bytes_ = head_.size + chunked_consumed_;
+                break;
+            }
+            default:
+                request_bytes_ = head_.size;
+        }
+        dispatch();
+        return true;
+    }
+
+    std::size_t request_bytes_wanted() const {
+        if (head_.framing == http::BodyFraming::Length) {
+            return head_.size + head_.content_length;
+        }
+        return in_.size() + kReadChunk;  // chunked: whatever comes
+    }
+
+    bool wait_for_more() {
+        if (peer_closed_) {
+            close();  // half a request, and nothing more will come
+            return false;
+        }
+        if (head_complete_ && head_.expect_continue && !continue_sent_) {
+            continue_sent_ = true;
+            auto line = http::kContinueResponse;
+            // Best effort: a socket that cannot take 25 bytes now gets the body without it.
+            (void)!send(fd_.get(), line.data(), line.size(), MSG_NOSIGNAL);
+        }
+        return false;
+    }
+
+    void dispatch() {
+        state_ = State::Handling;
+        clear_deadline();
+        shared_.handler(shared_from_this());
+    }
+
+    // An error the server answers by itself; the connection closes after it.
+    void refuse(int status, std::string_view problem, std::string_view target) {
+        std::string text = shared_.error_text(target, status, problem);
+        std::string head;
+        http::append_simple_response(head, status, "text/plain; charset=utf-8", text, false);
+        state_ = State::Handling;
+        head_.keep_alive = false;
+        respond(std::move(head), {}, 0, 0, {});
+    }
+
+    // Writes what is pending. True when the response is done and progress may continue.
+    bool flush() {
+        while (true) {
+            std::size_t head_left = written_ < out_head_.size() ? out_head_.size() - written_ : 0;
+            std::size_t body_done = written_ - (out_head_.size() - head_left);
+            std::size_t body_left = body_length_ - body_done;
+            if (head_left + body_left == 0) {
+                break;
+            }
+            if (!writable_) {
+                return false;
+            }
+            iovec iov[2];
+            int n = 0;
+            if (head_left > 0) {
+                iov[n++] = {out_head_.data() + written_, head_left};
+            }
+            if (body_left > 0) {
+                iov[n++] = {out_body_.data() + body_offset_ + body_done, body_left};
+            }
+            msghdr msg{};
+            msg.msg_iov = iov;
+            msg.msg_iovlen = n;
+            ssize_t sent = sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
+            if (sent < 0) {
+                if (would_block(errno)) {
+                    writable_ = false;
+                    return false;
+                }
+                if (errno == EINTR) {
+                    continue;
+                }
+                close();
+                return false;
+            }
+            written_ += static_cast<std::size_t>(sent);
+        }
+        finish_exchange();
+        return true;
+    }
+
+    void finish_exchange() {
+        hold_.reset();  // e.g. gives the instance slot back
+        out_head_.clear();
+        out_body_.clear();
+        in_.consume(request_bytes_);
+        request_bytes_ = 0;
+        head_complete_ = false;
+        request_started_ = false;
+        continue_sent_ = false;
+        chunked_consumed_ = 0;
+        chunked_body_.clear();
+        decoder_.reset(shared_.options.max_body_bytes);
+        if (close_after_) {
+            // Whatever the client still sends is read and dropped until it closes: closing with
+            // unread data would reset the connection and could destroy the response in flight.
+            shutdown(fd_.get(), SHUT_WR);
+            state_ = State::Lingering;
+            set_deadline(shared_.options.linger);
+            return;
+        }
+        state_ = State::Reading;
+        set_deadline(shared_.options.idle_timeout);
+    }
+
+    bool linger() {
+        char sink[4096];
+        while (readable_) {
+            ssize_t n = recv(fd_.get(), sink, sizeof(sink), 0);
+            if (n > 0) {
+                continue;
+            }
+            if (n < 0 && would_block(errno)) {
+                readable_ = false;
+                return false;
+            }
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            break;  // EOF or error
+        }
+        if (!readable_) {
+            return false;
+        }
+        close();
+        return false;
+    }
+
+    // One timer per connection: moving the deadline later is an assignment, and the timer re-arms
+    // itself when it fires early.
+    void set_deadline(std::chrono::milliseconds after) {
+        deadline_ = Clock::now() + after;
+        if (deadline_timer_ == loop_.no_timer()) {
+            deadline_timer_ = loop_.add_timer(deadline_, [this] { on_deadline(); });
+        } else if (deadline_timer_->first > deadline_) {
+            loop_.cancel_timer(deadline_timer_);
+            deadline_timer_ = loop_.add_timer(deadline_, [this] { on_deadline(); });
+        }
+    }
+    void clear_deadline() { deadline_ = Clock::time_point::max(); }
+
+    void on_deadline() {
+        deadline_timer_ = loop_.no_timer();
+        if (deadline_ == Clock::time_point::max()) {
+            return;
+        }
+        if (Clock::now() < deadline_) {
+            deadline_timer_ = loop_.add_timer(deadline_, [this] { on_deadline(); });
+            return;
+        }
+        auto self = shared_from_this();
+        if (state_ == State::Reading && in_.size() > 0) {
+            refuse(408, "request not received in time", head_complete_ ? head_.target : "");
+            progress();
+            return;
+        }
+        close();  // idle, a client not reading its response, or a lingering one
+    }
+
+    HttpServer::Shared& shared_;
+    EventLoop& loop_;
+    ConnectionSet& set_;
+    UniqueFd fd_;
+    std::string address_;
+
+    State state_ = State::Reading;
+    bool in_progress_ = false;
+    bool readable_ = false;
+    bool writable_ = true;
+    bool peer_closed_ = false;
+
+    ByteBuffer in_;
+    http::RequestHead head_;
+    bool request_started_ = false;
+    bool head_complete_ = false;
+    const char* head_buffer_ = nullptr;  // where head_ was parsed
+    bool continue_sent_ = false;
+    std::size_t request_bytes_ = 0;
+    http::ChunkedDecoder decoder_;
+    std::size_t chunked_consumed_ = 0;
+    std::string chunked_body_;
+
+    std::string out_head_;
+    std::string out_body_;
+    std::size_t body_offset_ = 0;
+    std::size_t body_length_ = 0;
+    std::size_t written_ = 0;
+    std::shared_ptr<void> hold_;
+    bool close_after_ = false;
+
+    Clock::time_point deadline_ = Clock::time_point::max();
+    EventLoop::TimerId deadline_timer_;
+};
+
+}  // namespace
+
+// ---- Loop --------------------------------------------------------------------------------------
+
+class HttpServer::Loop : public EventLoop::Handler, public ConnectionSet {
+  public:
+    Loop(Shared& shared, unsigned index) : shared_(shared), index_(index) {}
+
+    EventLoop& events() { return loop_; }
+
+    void start() { loop_.start("http-" + std::to_string(index_)); }
+
+    // Loop thread.
+    void listen(int fd) {
+        listen_fd_ = fd;
+        loop_.add(fd, EPOLLIN | EPOLLEXCLUSIVE, this);
+    }
+    void unlisten() {
+        if (listen_fd_ >= 0) {
+            loop_.remove(listen_fd_);
+            listen_fd_ = -1;
+        }
+    }
+    void adopt(int fd, std::string address) {
+        auto c = std::make_shared<ClientConnection>(shared_, loop_, *this, fd, std::move(address));
+        try {
+            c->open();
+        } catch (const std::exception& e) {
+            spdlog::warn("http: cannot serve a connection: {}", e.what());
+            return;  // c closes the fd
+        }
+        connections_.emplace(c.get(), std::move(c));
+    }
+    void close_all() {
+        while (!connections_.empty()) {
+            auto c = connections_.begin()->second;
+            c->close();
+        }
+    }
+    void forget(ClientConnection* c) override { connections_.erase(c); }
+
+    // The listening socket is readable.
+    void on_events(std::uint32_t) override {
+        for (int i = 0; i < kAcceptBatch && listen_fd_ >= 0; ++i) {
+            sockaddr_storage addr{};
+            socklen_t len = sizeof(addr);
+            int fd = accept4(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len,
+                             SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd < 0) {
+                if (errno == EINTR || errno == ECONNABORTED) {
+                    continue;
+                }
+                if (!would_block(errno)) {
+                    spdlog::warn("http: accept: {}", std::strerror(errno));
+                }
+                return;
+            }
+            if (shared_.connections.fetch_add(1) >= shared_.options.max_connections) {
+                shared_.connections.fetch_sub(1);
+                ::close(fd);
+                warn_limit();
+                continue;
+            }
+            // Round robin over the loops: one wake-up may accept many connections.
+            Loop* target = shared_.loops[shared_.next_loop.fetch_add(1) % shared_.loops.size()];
+            std::string address = peer_address(addr);
+            if (target == this) {
+                adopt(fd, std::move(address));
+            } else {
+                target->loop_.post([target, fd, address = std::move(address)]() mutable {
+                    target->adopt(fd, std::move(address));
+                });
+            }
+        }
+    }
+
+  private:
+    void warn_limit() {
+        auto now = Clock::now();
+        if (now - last_limit_warning_ > std::chrono::seconds(10)) {
+            last_limit_warning_ = now;
+            spdlog::warn("http: {} connections open (the limit): refusing new ones",
+                         shared_.options.max_connections);
+        }
+    }
+
+    Shared& shared_;
+    unsigned index_;
+    EventLoop loop_;
+    int listen_fd_ = -1;
+    std::unordered_map<ClientConnection*, std::shared_ptr<ClientConnection>> connections_;
+    Clock::time_point last_limit_warning_{};
+};
+
+// ---- HttpServer --------------------------------------------------------------------------------
+
+HttpServer::HttpServer(Options options, RequestHandler handler, ErrorText error_text)
+    : shared_(std::make_shared<Shared>()) {
+    if (options.threads == 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        options.threads = cpus > 0 ? static_cast<unsigned>(cpus) : 1;
+    }
+    shared_->options = options;
+    shared_->handler = std::move(handler);
+    shared_->error_text = std::move(error_text);
+    for (unsigned i = 0; i < options.threads; ++i) {
+        loops_.push_back(std::make_unique<Loop>(*shared_, i));
+        shared_->loops.push_back(loops_.back().get());
+    }
+}
+
+std::size_t HttpServer::connections() const {
+    return shared_->connections.load();
+}
+
+HttpServer::~HttpServer() {
+    stop_accepting();
+    join();
+}
+
+namespace {
+
+// Runs fn on a loop and waits for it.
+void run_on(EventLoop& loop, const std::function<void()>& fn) {
+    std::promise<void> done;
+    loop.post([&] {
+        fn();
+        done.set_value();
+    });
+    done.get_future().wait();
+}
+
+}  // namespace
+
+void HttpServer::serve(int listen_fd) {
+    int flags = fcntl(listen_fd, F_GETFL);
+    fcntl(listen_fd, F_SETFL, flags | O_NONBLOCK);
+    listen_fd_ = listen_fd;
+    for (auto& loop : loops_) {
+        loop->start();
+    }
+    started_ = true;
+    for (auto& loop : loops_) {
+        Loop* l = loop.get();
+        run_on(l->events(), [l, listen_fd] { l->listen(listen_fd); });
+    }
+    accepting_ = true;
+}
+
+void HttpServer::stop_accepting() {
+    if (!accepting_) {
+        return;
+    }
+    accepting_ = false;
+    for (auto& loop : loops_) {
+        Loop* l = loop.get();
+        run_on(l->events(), [l] { l->unlisten(); });
+    }
+}
+
+void HttpServer::join() {
+    stop_accepting();
+    shared_->stopping.store(true);
+    if (!started_ || joined_) {
+        return;
+    }
+    joined_ = true;
+    for (auto& loop : loops_) {
+        Loop* l = loop.get();
+        run_on(l->events(), [l] { l->close_all(); });
+        l->events().stop();
+    }
+    for (auto& loop : loops_) {
+        loop->events().join();
+    }
+    if (listen_fd_ >= 0) {
+        ::close(listen_fd_);
+        listen_fd_ = -1;
+    }
+}
+
+}  // namespace unifaas

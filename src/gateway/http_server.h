@@ -1,0 +1,102 @@
+// HttpServer: HTTP/1.1 on one listening socket, served by a few event loops (one per core by
+// default) instead of a thread per connection. A connection reads one request at a time (head,
+// then the body by Content-Length or chunked), hands it to the RequestHandler as an HttpExchange
+// and reads the next (pipelined) one only after the response has been written. The handler may
+// answer at once or later from any thread by posting to exchange->loop().
+//
+// Limits: head size (431), body size (413), connections (over the limit a new connection is
+// closed at once), time to receive a request or send a response (408 / close), idle keep-alive
+// time. Like ListeningServer it serves a socket it was given and stops accepting without closing
+// it (an activated socket keeps listening for the next start).
+#pragma once
+
+#include <sys/socket.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "http/message.h"
+#include "http/request_head.h"
+#include "util/event_loop.h"
+
+namespace unifaas {
+
+// One request and its response.
+class HttpExchange {
+  public:
+    virtual ~HttpExchange() = default;
+
+    virtual const http::RequestHead& request() const = 0;
+    virtual std::string_view body() const = 0;
+    virtual const std::string& client_address() const = 0;
+    // The loop the connection lives on: respond() must be called there.
+    virtual EventLoop& loop() = 0;
+    // Whether the connection stays open after this response (the head must say so).
+    virtual bool keep_alive() const = 0;
+
+    // Writes `head` (a complete response head) and body[body_offset, body_offset + body_length).
+    // Exactly once per exchange, on loop(). `hold` is released once the response is written or
+    // the connection is gone (e.g. the lease of an instance slot).
+    virtual void respond(std::string head, std::string body, std::size_t body_offset,
+                         std::size_t body_length, std::shared_ptr<void> hold) = 0;
+
+    // A response made by the daemon itself.
+    void respond_simple(int status, std::string_view content_type, std::string_view body,
+                        std::span<const http::HeaderField> extra = {},
+                        std::shared_ptr<void> hold = {});
+};
+
+class HttpServer {
+  public:
+    using RequestHandler = std::function<void(std::shared_ptr<HttpExchange>)>;
+    // The body of an error the server answers by itself (400, 408, 413, 431, 501, 505): gets the
+    // request-target when the head was readable ("" otherwise), the status and what was wrong.
+    using ErrorText =
+        std::function<std::string(std::string_view target, int status, std::string_view problem)>;
+
+    struct Options {
+        unsigned threads = 0;  // 0: one per CPU
+        std::size_t max_connections = 4096;
+        std::size_t max_head_bytes = 64 * 1024;
+        std::size_t max_body_bytes = 6 * 1024 * 1024;
+        std::chrono::milliseconds io_timeout{30'000};    // receiving a request, sending a response
+        std::chrono::milliseconds idle_timeout{60'000};  // keep-alive without a request
+        std::chrono::milliseconds linger{2'000};  // reading what a closing client still sends
+    };
+
+    HttpServer(Options options, RequestHandler handler, ErrorText error_text);
+    ~HttpServer();  // stop_accepting() + join()
+    HttpServer(const HttpServer&) = delete;
+    HttpServer& operator=(const HttpServer&) = delete;
+
+    // Takes ownership of a listening socket (made non-blocking) and starts the loops.
+    void serve(int listen_fd);
+    // Stops accepting; connections in progress go on. Idempotent; any thread but a loop's.
+    void stop_accepting();
+    // Closes every connection (requests in progress are abandoned) and stops the loops.
+    void join();
+
+    std::size_t connections() const;
+
+    struct Shared;  // what every connection needs (options, handler, counters)
+  private:
+    class Loop;
+    std::shared_ptr<Shared> shared_;
+    std::vector<std::unique_ptr<Loop>> loops_;
+    int listen_fd_ = -1;
+    bool started_ = false;
+    bool accepting_ = false;
+    bool joined_ = false;
+};
+
+// "1.2.3.4" or "::1" (IPv4-mapped IPv6 addresses in their IPv4 form).
+std::string peer_address(const sockaddr_storage& addr);
+
+}  // namespace unifaas

@@ -1,0 +1,392 @@
+#include "gateway/upstream_call.h"
+
+#include <arpa/inet.h>
+#include <fmt/format.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <cerrno>
+#include <cstring>
+#include <system_error>
+
+#include "http/chunked.h"
+#include "http/forwarding.h"
+#include "http/response_head.h"
+#include "util/unique_fd.h"
+
+namespace unifaas {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr std::size_t kMaxResponseHead = 64 * 1024;
+constexpr std::size_t kReadChunk = 64 * 1024;
+
+// The connection to one slot of an instance. Its fd never changes: a broken connection is
+// replaced by a new object (Lease::drop_cache), so abort() from another thread cannot hit a
+// reused descriptor (both run under the instance's cache lock).
+class UpstreamConnection : public SlotCache {
+  public:
+    UpstreamConnection(const std::string& address, std::uint16_t port) {
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_port = htons(port);
+        if (inet_pton(AF_INET, address.c_str(), &addr.sin_addr) != 1) {
+            throw std::system_error(EINVAL, std::generic_category(), "address " + address);
+        }
+        fd_.reset(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+        if (!fd_) {
+            throw std::system_error(errno, std::generic_category(), "socket");
+        }
+        int one = 1;
+        setsockopt(fd_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (connect(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+            connected = true;
+        } else if (errno != EINPROGRESS) {
+            throw std::system_error(errno, std::generic_category(), "connect");
+        }
+    }
+    // Makes a request in progress fail now: the loop sees the shutdown as an error or EOF.
+    void abort() override { shutdown(fd_.get(), SHUT_RDWR); }
+    int fd() const { return fd_.get(); }
+
+    bool connected = false;
+    bool used = false;  // has answered a request before
+
+  private:
+    UniqueFd fd_;
+};
+
+class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_this<UpstreamCall> {
+  public:
+    UpstreamCall(EventLoop& loop, std::shared_ptr<Lease> lease, UpstreamRequest request,
+                 std::function<void(UpstreamReply)> done)
+        : loop_(loop),
+          lease_(std::move(lease)),
+          req_(std::move(request)),
+          done_(std::move(done)),
+          timer_(loop.no_timer()),
+          decoder_(kMaxUpstreamResponseBytes) {}
+
+    void start() {
+        auto self = shared_from_this();
+        timer_ = loop_.add_timer(
+            Clock::now() + std::chrono::duration_cast<Clock::duration>(req_.timeout), [this, self] {
+                timer_ = loop_.no_timer();
+                fail(504, fmt::format("no response within request-timeout ({:g} s)",
+                                      req_.timeout.count()));
+            });
+        open();
+    }
+
+    void on_events(std::uint32_t events) override {
+        if (state_ == State::Connecting && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
+            int err = 0;
+            socklen_t len = sizeof(err);
+            getsockopt(conn_->fd(), SOL_SOCKET, SO_ERROR, &err, &len);
+            if (err != 0) {
+                connect_failed(err);
+                return;
+            }
+            conn_->connected = true;
+            state_ = State::Sending;
+        }
+        if (state_ == State::Sending) {
+            send_request();
+        }
+        if (state_ == State::Receiving) {
+            receive();
+        }
+    }
+
+  private:
+    enum class State { Connecting, Sending, Receiving, Done };
+
+    void open() {
+        try {
+            conn_ = &static_cast<UpstreamConnection&>(lease_->cache([&] {
+                return std::make_unique<UpstreamConnection>(lease_->address(), lease_->port());
+            }));
+        } catch (const std::system_error& e) {
+            connect_failed(e.code().value());
+            return;
+        }
+        reused_ = conn_->used;
+        state_ = conn_->connected ? State::Sending : State::Connecting;
+        try {
+            loop_.add(conn_->fd(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, this);
+        } catch (const std::system_error& e) {
+            fail(502, e.what());
+            return;
+        }
+        registered_ = true;
+        if (state_ == State::Sending) {
+            send_request();
+            if (state_ == State::Receiving) {
+                receive();
+            }
+        }
+    }
+
+    void send_request() {
+        while (true) {
+            std::size_t total = req_.head.size() + req_.body.size();
+            if (sent_ == total) {
+                state_ = State::Receiving;
+                return;
+            }
+            iovec iov[2];
+            int n = 0;
+            if (sent_ < req_.head.size()) {
+                iov[n++] = {req_.head.data() + sent_, req_.head.size() - sent_};
+            }
+            std::size_t body_sent = sent_ > req_.head.size() ? sent_ - req_.head.size() : 0;
+            if (body_sent < req_.body.size()) {
+                iov[n++] = {const_cast<char*>(req_.body.data()) + body_sent,
+                            req_.body.size() - body_sent};
+            }
+            msghdr msg{};
+            msg.msg_iov = iov;
+            msg.msg_iovlen = n;
+            ssize_t w = sendmsg(conn_->fd(), &msg, MSG_NOSIGNAL);
+            if (w >= 0) {
+                sent_ += static_cast<std::size_t>(w);
+                continue;
+            }
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                return;
+            }
+            if (errno != EINTR) {
+                io_failed(errno);
+                return;
+            }
+        }
+    }
+
+    void receive() {
+        char chunk[kReadChunk];
+        while (state_ == State::Receiving) {
+            ssize_t n = recv(conn_->fd(), chunk, sizeof(chunk), 0);
+            if (n > 0) {
+                buffer_.append(chunk, static_cast<std::size_t>(n));
+                if (!parse()) {
+                    return;
+                }
+                continue;
+            }
+            if (n == 0) {
+                end_of_stream();
+                return;
+            }
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                return;
+            }
+            if (errno != EINTR) {
+                io_failed(errno);
+                return;
+            }
+        }
+    }
+
+    // Parses what has arrived; completes the call when the response is whole. False once done.
+    bool parse() {
+        while (!head_done_) {
+            http::ParseError error;
+            auto state = http::parse_response_head(std::string_view(buffer_).substr(head_start_),
+                                                   kMaxResponseHead, req_.method, head_, error);
+            if (state == http::ParseState::Incomplete) {
+                return true;
+            }
+            if (state == http::ParseState::Failed) {
+                fail(502, "invalid response: " + error.message);
+                return false;
+            }
+            if (head_.status >= 100 && head_.status < 200) {
+                head_start_ += head_.size;  // interim (100 Continue): the real one follows
+                continue;
+            }
+            head_done_ = true;
+            body_start_ = head_start_ + head_.size;
+            if (head_.framing == http::BodyFraming::Length &&
+                head_.content_length > kMaxUpstreamResponseBytes) {
+                fail(502, fmt::format("response body of {} bytes exceeds the daemon's limit",
+                                      head_.content_length));
+                return false;
+            }
+        }
+        std::size_t have = buffer_.size() - body_start_;
+        switch (head_.framing) {
+            case http::BodyFraming::None:
+                complete(body_start_, 0, have != 0);
+                return false;
+            case http::BodyFraming::Length:
+                if (have < head_.content_length) {
+                    buffer_.reserve(body_start_ + head_.content_length);
+                    return true;
+                }
+                complete(body_start_, head_.content_length, have != head_.content_length);
+                return false;
+            case http::BodyFraming::Chunked: {
+                chunked_consumed_ += decoder_.feed(
+                    std::string_view(buffer_).substr(body_start_ + chunked_consumed_), body_);
+                if (decoder_.failed()) {
+                    fail(502, "invalid chunked response: " + decoder_.error());
+                    return false;
+                }
+                if (!decoder_.done()) {
+                    return true;
+                }
+                complete_chunked(body_start_ + chunked_consumed_ != buffer_.size());
+                return false;
+            }
+            case http::BodyFraming::UntilClose:
+                if (have > kMaxUpstreamResponseBytes) {
+                    fail(502, "response body exceeds the daemon's limit");
+                    return false;
+                }
+                return true;
+        }
+        return true;
+    }
+
+    void end_of_stream() {
+        if (head_done_ && head_.framing == http::BodyFraming::UntilClose) {
+            complete(body_start_, buffer_.size() - body_start_, true);
+            return;
+        }
+        if (buffer_.empty() && retry()) {
+            return;
+        }
+        fail(502, buffer_.empty() ? "closed the connection without a response"
+                                  : "closed the connection in the middle of the response");
+    }
+
+    void io_failed(int err) {
+        if (buffer_.empty() && retry()) {
+            return;
+        }
+        fail(502, std::strerror(err));
+    }
+
+    void connect_failed(int err) {
+        std::string reason = fmt::format("connection to {}:{} failed: {}", lease_->address(),
+                                         lease_->port(), std::strerror(err));
+        lease_->mark_broken(reason);
+        fail(502, reason);
+    }
+
+    // A reused connection the instance had closed: send the request again on a new one.
+    bool retry() {
+        if (!reused_ || retried_) {
+            return false;
+        }
+        retried_ = true;
+        unregister();
+        lease_->drop_cache();
+        conn_ = nullptr;
+        sent_ = 0;
+        open();
+        return true;
+    }
+
+    void complete(std::size_t offset, std::size_t length, bool trailing_garbage) {
+        UpstreamReply reply;
+        reply.status = head_.status;
+        http::append_downstream_response_head(reply.head, head_, length, req_.client_keep_alive);
+        bool reusable = head_.keep_alive && !trailing_garbage;
+        reply.storage = std::move(buffer_);  // after the head: its views point into buffer_
+        reply.body_offset = offset;
+        reply.body_length = length;
+        finish(std::move(reply), reusable);
+    }
+
+    void complete_chunked(bool trailing_garbage) {
+        UpstreamReply reply;
+        reply.status = head_.status;
+        http::append_downstream_response_head(reply.head, head_, body_.size(),
+                                              req_.client_keep_alive);
+        bool reusable = head_.keep_alive && !trailing_garbage;
+        reply.body_length = body_.size();
+        reply.storage = std::move(body_);
+        finish(std::move(reply), reusable);
+    }
+
+    void fail(int status, std::string message) {
+        if (state_ == State::Done) {
+            return;
+        }
+        UpstreamReply reply;
+        reply.error_status = status;
+        std::string retired = lease_->retired_reason();
+        if (!retired.empty()) {
+            reply.error_status = 502;
+            reply.error = fmt::format("instance {} stopped while serving the request ({})",
+                                      lease_->instance_id(), retired);
+        } else if (status == 504) {
+            reply.error = std::move(message);
+        } else {
+            reply.error = fmt::format("instance {} at {}:{}: {}", lease_->instance_id(),
+                                      lease_->address(), lease_->port(), message);
+        }
+        finish(std::move(reply), false);
+    }
+
+    void finish(UpstreamReply reply, bool reusable) {
+        auto self = shared_from_this();  // the timer may hold the last other reference
+        state_ = State::Done;
+        loop_.cancel_timer(timer_);
+        unregister();
+        if (conn_ && reusable) {
+            conn_->used = true;
+        } else if (conn_) {
+            lease_->drop_cache();  // never reuse a connection in an unknown state
+        }
+        conn_ = nullptr;
+        loop_.release_later(self);
+        auto done = std::move(done_);
+        done(std::move(reply));
+    }
+
+    void unregister() {
+        if (registered_ && conn_) {
+            loop_.remove(conn_->fd());
+        }
+        registered_ = false;
+    }
+
+    EventLoop& loop_;
+    std::shared_ptr<Lease> lease_;
+    UpstreamRequest req_;
+    std::function<void(UpstreamReply)> done_;
+    EventLoop::TimerId timer_;
+
+    State state_ = State::Connecting;
+    UpstreamConnection* conn_ = nullptr;
+    bool registered_ = false;
+    bool reused_ = false;
+    bool retried_ = false;
+    std::size_t sent_ = 0;
+
+    std::string buffer_;
+    http::ResponseHead head_;
+    bool head_done_ = false;
+    std::size_t head_start_ = 0;
+    std::size_t body_start_ = 0;
+    http::ChunkedDecoder decoder_;
+    std::size_t chunked_consumed_ = 0;
+    std::string body_;
+};
+
+}  // namespace
+
+void call_upstream(EventLoop& loop, std::shared_ptr<Lease> lease, UpstreamRequest request,
+                   std::function<void(UpstreamReply)> done) {
+    auto call =
+        std::make_shared<UpstreamCall>(loop, std::move(lease), std::move(request), std::move(done));
+    call->start();
+}
+
+}  // namespace unifaas
