@@ -69,8 +69,11 @@ struct PooledInstance {
     Clock::time_point created = Clock::now();
 
     TimerQueue::Id boot_timer = 0;
+    // Keepalive is lazy: one timer per instance, armed when it first goes idle; when it fires
+    // early (the instance was used meanwhile) it re-arms for the latest idle_since. A busy
+    // instance thus costs no timer operation per request.
     TimerQueue::Id keepalive_timer = 0;
-    std::uint64_t idle_epoch = 0;  // which idle period the pending keepalive timer belongs to
+    Clock::time_point idle_since;
 
     bool exited_early = false;  // the sandbox ended before start() returned to us
     std::string exit_reason;
@@ -281,11 +284,6 @@ Pool::Claim Pool::claim_slot_locked(const std::shared_ptr<PooledInstance>& inst)
     ++inst->in_use;
     if (inst->spec->single_use) {
         inst->exhausted = true;
-    }
-    if (inst->keepalive_timer != 0) {
-        services_.timers.cancel(inst->keepalive_timer);
-        inst->keepalive_timer = 0;
-        ++inst->idle_epoch;
     }
     return Claim{inst, slot};
 }
@@ -499,16 +497,20 @@ void Pool::on_boot_timeout(const std::weak_ptr<PooledInstance>& weak) {
                   true);
 }
 
-void Pool::on_keepalive(const std::weak_ptr<PooledInstance>& weak, std::uint64_t epoch) {
+void Pool::on_keepalive(const std::weak_ptr<PooledInstance>& weak) {
     auto inst = weak.lock();
     if (!inst) {
         return;
     }
     Locked lk(*this);
-    if (inst->idle_epoch != epoch || inst->state != InstanceState::Ready || inst->in_use != 0) {
+    inst->keepalive_timer = 0;
+    if (inst->state != InstanceState::Ready || inst->in_use != 0) {
+        return;  // in use: re-armed when it is idle again
+    }
+    if (Clock::now() < inst->idle_since + to_duration(inst->spec->keepalive)) {
+        arm_keepalive_locked(inst);  // used meanwhile: idle since later
         return;
     }
-    inst->keepalive_timer = 0;
     if (spec_ && live_count_locked() <= spec_->min_instances) {
         return;  // kept warm
     }
@@ -531,6 +533,7 @@ void Pool::settle_locked(const std::shared_ptr<PooledInstance>& inst) {
         if (inst->exhausted) {
             retire_locked(inst, "single-use request done");
         } else {
+            inst->idle_since = Clock::now();
             arm_keepalive_locked(inst);
         }
     }
@@ -538,13 +541,15 @@ void Pool::settle_locked(const std::shared_ptr<PooledInstance>& inst) {
 }
 
 void Pool::arm_keepalive_locked(const std::shared_ptr<PooledInstance>& inst) {
+    if (inst->keepalive_timer != 0) {
+        return;  // fires at the earlier deadline and re-arms from idle_since
+    }
     std::weak_ptr<PooledInstance> weak = inst;
     std::weak_ptr<Pool> self = weak_from_this();
-    std::uint64_t epoch = ++inst->idle_epoch;
     inst->keepalive_timer = services_.timers.schedule(
-        Clock::now() + to_duration(inst->spec->keepalive), [self, weak, epoch] {
+        inst->idle_since + to_duration(inst->spec->keepalive), [self, weak] {
             if (auto pool = self.lock()) {
-                pool->on_keepalive(weak, epoch);
+                pool->on_keepalive(weak);
             }
         });
 }

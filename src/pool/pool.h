@@ -191,7 +191,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
     void on_ready(const std::shared_ptr<PooledInstance>& inst);
     void on_exit(const std::weak_ptr<PooledInstance>& inst, const std::string& reason);
     void on_boot_timeout(const std::weak_ptr<PooledInstance>& inst);
-    void on_keepalive(const std::weak_ptr<PooledInstance>& inst, std::uint64_t epoch);
+    void on_keepalive(const std::weak_ptr<PooledInstance>& inst);
     void release(const std::shared_ptr<PooledInstance>& inst, unsigned slot);
     // After an instance's use changed: single-use retirement, keepalive, waiting requests.
     void settle_locked(const std::shared_ptr<PooledInstance>& inst);

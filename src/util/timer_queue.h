@@ -37,6 +37,7 @@ class TimerQueue {
     std::map<std::pair<Clock::time_point, Id>, std::function<void()>> timers_;
     std::unordered_map<Id, Clock::time_point> deadlines_;
     Id next_id_ = 1;
+    Clock::time_point waiting_until_ = Clock::time_point::max();  // what the thread sleeps for
     bool stopping_ = false;
     std::thread thread_;
 };
