@@ -19,12 +19,13 @@
 # touches the host's network. --smoke: the same with tiny durations and counts (< 60 s once built),
 # exit 0 whenever the measurements ran; benchmarks report, they do not pass or fail.
 # Environment: BUILD_DIR (default build) for the daemon and the images; UNIFAAS_BIN to measure
-# another unifaas binary (e.g. a before/after comparison) with the same images.
+# another unifaas binary (e.g. a before/after comparison) with the same images; BENCH_PERF=1 adds
+# a perf profile of the daemon under wrk -c16 (DIR/perf-report.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 if [ "$(id -u)" != 0 ]; then
-  exec sudo --preserve-env=PATH,BUILD_DIR,UNIFAAS_BIN "$0" "$@"
+  exec sudo --preserve-env=PATH,BUILD_DIR,UNIFAAS_BIN,BENCH_PERF "$0" "$@"
 fi
 
 usage() { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -280,6 +281,23 @@ for ((r = 1; r <= rounds; r++)); do
     done
   done
 done
+if [ -n "${BENCH_PERF:-}" ]; then  # BENCH_PERF=1: where the daemon's time goes at c=16
+  perf record -q -g -o "$work/perf.data" -p "$daemon_pid" -- sleep "$wrk_s" >/dev/null 2>&1 &
+  perf_pid=$!
+  innet wrk -t2 -c16 -d"${wrk_s}s" "${url[unifaas]}" >"$work/logs/perf-wrk.txt"
+  wait "$perf_pid" || true
+  perf report -q -i "$work/perf.data" --no-children --percent-limit 0.7 --stdio \
+    -g none >"$work/perf-report.txt" 2>/dev/null || true
+  {
+    echo; echo "# inclusive (children), by symbol"
+    perf report -q -i "$work/perf.data" --children --sort sym --percent-limit 3 --stdio \
+      -g none 2>/dev/null
+    echo; echo "# inclusive (children), the daemon's own code and libraries"
+    perf report -q -i "$work/perf.data" --children --sort dso,sym --percent-limit 0.5 --stdio \
+      -g none 2>/dev/null | grep -v kernel.kallsyms
+  } >>"$work/perf-report.txt" || true
+  echo "profile: $out/perf-report.txt"
+fi
 echo "hello has $(pyin "$lib/status.py" count hello) instance(s) after the warm runs"
 stop_pid "$nginx_pid" QUIT 10
 nginx_pid=""
@@ -379,6 +397,7 @@ mkdir -p "$out/logs"
 cp "$raw" "$out/raw.jsonl"
 cp "$work/machine.json" "$out/machine.json"
 cp "$work/metrics-main.txt" "$out/logs/metrics-main.txt"
+[ ! -f "$work/perf-report.txt" ] || cp "$work/perf-report.txt" "$out/perf-report.txt"
 "$py" "$lib/report.py" "$raw" "$work/machine.json" "$out" --metrics "$work/metrics-main.txt"
 echo
 echo "results: $out/results.md, $out/results.json ($(($(date +%s) - started)) s)"
