@@ -56,8 +56,16 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
 std::unique_ptr<TapDevice> NetworkCore::make_tap(unsigned block) {
     std::string name = tap_name(config_.tap_prefix, block);
     Block30 addresses = blocks_.block(block);
+    // The guest's permanent neighbour entry: the host never ARPs for it. Without it a SYN-ACK to
+    // a booting guest could wait up to 1 s, e.g. when a connection to the previous guest at the
+    // same address retransmitted: the host ARPed before the new guest was up, the guest learnt
+    // the host's MAC from that request and never asked itself, and the host's entry stayed
+    // incomplete until its next probe. It goes in while the tap is made (mostly by the pool
+    // filler, off the lease path): a block's tap always serves the same guest address and MAC,
+    // and reset() puts the entry back after its down/up.
+    TapGuest guest{addresses.guest(), guest_mac(addresses.guest())};
     try {
-        return std::make_unique<TapDevice>(name, addresses.host(), Block30::netmask);
+        return std::make_unique<TapDevice>(name, addresses.host(), Block30::netmask, guest);
     } catch (const std::system_error& e) {
         // A tap named like ours that this Network did not make (created after the startup
         // sweep): <prefix>N names are ours by convention, so take it back, once.
@@ -72,7 +80,7 @@ std::unique_ptr<TapDevice> NetworkCore::make_tap(unsigned block) {
                 throw;
             }
         }
-        return std::make_unique<TapDevice>(name, addresses.host(), Block30::netmask);
+        return std::make_unique<TapDevice>(name, addresses.host(), Block30::netmask, guest);
     }
 }
 

@@ -1,7 +1,9 @@
 // Network: hands each microVM a tap and a /30 of the configured subnet.
 //
-// Block i of the subnet always belongs to tap <prefix>i (faas0 <-> 10.100.0.0/30). A background
-// thread keeps `prealloc` taps created, addressed and up, so a cold start takes a ready one.
+// Block i of the subnet always belongs to tap <prefix>i (faas0 <-> 10.100.0.0/30), whose guest is
+// always <block>.2 with MAC guest_mac(<block>.2). A background thread keeps `prealloc` taps
+// created, addressed, up and with that guest's permanent neighbour entry (the host never ARPs for
+// the guest), so a cold start takes a ready one.
 // Everything runs in the network namespace of the thread that constructed the Network (its
 // background thread inherits it); lease() and ~NetworkLease may be called from any thread of
 // that namespace.

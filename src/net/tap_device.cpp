@@ -7,6 +7,7 @@
 #include <ifaddrs.h>
 #include <linux/ethtool.h>
 #include <linux/if_tun.h>
+#include <linux/neighbour.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/sockios.h>
@@ -17,9 +18,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <system_error>
 #include <utility>
@@ -192,12 +195,71 @@ void add_ipv4_address(const std::string& name, std::uint32_t address, std::uint3
     }
 }
 
+// A permanent IPv4 neighbour entry, created or replaced (whatever state and MAC the entry had).
+void set_permanent_neighbour(const std::string& name, std::uint32_t address,
+                             const std::array<unsigned char, 6>& mac, const std::string& what) {
+    unsigned index = ::if_nametoindex(name.c_str());
+    if (index == 0) {
+        fail_errno(what);
+    }
+    NetlinkMessage request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE);
+    ndmsg info{};
+    info.ndm_family = AF_INET;
+    info.ndm_ifindex = static_cast<int>(index);
+    info.ndm_state = NUD_PERMANENT;
+    info.ndm_type = RTN_UNICAST;
+    request.fixed(info);
+    std::uint32_t destination = htonl(address);
+    request.attribute(NDA_DST, &destination, sizeof destination);
+    request.attribute(NDA_LLADDR, mac.data(), mac.size());
+    if (int error = netlink_request(request.header(), what); error != 0) {
+        fail(error, what);
+    }
+}
+
+// "02:fa:0a:64:00:02": exactly six two-digit hex bytes separated by colons.
+std::optional<std::array<unsigned char, 6>> parse_mac(const std::string& text) {
+    std::array<unsigned char, 6> mac{};
+    if (text.size() != 17) {
+        return std::nullopt;
+    }
+    auto hex = [](char c) -> int {
+        if (c >= '0' && c <= '9') {
+            return c - '0';
+        }
+        if (c >= 'a' && c <= 'f') {
+            return c - 'a' + 10;
+        }
+        if (c >= 'A' && c <= 'F') {
+            return c - 'A' + 10;
+        }
+        return -1;
+    };
+    for (std::size_t i = 0; i < mac.size(); ++i) {
+        int high = hex(text[3 * i]);
+        int low = hex(text[3 * i + 1]);
+        if (high < 0 || low < 0 || (i + 1 < mac.size() && text[3 * i + 2] != ':')) {
+            return std::nullopt;
+        }
+        mac[i] = static_cast<unsigned char>(high * 16 + low);
+    }
+    return mac;
+}
+
 }  // namespace
 
-TapDevice::TapDevice(std::string name, std::uint32_t host_ip, std::uint32_t netmask)
-    : name_(std::move(name)), host_ip_(host_ip), netmask_(netmask) {
+TapDevice::TapDevice(std::string name, std::uint32_t host_ip, std::uint32_t netmask,
+                     std::optional<TapGuest> guest)
+    : name_(std::move(name)), host_ip_(host_ip), netmask_(netmask), guest_(std::move(guest)) {
     const std::string what = "tap " + name_ + ": ";
     check_name(name_, "tap " + name_);
+    if (guest_) {
+        auto mac = parse_mac(guest_->mac);
+        if (!mac) {
+            fail(EINVAL, what + "guest MAC \"" + guest_->mac + "\" is not like 02:fa:0a:64:00:02");
+        }
+        guest_mac_ = *mac;
+    }
     create_persistent_tap(name_, what);
     try {
         add_ipv4_address(name_, host_ip_, netmask_,
@@ -205,6 +267,7 @@ TapDevice::TapDevice(std::string name, std::uint32_t host_ip, std::uint32_t netm
                              std::to_string(__builtin_popcount(netmask_)) + " (RTM_NEWADDR)");
         UniqueFd sock = inet_socket("tap " + name_);
         set_up(sock.get(), name_, true, what + "bring up (SIOCSIFFLAGS)");
+        add_guest_neighbour();
     } catch (...) {
         try {
             delete_interface(name_);
@@ -231,6 +294,16 @@ void TapDevice::reset() {
     UniqueFd sock = inet_socket("tap " + name_);
     set_up(sock.get(), name_, false, "tap " + name_ + ": bring down (SIOCSIFFLAGS)");
     set_up(sock.get(), name_, true, "tap " + name_ + ": bring up (SIOCSIFFLAGS)");
+    add_guest_neighbour();
+}
+
+void TapDevice::add_guest_neighbour() {
+    if (guest_) {
+        set_permanent_neighbour(name_, guest_->address, guest_mac_,
+                                "tap " + name_ + ": set neighbour " +
+                                    ipv4_to_string(guest_->address) + " lladdr " + guest_->mac +
+                                    " permanent (RTM_NEWNEIGH)");
+    }
 }
 
 std::vector<InterfaceAddress> interface_addresses() {

@@ -20,8 +20,10 @@
 #include <functional>
 #include <future>
 #include <iostream>
+#include <iterator>
 #include <mutex>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -168,6 +170,52 @@ void expect_ready_tap(const NetworkLease& lease) {
     EXPECT_EQ(address->network.prefix, 30u);
 }
 
+// One line of `ip -4 neigh show dev TAP`: "10.100.0.2 lladdr 02:fa:0a:64:00:02 PERMANENT".
+struct Neighbour {
+    std::string address;
+    std::string mac;    // empty when the entry has none (INCOMPLETE, FAILED)
+    std::string state;  // the last word: PERMANENT, REACHABLE, STALE, ...
+    bool operator==(const Neighbour&) const = default;
+};
+
+std::ostream& operator<<(std::ostream& out, const Neighbour& n) {
+    return out << n.address << " lladdr " << n.mac << " " << n.state;
+}
+
+// The IPv4 neighbour entries of `tap`, read back by iproute2 (independently of the code under
+// test).
+std::vector<Neighbour> neighbours_of(const std::string& tap) {
+    std::vector<Neighbour> entries;
+    std::istringstream lines(capture("ip -4 neigh show dev " + tap));
+    std::string line;
+    while (std::getline(lines, line)) {
+        std::istringstream words(line);
+        std::vector<std::string> w{std::istream_iterator<std::string>(words), {}};
+        if (w.empty()) {
+            continue;
+        }
+        Neighbour n{w.front(), "", w.back()};
+        auto lladdr = std::find(w.begin(), w.end(), "lladdr");
+        if (lladdr != w.end() && lladdr + 1 != w.end()) {
+            n.mac = *(lladdr + 1);
+        }
+        entries.push_back(n);
+    }
+    return entries;
+}
+
+// The lease's tap has exactly one IPv4 neighbour entry: its guest, permanent, with its MAC.
+void expect_guest_neighbour(const NetworkLease& lease) {
+    EXPECT_EQ(neighbours_of(lease.tap()),
+              (std::vector<Neighbour>{{lease.guest_ip(), lease.mac(), "PERMANENT"}}))
+        << lease.tap();
+}
+
+// Entries for `address` on any interface of the namespace.
+std::string neighbour_entries_for(const std::string& address) {
+    return capture("ip -4 neigh show to " + address);
+}
+
 // Test helper only: the daemon never waits like this (the pool fills on a condition variable).
 bool eventually(const std::function<bool()>& condition) {
     auto deadline = Clock::now() + 5s;
@@ -204,7 +252,10 @@ TEST(NetworkTest, LeaseGivesAnAddressedTapThatIsUp) {
             EXPECT_NE(
                 capture("ip -4 -o addr show dev faas0").find("inet 10.100.0.1/30 brd 10.100.0.3 "),
                 std::string::npos);
+            expect_guest_neighbour(*lease);
             EXPECT_TRUE(host_answers_arp(*lease));  // usable by a hypervisor attaching by name
+            // Carrier on and off (attach, detach) and the guest's ARP leave the entry as it was.
+            expect_guest_neighbour(*lease);
             EXPECT_EQ(net.stats().leased, 1u);
             EXPECT_EQ(net.stats().capacity, 16384u);
 
@@ -212,6 +263,7 @@ TEST(NetworkTest, LeaseGivesAnAddressedTapThatIsUp) {
             EXPECT_NE(second->tap(), lease->tap());
             EXPECT_NE(second->guest_ip(), lease->guest_ip());
             expect_ready_tap(*second);
+            expect_guest_neighbour(*second);
 
             // The pool tops itself up to `prealloc` idle taps after leases took from it.
             EXPECT_TRUE(eventually([&] { return net.stats().idle == 2; }));
@@ -232,19 +284,77 @@ TEST(NetworkTest, ReturnedTapIsResetAndReused) {
             EXPECT_TRUE(eventually([&] { return net.stats().idle == 1; }));
             EXPECT_EQ(net.cleanup_taps(), 1u);  // empties the pool: the lease comes back to it
             std::string tap = lease->tap();
-            run("ip neigh replace " + lease->guest_ip() + " lladdr " + lease->mac() + " dev " +
-                tap + " nud permanent");
-            EXPECT_NE(capture("ip neigh show dev " + tap), "");
+            std::string guest = lease->guest_ip();
+            // What the previous guest may leave: its entry with another MAC, another address.
+            run("ip neigh replace " + guest + " lladdr 02:00:00:00:00:01 dev " + tap +
+                " nud permanent");
+            run("ip neigh replace 10.100.0.1 lladdr 02:00:00:00:00:02 dev " + tap +
+                " nud reachable");
+            EXPECT_EQ(neighbours_of(tap).size(), 2u) << capture("ip -4 neigh show dev " + tap);
 
             lease.reset();
             EXPECT_EQ(net.stats().idle, 1u);
             auto again = net.lease();
             EXPECT_EQ(again->tap(), tap);
             expect_ready_tap(*again);
-            EXPECT_EQ(capture("ip neigh show dev " + tap), "");  // the old guest's entry is gone
+            // The old guest's entries are gone; the guest's own is back, right MAC, permanent.
+            expect_guest_neighbour(*again);
             EXPECT_TRUE(host_answers_arp(*again));
+            expect_guest_neighbour(*again);
         }
         EXPECT_EQ(taps_with_prefix("faas"), std::set<std::string>{});
+        EXPECT_EQ(neighbour_entries_for("10.100.0.2"), "");
+        EXPECT_EQ(capture("ip -4 neigh show"), "");
+    });
+}
+
+TEST(NetworkTest, EveryLeaseHasItsGuestsPermanentNeighbourEntry) {
+    in_private_netns([] {
+        {
+            Network net(config("10.100.0.0/24", 2));
+            ASSERT_TRUE(eventually([&] { return net.stats().idle == 2; }));
+            // Pre-created taps carry the entry already: nothing to do at lease time.
+            EXPECT_EQ(neighbours_of("faas1"),
+                      (std::vector<Neighbour>{{"10.100.0.6", "02:fa:0a:64:00:06", "PERMANENT"}}));
+            auto pooled = net.lease();
+            expect_guest_neighbour(*pooled);
+            EXPECT_EQ(pooled->mac(), "02:fa:0a:64:00:02");
+
+            // Lease, give back (reset: down, up), lease again, several times: the tap comes back
+            // from the pool with the same one entry every time.
+            std::string tap = pooled->tap();
+            for (int round = 0; round < 3; ++round) {
+                ASSERT_TRUE(eventually([&] { return net.stats().idle == 2; }));
+                EXPECT_EQ(net.cleanup_taps(), 2u);  // room in the pool: the lease goes back to it
+                pooled.reset();
+                ASSERT_EQ(net.stats().idle, 1u);
+                pooled = net.lease();
+                ASSERT_EQ(pooled->tap(), tap);
+                expect_guest_neighbour(*pooled);
+            }
+
+            // Other leases on other taps: each tap only has its own guest.
+            auto a = net.lease();
+            auto b = net.lease();
+            auto c = net.lease();
+            for (const auto* lease : {a.get(), b.get(), c.get()}) {
+                expect_guest_neighbour(*lease);
+            }
+            std::set<std::string> macs{pooled->mac(), a->mac(), b->mac(), c->mac()};
+            EXPECT_EQ(macs.size(), 4u);
+        }
+        EXPECT_EQ(taps_with_prefix("faas"), std::set<std::string>{});
+        EXPECT_EQ(capture("ip -4 neigh show"), "");  // nothing left with the taps
+
+        // A tap made at lease time (no pool) has it too, and it goes with the tap.
+        Network net(config("10.100.0.0/24", 0));
+        auto made = net.lease();
+        expect_guest_neighbour(*made);
+        std::string guest = made->guest_ip();
+        EXPECT_NE(neighbour_entries_for(guest), "");
+        made.reset();
+        EXPECT_EQ(taps_with_prefix("faas"), std::set<std::string>{});
+        EXPECT_EQ(neighbour_entries_for(guest), "");
     });
 }
 
@@ -478,6 +588,33 @@ TEST(TapDeviceTest, CreateAddressUpAndDeleteWithTimings) {
         double reset_ms = ms_since(start);
         EXPECT_TRUE(interface_flags("tdt0") & IFF_UP);
 
+        // The same with the guest's permanent neighbour entry (what Network makes).
+        std::vector<std::unique_ptr<TapDevice>> guest_taps;
+        start = Clock::now();
+        for (int i = 0; i < kTaps; ++i) {
+            Block30 block{0x0a650000u + 4u * static_cast<unsigned>(i)};
+            guest_taps.push_back(std::make_unique<TapDevice>(
+                "tdg" + std::to_string(i), block.host(), Block30::netmask,
+                TapGuest{block.guest(), guest_mac(block.guest())}));
+        }
+        double create_guest_ms = ms_since(start) / kTaps;
+        EXPECT_EQ(neighbours_of("tdg3"),
+                  (std::vector<Neighbour>{{"10.101.0.14", "02:fa:0a:65:00:0e", "PERMANENT"}}));
+        EXPECT_EQ(neighbours_of("tdt3"), std::vector<Neighbour>{});
+        run("ip neigh replace 10.101.0.2 lladdr 02:00:00:00:00:01 dev tdg0 nud permanent");
+        start = Clock::now();
+        for (auto& tap : guest_taps) {
+            tap->reset();
+        }
+        double reset_guest_ms = ms_since(start) / kTaps;
+        EXPECT_EQ(neighbours_of("tdg0"),
+                  (std::vector<Neighbour>{{"10.101.0.2", "02:fa:0a:65:00:02", "PERMANENT"}}));
+        guest_taps.clear();
+        EXPECT_EQ(capture("ip -4 neigh show to 10.101.0.0/16"), "");
+        std::cout << "[ timing   ] tap with guest neighbour: create+address+up+neighbour "
+                  << create_guest_ms << " ms, reset " << reset_guest_ms << " ms (mean of " << kTaps
+                  << ")\n";
+
         // Creating an existing name fails with EEXIST and leaves the existing tap alone.
         try {
             TapDevice duplicate("tdt3", 0x0a640101, Block30::netmask);
@@ -507,6 +644,16 @@ TEST(TapDeviceTest, ErrorsNameTheTapAndTheStep) {
             EXPECT_EQ(e.code().value(), EINVAL);
             EXPECT_TRUE(std::string(e.what()).starts_with("tap much-too-long-name: ")) << e.what();
         }
+        try {
+            TapDevice tap("tdm0", 0x0a640001, Block30::netmask,
+                          TapGuest{0x0a640002, "02:fa:0a:64"});
+            ADD_FAILURE() << "created a tap with a 4-byte guest MAC";
+        } catch (const std::system_error& e) {
+            EXPECT_EQ(e.code().value(), EINVAL);
+            EXPECT_TRUE(std::string(e.what()).starts_with("tap tdm0: guest MAC \"02:fa:0a:64\""))
+                << e.what();
+        }
+        EXPECT_FALSE(interface_exists("tdm0"));
         try {
             delete_interface("nosuch0");
             ADD_FAILURE() << "deleted a missing interface";
