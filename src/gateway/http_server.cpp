@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -176,6 +177,9 @@ class ClientConnection : public HttpExchange,
         if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
             readable_ = true;
         }
+        if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+            rdhup_ = true;  // the end of the stream is queued: read until recv() says so
+        }
         if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) {
             writable_ = true;
         }
@@ -234,6 +238,11 @@ class ClientConnection : public HttpExchange,
             ssize_t n = recv(fd_.get(), in_.tail(), room, 0);
             if (n > 0) {
                 in_.grow(static_cast<std::size_t>(n));
+                // A short read took everything there was: data arriving later raises a new edge,
+                // so the recv() that would only say EAGAIN is saved (one syscall per request).
+                if (static_cast<std::size_t>(n) < room && !rdhup_) {
+                    readable_ = false;
+                }
                 continue;
             }
             if (n == 0) {
@@ -292,6 +301,7 @@ class ClientConnection : public HttpExchange,
                 }
                 if (in_.size() < head_.size + head_.content_length) {
                     in_.reserve_tail(head_.size + head_.content_length - in_.size());
+                    reparse_if_moved();
                     return wait_for_more();
                 }
                 request_bytes_ = head_.size + head_.content_length;
@@ -327,7 +337,19 @@ class ClientConnection : public HttpExchange,
         return in_.size() + kReadChunk;  // chunked: whatever comes
     }
 
+    // Keeps head_'s views valid after the buffer grew.
+    void reparse_if_moved() {
+        if (head_buffer_ != in_.view().data()) {
+            http::ParseError error;
+            http::parse_request_head(in_.view(), shared_.options.max_head_bytes, head_, error);
+            head_buffer_ = in_.view().data();
+        }
+    }
+
     bool wait_for_more() {
+        if (readable_) {
+            return true;  // reading stopped at the read-ahead limit: the socket has more
+        }
         if (peer_closed_) {
             close();  // half a request, and nothing more will come
             return false;
@@ -487,6 +509,7 @@ class ClientConnection : public HttpExchange,
     bool readable_ = false;
     bool writable_ = true;
     bool peer_closed_ = false;
+    bool rdhup_ = false;
 
     ByteBuffer in_;
     http::RequestHead head_;
@@ -646,6 +669,10 @@ void run_on(EventLoop& loop, const std::function<void()>& fn) {
 }  // namespace
 
 void HttpServer::serve(int listen_fd) {
+    // Accepted connections inherit TCP_NODELAY: a response written while an earlier one is
+    // unacknowledged (pipelining, 100 Continue) must not wait for the client's delayed ACK.
+    int one = 1;
+    setsockopt(listen_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     int flags = fcntl(listen_fd, F_GETFL);
     fcntl(listen_fd, F_SETFL, flags | O_NONBLOCK);
     listen_fd_ = listen_fd;
