@@ -24,6 +24,9 @@ using Clock = std::chrono::steady_clock;
 
 constexpr std::size_t kMaxResponseHead = 64 * 1024;
 constexpr std::size_t kReadChunk = 64 * 1024;
+// An instance that does not accept within this is broken (its address is local: a live guest
+// answers in well under a millisecond).
+constexpr auto kConnectTimeout = std::chrono::seconds(5);
 
 // The connection to one slot of an instance. Its fd never changes: a broken connection is
 // replaced by a new object (Lease::drop_cache), so abort() from another thread cannot hit a
@@ -43,6 +46,11 @@ class UpstreamConnection : public SlotCache {
         }
         int one = 1;
         setsockopt(fd_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        // Closed with a reset: the instance is often gone by then (single-use, stopped), and a
+        // FIN to a guest that never acknowledges it would be retransmitted to its address while
+        // the next guest boots there.
+        linger abortive{1, 0};
+        setsockopt(fd_.get(), SOL_SOCKET, SO_LINGER, &abortive, sizeof(abortive));
         if (connect(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
             connected = true;
         } else if (errno != EINPROGRESS) {
@@ -69,6 +77,7 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
           req_(std::move(request)),
           done_(std::move(done)),
           timer_(loop.no_timer()),
+          connect_timer_(loop.no_timer()),
           decoder_(kMaxUpstreamResponseBytes) {}
 
     void start() {
@@ -92,6 +101,7 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
                 return;
             }
             conn_->connected = true;
+            loop_.cancel_timer(connect_timer_);
             state_ = State::Sending;
         }
         if (state_ == State::Sending) {
@@ -116,6 +126,13 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
         }
         reused_ = conn_->used;
         state_ = conn_->connected ? State::Sending : State::Connecting;
+        if (state_ == State::Connecting) {
+            connect_timer_ =
+                loop_.add_timer(Clock::now() + kConnectTimeout, [this, self = shared_from_this()] {
+                    connect_timer_ = loop_.no_timer();
+                    connect_failed(ETIMEDOUT);
+                });
+        }
         try {
             loop_.add(conn_->fd(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, this);
         } catch (const std::system_error& e) {
@@ -280,8 +297,8 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
 
     // A reused connection the instance had closed: send the request again on a new one.
     bool retry() {
-        if (!reused_ || retried_) {
-            return false;
+        if (!reused_ || retried_ || !lease_->retired_reason().empty()) {
+            return false;  // (a retired instance's connections were shut down on purpose)
         }
         retried_ = true;
         unregister();
@@ -338,6 +355,7 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
         auto self = shared_from_this();  // the timer may hold the last other reference
         state_ = State::Done;
         loop_.cancel_timer(timer_);
+        loop_.cancel_timer(connect_timer_);
         unregister();
         if (conn_ && reusable) {
             conn_->used = true;
@@ -362,6 +380,7 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
     UpstreamRequest req_;
     std::function<void(UpstreamReply)> done_;
     EventLoop::TimerId timer_;
+    EventLoop::TimerId connect_timer_;
 
     State state_ = State::Connecting;
     UpstreamConnection* conn_ = nullptr;

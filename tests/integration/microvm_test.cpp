@@ -268,10 +268,14 @@ TEST_F(MicroVmTest, KilledQemuFailsItsRequest502AndReleasesEverything) {
     }
     ASSERT_EQ(instances(fn)[0]["in_use"], 1);
     LinkEvents links;
+    auto killed_at = std::chrono::steady_clock::now();
     ::kill(pid, SIGKILL);
     auto [status, body] = slow.get();
     EXPECT_EQ(status, 502) << body;
     EXPECT_NE(body.find(fn), std::string::npos) << body;
+    EXPECT_NE(body.find("stopped while serving"), std::string::npos) << body;
+    // Failed because the instance died, not after waiting out the guest's 30 s or a timeout.
+    EXPECT_LT(std::chrono::steady_clock::now() - killed_at, 15s) << body;
     EXPECT_TRUE(links.wait_gone("faas0", 20s)) << "the dead VM's tap is still there";
     EXPECT_TRUE(instances(fn).empty());
     EXPECT_TRUE(workdirs_empty());
