@@ -49,6 +49,7 @@ else
   idle_s=60 idle_instances=20 fleet_functions=(1 100 1000) fleet_instances=(1 50)
 fi
 build=${BUILD_DIR:-build}
+case $build in /*) ;; *) build=$repo/$build ;; esac  # absolute: ctest passes its binary dir
 suffix=""
 $smoke && suffix=-smoke
 [ -n "$out" ] || out=bench/results/$(date +%Y-%m-%d-%H%M%S)$suffix
@@ -97,7 +98,7 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
   cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 fi
 cmake --build "$build" -j"$(nproc)" --target unifaas example_images guest_images >/dev/null
-unifaas=${UNIFAAS_BIN:-$repo/$build/unifaas}  # UNIFAAS_BIN: compare another build of the daemon
+unifaas=${UNIFAAS_BIN:-$build/unifaas}  # UNIFAAS_BIN: compare another build of the daemon
 [ -x "$unifaas" ] || die "$unifaas is not an executable"
 build_type=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$build/CMakeCache.txt")
 case $build_type in
@@ -117,7 +118,7 @@ flock -n 9 || die "another bench run is using $build"
 . tests/lib/private-docker.sh
 ns=unifaas-bench-$$
 work=$(mktemp -d /tmp/unifaas-bench.XXXXXX)
-dockerdir=$repo/$build/bench-docker  # kept between runs: the imported image survives
+dockerdir=$build/bench-docker  # kept between runs: the imported image survives
 dsock=$dockerdir/docker.sock
 raw=$work/raw.jsonl
 daemon_pid=""
@@ -200,7 +201,7 @@ container_fn "$main_reg/idle" "concurrent-requests = 1" "max-instances = $idle_i
   "keepalive = 600" "boot-timeout = 120" "queue-timeout = 120"
 # The microVM example (examples/registry/hello-vm), single-use.
 mkdir -p "$main_reg/hello-vm-once"
-sed -e "s|\.\./\.\./\.\./build/|$repo/$build/|" \
+sed -e "s|\.\./\.\./\.\./build/|$build/|" \
     -e 's/^concurrent-requests = .*/concurrent-requests = 1\nsingle-use = true/' \
     examples/registry/hello-vm/function.toml >"$main_reg/hello-vm-once/function.toml"
 
