@@ -309,7 +309,15 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
         return true;
     }
 
+    // head_'s views point into buffer_, which may have grown (moved) since the head was parsed.
+    void reparse_head() {
+        http::ParseError error;
+        http::parse_response_head(std::string_view(buffer_).substr(head_start_), kMaxResponseHead,
+                                  req_.method, head_, error);
+    }
+
     void complete(std::size_t offset, std::size_t length, bool trailing_garbage) {
+        reparse_head();
         UpstreamReply reply;
         reply.status = head_.status;
         http::append_downstream_response_head(reply.head, head_, length, req_.client_keep_alive);
@@ -321,6 +329,7 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
     }
 
     void complete_chunked(bool trailing_garbage) {
+        reparse_head();
         UpstreamReply reply;
         reply.status = head_.status;
         http::append_downstream_response_head(reply.head, head_, body_.size(),
