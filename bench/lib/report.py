@@ -294,8 +294,8 @@ def markdown(res):
     out.append("")
 
     out += ["## 4. Burst (simultaneous requests to a single-use container function with no "
-            "instance: concurrent-requests 1, defaults max-instances 10 and queue-timeout 10 s; "
-            "daemon http-threads 64)", ""]
+            "instance: concurrent-requests 1, defaults max-instances 10 and queue-timeout 10 s)",
+            ""]
     rows = [(b["n"], f"{b['ok']}/{b['n']}", ", ".join(f"{k}×{v}" for k, v in sorted(b["codes"].items())),
              fmt(b["latency_ms"].get("mean"), 1), fmt(b["latency_ms"].get("median"), 1),
              fmt(b["latency_ms"].get("max"), 1)) for b in res["burst"]]
