@@ -92,6 +92,10 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
     }
 
     void on_events(std::uint32_t events) override {
+        armed_ = false;  // EPOLLONESHOT: one event, then the registration stays, disarmed
+        if (state_ == State::Done) {
+            return;
+        }
         if (state_ == State::Connecting && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
             int err = 0;
             socklen_t len = sizeof(err);
@@ -110,6 +114,7 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
         if (state_ == State::Receiving) {
             receive();
         }
+        arm();
     }
 
   private:
@@ -133,18 +138,29 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
                     connect_failed(ETIMEDOUT);
                 });
         }
-        try {
-            loop_.add(conn_->fd(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, this);
-        } catch (const std::system_error& e) {
-            fail(502, e.what());
-            return;
-        }
-        registered_ = true;
         if (state_ == State::Sending) {
             send_request();
             if (state_ == State::Receiving) {
                 receive();
             }
+        }
+        arm();
+    }
+
+    // Waits for what the state needs. The connection's registration stays in the loop between
+    // calls, disarmed (EPOLLONESHOT): one epoll_ctl per wait instead of an add/remove pair per
+    // request. A disarmed registration reports nothing, so its stale handler pointer is never
+    // used; closing the socket removes it.
+    void arm() {
+        if (state_ == State::Done || conn_ == nullptr) {
+            return;
+        }
+        std::uint32_t events = state_ == State::Receiving ? EPOLLIN | EPOLLRDHUP : EPOLLOUT;
+        try {
+            loop_.arm(conn_->fd(), events | EPOLLONESHOT, this);
+            armed_ = true;
+        } catch (const std::system_error& e) {
+            fail(502, e.what());
         }
     }
 
@@ -377,11 +393,13 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
         done(std::move(reply));
     }
 
+    // Finishing while armed (timeout, abort, error): the registration must not report to this
+    // call any more.
     void unregister() {
-        if (registered_ && conn_) {
+        if (armed_ && conn_) {
             loop_.remove(conn_->fd());
         }
-        registered_ = false;
+        armed_ = false;
     }
 
     EventLoop& loop_;
@@ -393,7 +411,7 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
 
     State state_ = State::Connecting;
     UpstreamConnection* conn_ = nullptr;
-    bool registered_ = false;
+    bool armed_ = false;
     bool reused_ = false;
     bool retried_ = false;
     std::size_t sent_ = 0;

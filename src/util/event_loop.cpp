@@ -84,6 +84,18 @@ void EventLoop::modify(int fd, std::uint32_t events, Handler* handler) {
     }
 }
 
+void EventLoop::arm(int fd, std::uint32_t events, Handler* handler) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.ptr = handler;
+    if (epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, fd, &ev) == 0) {
+        return;
+    }
+    if (errno != ENOENT || epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
+        throw_errno("epoll_ctl arm");
+    }
+}
+
 void EventLoop::remove(int fd) {
     epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
 }

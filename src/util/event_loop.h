@@ -53,6 +53,9 @@ class EventLoop {
     void add(int fd, std::uint32_t events, Handler* handler);
     void modify(int fd, std::uint32_t events, Handler* handler);
     void remove(int fd);  // never throws; the fd may already be closed
+    // modify(), or add() when this loop does not watch fd yet: for EPOLLONESHOT registrations
+    // that stay in place (disarmed) between uses, saving an add/remove pair per use.
+    void arm(int fd, std::uint32_t events, Handler* handler);
 
     // Loop thread only.
     TimerId add_timer(Clock::time_point when, std::function<void()> fn);
