@@ -43,7 +43,10 @@ std::optional<Registry::Entry> Registry::lookup(std::string_view name) {
     if (!is_valid_function_name(name)) {
         return std::nullopt;
     }
-    fs::path file = dir_ / name / kSpecFile;
+    // Plain concatenation: fs::path's operator/ splits components (on every invocation).
+    std::string file;
+    file.reserve(dir_.native().size() + name.size() + 16);
+    file.append(dir_.native()).append("/").append(name).append("/").append(kSpecFile);
     struct stat st {};
     if (::stat(file.c_str(), &st) != 0) {
         int err = errno;
@@ -54,7 +57,7 @@ std::optional<Registry::Entry> Registry::lookup(std::string_view name) {
             }
             return std::nullopt;
         }
-        return Entry{nullptr, file.string() + ": cannot read: " + errno_text(err)};
+        return Entry{nullptr, file + ": cannot read: " + errno_text(err)};
     }
     FileStamp stamp{static_cast<std::uint64_t>(st.st_dev),
                     static_cast<std::uint64_t>(st.st_ino),
