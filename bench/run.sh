@@ -297,6 +297,20 @@ if [ -n "${BENCH_PERF:-}" ]; then  # BENCH_PERF=1: where the daemon's time goes 
     perf report -q -i "$work/perf.data" --children --sort dso,sym --percent-limit 0.5 --stdio \
       -g none 2>/dev/null | grep -v kernel.kallsyms
   } >>"$work/perf-report.txt" || true
+  # Syscalls per request, unifaas against nginx (strace slows both alike; counts are what matter).
+  for t in unifaas nginx; do
+    if [ "$t" = unifaas ]; then pids=$daemon_pid; else pids=$(pgrep -P "$nginx_pid" | paste -sd,); fi
+    strace -c -f -p "$pids" -o "$work/strace-$t.txt" >/dev/null 2>&1 &
+    strace_pid=$!
+    sleep 0.5
+    innet wrk -t2 -c16 -d2s "${url[$t]}" >"$work/logs/strace-wrk-$t.txt"
+    kill -INT "$strace_pid"; wait "$strace_pid" || true
+    reqs=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$work/logs/strace-wrk-$t.txt")
+    {
+      echo; echo "# syscalls of $t under wrk -c16 (strace -c), $reqs requests"
+      cat "$work/strace-$t.txt"
+    } >>"$work/perf-report.txt"
+  done
   echo "profile: $out/perf-report.txt"
 fi
 echo "hello has $(pyin "$lib/status.py" count hello) instance(s) after the warm runs"
