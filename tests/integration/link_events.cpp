@@ -4,6 +4,7 @@
 #include <linux/rtnetlink.h>
 #include <net/if.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -37,10 +38,28 @@ bool LinkEvents::wait_exists(const std::string& name, std::chrono::milliseconds 
     return wait_for(name, true, timeout);
 }
 
+bool LinkEvents::wait_up(const std::string& name, std::chrono::milliseconds timeout) {
+    return wait_until(
+        [&] {
+            int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+            ifreq ifr{};
+            std::strncpy(ifr.ifr_name, name.c_str(), IFNAMSIZ - 1);
+            bool up = s >= 0 && ioctl(s, SIOCGIFFLAGS, &ifr) == 0 && (ifr.ifr_flags & IFF_UP);
+            if (s >= 0) {
+                close(s);
+            }
+            return up;
+        },
+        timeout);
+}
+
 bool LinkEvents::wait_for(const std::string& name, bool present,
                           std::chrono::milliseconds timeout) {
+    return wait_until([&] { return (if_nametoindex(name.c_str()) != 0) == present; }, timeout);
+}
+
+bool LinkEvents::wait_until(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
-    auto done = [&] { return (if_nametoindex(name.c_str()) != 0) == present; };
     for (;;) {
         if (done()) {
             return true;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -19,9 +20,12 @@ class LinkEvents {
     bool wait_gone(const std::string& name, std::chrono::milliseconds timeout);
     // True once `name` exists (now, or after a creation notification within timeout).
     bool wait_exists(const std::string& name, std::chrono::milliseconds timeout);
+    // True once `name` exists and is up (for a tap of the daemon's pool: persistent, addressed).
+    bool wait_up(const std::string& name, std::chrono::milliseconds timeout);
 
   private:
     bool wait_for(const std::string& name, bool present, std::chrono::milliseconds timeout);
+    bool wait_until(const std::function<bool()>& done, std::chrono::milliseconds timeout);
     int fd_;
 };
 

@@ -330,7 +330,9 @@ TEST_F(MicroVmTest, Kill9ThenRestartRemovesStaleTapsAndCleanupTapsRemovesAll) {
     {
         LinkEvents links;
         start_daemon("tap-prealloc = 2");
-        ASSERT_TRUE(links.wait_exists("faas1", 10s)) << "the tap pool was not filled";
+        // Up, not only there: a tap is made persistent and addressed before it is brought up;
+        // a kill -9 before that would take a half-made tap with the daemon.
+        ASSERT_TRUE(links.wait_up("faas1", 10s)) << "the tap pool was not filled";
     }
     daemon_->kill9();
     EXPECT_EQ(taps().size(), 2u) << "a crashed daemon cannot clean up";
@@ -343,7 +345,7 @@ TEST_F(MicroVmTest, Kill9ThenRestartRemovesStaleTapsAndCleanupTapsRemovesAll) {
     {
         LinkEvents links;
         start_daemon("tap-prealloc = 3");
-        ASSERT_TRUE(links.wait_exists("faas2", 10s));
+        ASSERT_TRUE(links.wait_up("faas2", 10s));
     }
     daemon_->kill9();
     ASSERT_EQ(taps().size(), 3u);
