@@ -190,8 +190,7 @@ class ClientConnection : public HttpExchange,
         if (state_ == State::Closed) {
             return;
         }
-        bool handling = state_ == State::Handling;
-        state_ = State::Closed;
+        state_ = State::Closed;  // a handler still holding us finds it in respond()
         loop_.cancel_timer(deadline_timer_);
         loop_.remove(fd_.get());
         fd_.reset();
@@ -199,7 +198,6 @@ class ClientConnection : public HttpExchange,
         auto self = shared_from_this();
         loop_.release_later(self);
         set_.forget(this);
-        (void)handling;  // the handler still holds us; its respond() will find us closed
     }
 
   private:
