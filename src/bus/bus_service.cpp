@@ -68,7 +68,7 @@ void BusService::publish(std::unique_ptr<sdbus::IConnection> connection, Observe
     manager_ = std::make_unique<ManagerObject>(
         *connection_,
         ManagerObject::Context{config_, functions_, registry_, network_, reload_,
-                               [this] { apply_events(); },
+                               [this] { apply_events(true); },
                                [this] { return static_cast<std::uint32_t>(instances_.size()); }});
     {
         std::lock_guard lk(mu_);
@@ -133,11 +133,12 @@ void BusService::run() {
         for (;;) {
             while (connection_->processPendingRequest()) {
             }
-            apply_events();
-            if (stopping_) {
+            bool stopping = stopping_;
+            auto changes_wait = apply_events(stopping);
+            if (stopping) {
                 break;  // after the last events (stop() queues no more once it is set)
             }
-            wait_for_work();
+            wait_for_work(changes_wait);
         }
     } catch (const std::exception& e) {
         spdlog::error("D-Bus interface stopped: {}", e.what());
@@ -150,10 +151,14 @@ void BusService::run() {
 
 // Sleeps until the bus has something (incoming messages, room for outgoing ones, a timeout), the
 // pools queued events or the service is stopping.
-void BusService::wait_for_work() {
+void BusService::wait_for_work(std::optional<std::chrono::milliseconds> changes_due) {
     auto bus = connection_->getEventLoopPollData();
     pollfd fds[2] = {{bus.fd, bus.events, 0}, {wake_fd_, POLLIN, 0}};
-    if (poll(fds, 2, bus.getPollTimeout()) < 0 && errno != EINTR) {
+    int timeout = bus.getPollTimeout();
+    if (changes_due && (timeout < 0 || changes_due->count() < timeout)) {
+        timeout = static_cast<int>(changes_due->count());
+    }
+    if (poll(fds, 2, timeout) < 0 && errno != EINTR) {
         throw std::system_error(errno, std::generic_category(), "poll");
     }
     if (fds[1].revents & POLLIN) {
@@ -180,8 +185,9 @@ void BusService::instance_changed(const InstanceSnapshot& s) {
     if (!accepting_) {
         return;
     }
+    bool first = changes_.empty();  // later ones are published with it, when due
     changes_.insert_or_assign(s.id, s);
-    if (!woken_) {
+    if (first && !woken_) {
         woken_ = true;
         wake();
     }
@@ -199,14 +205,23 @@ void BusService::queue_lifecycle(Lifecycle event) {
     }
 }
 
-void BusService::apply_events() {
+std::optional<std::chrono::milliseconds> BusService::apply_events(bool all) {
     std::deque<Lifecycle> lifecycle;
     std::unordered_map<std::string, InstanceSnapshot> changes;
+    std::optional<std::chrono::milliseconds> changes_wait;
     {
         std::lock_guard lk(mu_);
         lifecycle.swap(lifecycle_);
-        changes.swap(changes_);
         woken_ = false;
+        auto now = std::chrono::steady_clock::now();
+        if (all || now >= changes_due_) {
+            if (!changes_.empty()) {
+                changes.swap(changes_);
+                changes_due_ = now + kChangesInterval;
+            }
+        } else if (!changes_.empty()) {
+            changes_wait = std::chrono::ceil<std::chrono::milliseconds>(changes_due_ - now);
+        }
     }
     for (const auto& event : lifecycle) {
         if (event.started) {
@@ -221,6 +236,7 @@ void BusService::apply_events() {
             it->second->update(snapshot);
         }
     }
+    return changes_wait;
 }
 
 void BusService::add_instance(const InstanceSnapshot& s, bool announce) {

@@ -12,11 +12,13 @@
 #include <sdbus-c++/IConnection.h>
 
 #include <atomic>
+#include <chrono>
 #include <deque>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -73,10 +75,12 @@ class BusService final : public PoolObserver {
     void publish(std::unique_ptr<sdbus::IConnection> connection, ObserverRelay* events);
     void stop() noexcept;
     void run();
-    void wait_for_work();
+    // Sleeps until the bus or the pools have work, or until pending changes are due.
+    void wait_for_work(std::optional<std::chrono::milliseconds> changes_due);
     void wake();
-    // On the bus thread: applies the queued events to the objects and emits the signals.
-    void apply_events();
+    // On the bus thread: applies the queued events to the objects and emits the signals; count
+    // changes only when due (or `all`). Returns how long until pending changes are due.
+    std::optional<std::chrono::milliseconds> apply_events(bool all = false);
     void add_instance(const InstanceSnapshot& s, bool announce);
     void remove_instance(const InstanceSnapshot& s, const std::string& reason);
     void queue_lifecycle(Lifecycle event);
@@ -104,6 +108,10 @@ class BusService final : public PoolObserver {
     bool woken_ = false;      // wake_fd_ written since the bus thread last drained
     std::deque<Lifecycle> lifecycle_;
     std::unordered_map<std::string, InstanceSnapshot> changes_;  // newest per instance
+    // Count changes (InUse, Requests) are published at most every kChangesInterval: a busy
+    // instance would otherwise emit PropertiesChanged for every request. Lifecycle is immediate.
+    std::chrono::steady_clock::time_point changes_due_{};
+    static constexpr std::chrono::milliseconds kChangesInterval{100};
 };
 
 }  // namespace unifaas

@@ -79,6 +79,11 @@ class SignalLog {
         return found;
     }
 
+    std::size_t count(const std::function<bool(const Signal&)>& match) {
+        std::lock_guard lk(mu_);
+        return static_cast<std::size_t>(std::count_if(signals_.begin(), signals_.end(), match));
+    }
+
     // Waits until `n` signals named `member` have been recorded.
     bool wait_count(const std::string& member, std::size_t n,
                     std::chrono::milliseconds timeout = 30s) {
@@ -393,6 +398,25 @@ TEST_F(BusTest, ListFunctionsShowsSettingsErrorsAndCounts) {
     invoke_and_wait("hello");
     functions = call("ListFunctions");
     EXPECT_EQ(functions[0][1], json::parse(R"(["hello","container","",3,false,30500000,0,0,1])"));
+}
+
+TEST_F(BusTest, CountsOfABusyInstanceArePublishedCoalesced) {
+    // A PropertiesChanged per request would flood the bus under load: counts are published at
+    // most every 100 ms, and the last value always arrives.
+    add_hello("hello");
+    start_daemon();
+    std::string path = path_of(invoke_and_wait("hello"));
+    constexpr int kRequests = 60;
+    for (int i = 0; i < kRequests; ++i) {
+        auto res = get("/invoke/hello/hello");
+        ASSERT_TRUE(res && res->status == 200);
+    }
+    auto& log = client_->signals();
+    std::string last = std::to_string(kRequests + 1);
+    ASSERT_TRUE(log.wait(is("PropertiesChanged", {kInstance, "Requests", last}, path)))
+        << "the final count was never published";
+    EXPECT_LT(log.count(is("PropertiesChanged", {kInstance, "Requests"}, path)), kRequests / 2u)
+        << "one signal per request";
 }
 
 TEST_F(BusTest, InstanceObjectFollowsTheInstance) {
