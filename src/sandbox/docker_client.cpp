@@ -194,8 +194,44 @@ std::string demultiplex_log_stream(const std::string& raw) {
 
 DockerClient::DockerClient(std::string socket_path) : socket_path_(std::move(socket_path)) {}
 
-std::unique_ptr<httplib::Client> DockerClient::connect() const {
-    return make_client(socket_path_, kReadTimeoutSeconds);
+DockerClient::~DockerClient() = default;
+
+DockerClient::Borrowed::Borrowed(const DockerClient& owner, std::unique_ptr<httplib::Client> client)
+    : owner_(owner), client_(std::move(client)) {}
+
+DockerClient::Borrowed::~Borrowed() {
+    owner_.give_back(std::move(client_));
+}
+
+httplib::Client* DockerClient::Borrowed::operator->() const {
+    return client_.get();
+}
+
+namespace {
+constexpr std::size_t kIdleConnections = 4;
+}  // namespace
+
+DockerClient::Borrowed DockerClient::connect() const {
+    {
+        std::lock_guard lock(idle_mutex_);
+        if (!idle_.empty()) {
+            auto client = std::move(idle_.back());
+            idle_.pop_back();
+            return Borrowed(*this, std::move(client));
+        }
+    }
+    auto client = make_client(socket_path_, kReadTimeoutSeconds);
+    // cpp-httplib checks a kept connection before reusing it and reconnects when the engine
+    // closed it (idle timeout, restart).
+    client->set_keep_alive(true);
+    return Borrowed(*this, std::move(client));
+}
+
+void DockerClient::give_back(std::unique_ptr<httplib::Client> client) const {
+    std::lock_guard lock(idle_mutex_);
+    if (idle_.size() < kIdleConnections) {
+        idle_.push_back(std::move(client));
+    }
 }
 
 void DockerClient::ping() const {

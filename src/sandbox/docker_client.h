@@ -1,5 +1,6 @@
 // A small Docker Engine API client over a unix socket (API 1.41, dockerd 20.10 and later).
-// Every call opens its own connection, so one DockerClient may be used from many threads.
+// One DockerClient may be used from many threads: each call borrows a keep-alive connection from
+// a small idle set (a cold start's create, start and inspect then share one, as a CLI's would).
 #pragma once
 
 #include <functional>
@@ -64,6 +65,9 @@ struct ContainerSummary {
 class DockerClient {
   public:
     explicit DockerClient(std::string socket_path);
+    ~DockerClient();
+    DockerClient(const DockerClient&) = delete;
+    DockerClient& operator=(const DockerClient&) = delete;
 
     const std::string& socket_path() const { return socket_path_; }
 
@@ -86,9 +90,25 @@ class DockerClient {
     nlohmann::json info() const;
 
   private:
-    std::unique_ptr<httplib::Client> connect() const;
+    // A connection borrowed for one call; given back when it goes out of scope.
+    class Borrowed {
+      public:
+        Borrowed(const DockerClient& owner, std::unique_ptr<httplib::Client> client);
+        ~Borrowed();
+        Borrowed(const Borrowed&) = delete;
+        Borrowed& operator=(const Borrowed&) = delete;
+        httplib::Client* operator->() const;
+
+      private:
+        const DockerClient& owner_;
+        std::unique_ptr<httplib::Client> client_;
+    };
+    Borrowed connect() const;
+    void give_back(std::unique_ptr<httplib::Client> client) const;
 
     std::string socket_path_;
+    mutable std::mutex idle_mutex_;
+    mutable std::vector<std::unique_ptr<httplib::Client>> idle_;
 };
 
 // GET /events as a blocking stream. run() may be called repeatedly (reconnects); cancel() makes a
