@@ -3,8 +3,12 @@
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+
 #include <iostream>
 #include <optional>
 
@@ -392,6 +396,19 @@ int run(const DaemonConfig& config) {
     return 0;
 }
 
+// Every client connection and every instance slot holds a descriptor: the soft limit (often
+// 1024) would stop a daemon allowed max-connections 4096 long before that. Raised to the hard
+// limit, as systemd expects services to do themselves.
+void raise_fd_limit() {
+    rlimit limit{};
+    if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+        limit.rlim_cur = limit.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &limit) != 0) {
+            spdlog::debug("cannot raise the descriptor limit: {}", std::strerror(errno));
+        }
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -409,6 +426,7 @@ int main(int argc, char** argv) {
     sigset_t signals = handled_signals();
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit();
     try {
         return flags.cleanup_taps ? cleanup_taps(config) : run(config);
     } catch (const std::exception& e) {

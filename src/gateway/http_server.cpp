@@ -25,6 +25,7 @@ using Clock = std::chrono::steady_clock;
 
 constexpr std::size_t kReadChunk = 16 * 1024;
 constexpr int kAcceptBatch = 32;
+constexpr std::chrono::milliseconds kAcceptPause{100};
 // Pipelined bytes read ahead of the request being served.
 constexpr std::size_t kReadAhead = 64 * 1024;
 
@@ -555,6 +556,11 @@ class HttpServer::Loop : public EventLoop::Handler, public ConnectionSet {
             listen_fd_ = -1;
         }
     }
+    // stop_accepting(): no pause may end in listening again.
+    void stop_listening() {
+        paused_for_good_ = true;
+        unlisten();
+    }
     void adopt(int fd, std::string address) {
         auto c = std::make_shared<ClientConnection>(shared_, loop_, *this, fd, std::move(address));
         try {
@@ -585,7 +591,7 @@ class HttpServer::Loop : public EventLoop::Handler, public ConnectionSet {
                     continue;
                 }
                 if (!would_block(errno)) {
-                    spdlog::warn("http: accept: {}", std::strerror(errno));
+                    out_of_resources(errno);
                 }
                 return;
             }
@@ -609,6 +615,24 @@ class HttpServer::Loop : public EventLoop::Handler, public ConnectionSet {
     }
 
   private:
+    // accept() failed for want of descriptors or memory: the connection stays in the backlog
+    // and the socket stays readable, so accepting is paused instead of spinning on the error.
+    void out_of_resources(int err) {
+        auto now = Clock::now();
+        if (now - last_accept_warning_ > std::chrono::seconds(10)) {
+            last_accept_warning_ = now;
+            spdlog::warn("http: accept: {}: pausing new connections for {} ms", std::strerror(err),
+                         kAcceptPause.count());
+        }
+        int fd = listen_fd_;
+        unlisten();
+        loop_.add_timer(now + kAcceptPause, [this, fd] {
+            if (listen_fd_ < 0 && !paused_for_good_) {
+                listen(fd);
+            }
+        });
+    }
+
     void warn_limit() {
         auto now = Clock::now();
         if (now - last_limit_warning_ > std::chrono::seconds(10)) {
@@ -624,6 +648,8 @@ class HttpServer::Loop : public EventLoop::Handler, public ConnectionSet {
     int listen_fd_ = -1;
     std::unordered_map<ClientConnection*, std::shared_ptr<ClientConnection>> connections_;
     Clock::time_point last_limit_warning_{};
+    Clock::time_point last_accept_warning_{};
+    bool paused_for_good_ = false;
 };
 
 // ---- HttpServer --------------------------------------------------------------------------------
@@ -692,7 +718,7 @@ void HttpServer::stop_accepting() {
     accepting_ = false;
     for (auto& loop : loops_) {
         Loop* l = loop.get();
-        run_on(l->events(), [l] { l->unlisten(); });
+        run_on(l->events(), [l] { l->stop_listening(); });
     }
 }
 

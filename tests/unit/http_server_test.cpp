@@ -4,12 +4,14 @@
 
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -960,6 +962,48 @@ int server_side_of(const RawClient& c, std::uint16_t server_port) {
     }
     closedir(dir);
     return found;
+}
+
+// Seconds of CPU this process has used (every thread).
+double cpu_seconds() {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+           static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+
+TEST_F(HttpServerTest, OutOfDescriptorsPausesAcceptingInsteadOfSpinning) {
+    // accept() failing with EMFILE leaves the connection in the backlog and the listener
+    // readable: a level-triggered loop that only logs would spin on it.
+    start_echo();
+    rlimit saved{};
+    ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+    struct Restore {
+        rlimit limit;
+        ~Restore() { setrlimit(RLIMIT_NOFILE, &limit); }
+    } restore{saved};
+    // Exactly one descriptor number left: the client's socket takes it, so the server's
+    // accept() has none (the limit is lowered before connecting, or the server could accept
+    // before it).
+    int placeholder = open("/dev/null", O_RDONLY | O_CLOEXEC);  // the lowest free number
+    ASSERT_GE(placeholder, 0);
+    rlimit tight = saved;
+    tight.rlim_cur = static_cast<rlim_t>(placeholder) + 1;
+    ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &tight), 0);
+    close(placeholder);
+    RawClient c(port);
+    ASSERT_TRUE(c.connected());
+    ASSERT_EQ(c.fd(), placeholder);
+
+    ASSERT_TRUE(c.send_all(get("/starved")));
+    double cpu_before = cpu_seconds();
+    EXPECT_FALSE(c.read_response(400ms)) << "served without a descriptor?";
+    EXPECT_LT(cpu_seconds() - cpu_before, 0.2) << "the accept loop spins on EMFILE";
+
+    ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+    auto r = c.read_response();
+    ASSERT_TRUE(r) << "accepting did not resume once descriptors were available";
+    EXPECT_EQ(r->status, 200);
 }
 
 TEST_F(HttpServerTest, ConnectionsUseTcpNodelay) {
