@@ -126,7 +126,13 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
                 return std::make_unique<UpstreamConnection>(lease_->address(), lease_->port());
             }));
         } catch (const std::system_error& e) {
-            connect_failed(e.code().value());
+            int err = e.code().value();
+            if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+                // The daemon's shortage, not the instance's fault: it stays in service.
+                fail(503, std::string("no socket for the instance: ") + std::strerror(err));
+                return;
+            }
+            connect_failed(err);
             return;
         }
         reused_ = conn_->used;
