@@ -92,9 +92,10 @@ void HttpExchange::respond_simple(int status, std::string_view content_type, std
                                   std::span<const http::HeaderField> extra,
                                   std::shared_ptr<void> hold) {
     std::string head;
-    http::append_simple_response(head, status, content_type,
-                                 request().method == "HEAD" ? std::string_view() : body,
-                                 keep_alive(), extra);
+    http::append_simple_response(head, status, content_type, body, keep_alive(), extra);
+    if (request().method == "HEAD" && std::string_view(head).ends_with(body)) {
+        head.resize(head.size() - body.size());  // the GET's Content-Length, no body
+    }
     respond(std::move(head), {}, 0, 0, std::move(hold));
 }
 
