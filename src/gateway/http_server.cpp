@@ -40,7 +40,7 @@ class ByteBuffer {
             return;
         }
         std::size_t cap = std::max(capacity_ * 2, size_ + n);
-        auto bigger = std::make_unique<char[]>(cap);
+        auto bigger = std::make_unique_for_overwrite<char[]>(cap);  // not zeroed: not committed
         if (size_ > 0) {
             std::memcpy(bigger.get(), data_.get(), size_);
         }
@@ -300,8 +300,8 @@ class ClientConnection : public HttpExchange,
                     return true;
                 }
                 if (in_.size() < head_.size + head_.content_length) {
-                    in_.reserve_tail(head_.size + head_.content_length - in_.size());
-                    reparse_if_moved();
+                    // The buffer grows as the body arrives, not by what the head announces:
+                    // a few hundred bytes must not commit megabytes.
                     return wait_for_more();
                 }
                 request_bytes_ = head_.size + head_.content_length;
@@ -335,15 +335,6 @@ class ClientConnection : public HttpExchange,
             return head_.size + head_.content_length;
         }
         return in_.size() + kReadChunk;  // chunked: whatever comes
-    }
-
-    // Keeps head_'s views valid after the buffer grew.
-    void reparse_if_moved() {
-        if (head_buffer_ != in_.view().data()) {
-            http::ParseError error;
-            http::parse_request_head(in_.view(), shared_.options.max_head_bytes, head_, error);
-            head_buffer_ = in_.view().data();
-        }
     }
 
     bool wait_for_more() {

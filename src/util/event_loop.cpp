@@ -149,6 +149,15 @@ void EventLoop::run_timers() {
     }
 }
 
+// Destroying an object may release another that lands here (a lease given back hands a queued
+// request its slot, whose call may finish at once): never clear the vector being appended to.
+void EventLoop::release_graveyard() {
+    while (!graveyard_.empty()) {
+        std::vector<std::shared_ptr<void>> dead;
+        dead.swap(graveyard_);
+    }
+}
+
 void EventLoop::run() {
     epoll_event events[kBatch];
     while (!stopping_.load(std::memory_order_relaxed)) {
@@ -164,11 +173,11 @@ void EventLoop::run() {
             }
         }
         run_timers();
-        graveyard_.clear();
+        release_graveyard();
     }
     // Handlers and timers may own objects that post back here: drop them on this thread.
     timers_.clear();
-    graveyard_.clear();
+    release_graveyard();
     std::vector<std::function<void()>> dropped;
     {
         std::lock_guard lk(posted_mu_);

@@ -71,6 +71,7 @@ class EventLoop {
     int next_timeout_ms() const;
     void run_posted();
     void run_timers();
+    void release_graveyard();
 
     UniqueFd epoll_;
     UniqueFd wake_;

@@ -688,8 +688,7 @@ TEST_F(HostileClients, ClientGoneDuringSlowResponseGivesTheSlotBack) {
 
     // The one slot is taken by a request the instance answers after 3 s; a second request
     // queues behind it. Both clients leave: one resets, the other closes. (The queued request
-    // sleeps too: one the instance answers at once can crash the daemon when it is handed the
-    // slot, a separate bug; see DISABLED_QueuedRequestHandedASlotOnTheSameLoopIsServed.)
+    // sleeps too, so it is still in the instance when its client is gone.)
     RawConnection sleeper(port());
     ASSERT_TRUE(sleeper.send(get_request("/invoke/slow/sleep?ms=3000")));
     auto busy = [&](const nlohmann::json& s) { return slow_instance(s).value("in_use", 0) == 1; };
@@ -731,15 +730,11 @@ TEST_F(HostileClients, ClientGoneDuringSlowResponseGivesTheSlotBack) {
 }
 
 // Well-behaved clients, no hostile one: a request queued for a slot is handed the slot when the
-// previous request's UpstreamCall is destroyed, which happens in EventLoop::run's
-// graveyard_.clear(). When the queued request lives on the same loop, Gateway::invoke's acquire
-// callback runs on_lease inline, inside that clear(); if its upstream call finishes at once (the
-// instance answered before the first recv, or a synchronous error) it calls release_later(), a
-// push_back onto the vector being cleared: memory corruption, usually SIGSEGV. One loop makes the
-// same-loop hand-over certain; whether the instance answers before the first recv is a race, so
-// this crashes in most runs but not all: disabled until the bug is fixed
-// (--gtest_also_run_disabled_tests runs it).
-TEST_F(HostileClients, DISABLED_QueuedRequestHandedASlotOnTheSameLoopIsServed) {
+// previous request's UpstreamCall is destroyed at the end of an event-loop batch. On the same
+// loop, Gateway::invoke's acquire callback runs on_lease inline, during that release; an upstream
+// call finishing at once then queued itself for release on the vector being cleared (memory
+// corruption, usually SIGSEGV, in most runs). One loop makes the same-loop hand-over certain.
+TEST_F(HostileClients, QueuedRequestHandedASlotOnTheSameLoopIsServed) {
     add_hello("one", "max-instances = 1\nqueue-timeout = 20");
     start_daemon("http-threads = 1");
     ASSERT_EQ(control("/invoke/one/hello").body, kHello);
@@ -844,9 +839,7 @@ long rss_kib(pid_t pid) {
 // must not cost the daemon memory in proportion to what was announced (32 heads of about 100 bytes
 // must not take 192 MiB; max-connections of them would take 24 GiB). The 100 Continue the daemon
 // sends once it waits for the body tells that it has read (and made room for) the head.
-// Fails today: the server reserves head + Content-Length at once (http_server.cpp, advance_reading)
-// and ByteBuffer::reserve_tail allocates with std::make_unique<char[]>, which zeroes, so every
-// announced byte becomes resident at once.
+// (It did: the server reserved head + Content-Length at once, with a zeroing allocation.)
 TEST_F(HostileClients, StalledBodiesDoNotCostTheirAnnouncedSize) {
     start_daemon();  // max-body-size 6 MiB (the default)
     ASSERT_EQ(control("/healthz").status, 200);
