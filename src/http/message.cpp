@@ -152,4 +152,14 @@ std::string_view reason_phrase(int status) {
     }
 }
 
+std::optional<std::string_view> find_header(const std::vector<HeaderField>& headers,
+                                            std::string_view name) {
+    for (const HeaderField& field : headers) {
+        if (iequals(field.name, name)) {
+            return field.value;
+        }
+    }
+    return std::nullopt;
+}
+
 }  // namespace unifaas::http

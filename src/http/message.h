@@ -4,8 +4,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace unifaas::http {
 
@@ -33,6 +35,11 @@ inline constexpr std::size_t kMaxHeaderFields = 100;
 
 // The interim response to a request with Expect: 100-continue.
 inline constexpr std::string_view kContinueResponse = "HTTP/1.1 100 Continue\r\n\r\n";
+
+// The value of the first field named `name` (case-insensitive), as RequestHead::header and
+// ResponseHead::header give it.
+std::optional<std::string_view> find_header(const std::vector<HeaderField>& headers,
+                                            std::string_view name);
 
 // ASCII case-insensitive equality (header names, tokens); no locale.
 bool iequals(std::string_view a, std::string_view b);

@@ -98,12 +98,7 @@ ParseState check_partial(std::string_view buffer, std::size_t start, RequestHead
 }  // namespace
 
 std::optional<std::string_view> RequestHead::header(std::string_view name) const {
-    for (const HeaderField& field : headers) {
-        if (iequals(field.name, name)) {
-            return field.value;
-        }
-    }
-    return std::nullopt;
+    return find_header(headers, name);
 }
 
 void RequestHead::clear() {

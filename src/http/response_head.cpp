@@ -49,12 +49,7 @@ ParseState parse_status_line(std::string_view line, ResponseHead& out, ParseErro
 }  // namespace
 
 std::optional<std::string_view> ResponseHead::header(std::string_view name) const {
-    for (const HeaderField& field : headers) {
-        if (iequals(field.name, name)) {
-            return field.value;
-        }
-    }
-    return std::nullopt;
+    return find_header(headers, name);
 }
 
 void ResponseHead::clear() {

@@ -27,10 +27,14 @@
 
 #include "gateway/listening_server.h"
 #include "http/message.h"
+#include "http_bodies.h"
 #include "util/unique_fd.h"
 
 namespace unifaas {
 namespace {
+
+using test::chunked;
+using test::pattern;
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
@@ -268,28 +272,6 @@ std::string post(std::string_view target, std::string_view body) {
     return "POST " + std::string(target) +
            " HTTP/1.1\r\nHost: test\r\nContent-Length: " + std::to_string(body.size()) +
            "\r\n\r\n" + std::string(body);
-}
-
-// Chunks of `piece` bytes.
-std::string chunked(std::string_view body, std::size_t piece) {
-    std::string out;
-    char size[32];
-    for (std::size_t at = 0; at < body.size(); at += piece) {
-        auto part = body.substr(at, piece);
-        snprintf(size, sizeof(size), "%zx\r\n", part.size());
-        out += size;
-        out += part;
-        out += "\r\n";
-    }
-    return out + "0\r\n\r\n";
-}
-
-std::string pattern(std::size_t n) {
-    std::string s(n, '\0');
-    for (std::size_t i = 0; i < n; ++i) {
-        s[i] = static_cast<char>('a' + (i * 7 + i / 251) % 26);
-    }
-    return s;
 }
 
 // "METHOD target body": what the echo handler answers.

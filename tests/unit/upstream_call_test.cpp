@@ -22,36 +22,19 @@
 
 #include "gateway/listening_server.h"
 #include "http/message.h"
+#include "http_bodies.h"
 #include "pool/pool.h"
 #include "util/unique_fd.h"
 
 namespace unifaas {
 namespace {
 
+using test::chunked;
+using test::pattern;
+
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
-
-std::string pattern(std::size_t n) {
-    std::string s(n, '\0');
-    for (std::size_t i = 0; i < n; ++i) {
-        s[i] = static_cast<char>('a' + (i * 7 + i / 251) % 26);
-    }
-    return s;
-}
-
-std::string chunked(std::string_view body, std::size_t piece) {
-    std::string out;
-    char size[32];
-    for (std::size_t at = 0; at < body.size(); at += piece) {
-        auto part = body.substr(at, piece);
-        snprintf(size, sizeof(size), "%zx\r\n", part.size());
-        out += size;
-        out += part;
-        out += "\r\n";
-    }
-    return out + "0\r\n\r\n";
-}
 
 bool contains(std::string_view haystack, std::string_view needle) {
     return haystack.find(needle) != std::string_view::npos;
