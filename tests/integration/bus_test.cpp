@@ -28,6 +28,7 @@
 #include "pool/function_table.h"
 #include "private_bus.h"
 #include "registry/registry.h"
+#include "registry_fixture.h"
 #include "sandbox/backend_set.h"
 #include "version.h"
 
@@ -245,46 +246,21 @@ fs::path make_temp_dir(const char* prefix) {
 // ---------------------------------------------------------------------------------------------
 // The real daemon.
 
-class BusTest : public ::testing::Test {
+class BusTest : public RegistryTest {
   protected:
     static void SetUpTestSuite() { bus_.set_up(); }
     static void TearDownTestSuite() { bus_.tear_down(); }
 
-    void SetUp() override {
-        registry_ = make_temp_dir("unifaas-registry");
-        ASSERT_TRUE(engine().unifaas_containers().empty()) << "a previous test leaked";
-    }
-
     void TearDown() override {
         client_.reset();
-        if (daemon_ && daemon_->running()) {
-            int status = daemon_->terminate();
-            EXPECT_EQ(status, 0) << daemon_->log();
-        }
-        daemon_.reset();
-        EXPECT_TRUE(engine().unifaas_containers().empty()) << "containers leaked";
-        fs::remove_all(registry_);
-    }
-
-    void write_function(const std::string& name, const std::string& toml) {
-        fs::create_directories(registry_ / name);
-        std::ofstream(registry_ / name / "function.toml") << toml;
-    }
-
-    void add_hello(const std::string& name, const std::string& top = "") {
-        write_function(
-            name, top + "\n[container]\nimage = \"" + engine().image_name() + "\"\nmemory = 64\n");
+        RegistryTest::TearDown();
     }
 
     // Starts the daemon and a client subscribed to its signals.
     void start_daemon() {
-        DaemonProcess::Options o;
-        o.registry = registry_;
-        o.docker_socket = engine().socket_path();
         // The configured address is not the one served: the socket is passed in (activation),
         // and ListenAddress must show the socket's.
-        o.extra_config = "listen = \"127.0.0.1:18999\"";
-        daemon_ = std::make_unique<DaemonProcess>(o);
+        RegistryTest::start_daemon("listen = \"127.0.0.1:18999\"");
         client_ = std::make_unique<BusClient>(bus_->address());
     }
 
@@ -361,8 +337,6 @@ class BusTest : public ::testing::Test {
     static std::string path_of(const std::string& id) { return "/org/unifaas/instance/" + id; }
 
     static SuiteBus bus_;
-    fs::path registry_;
-    std::unique_ptr<DaemonProcess> daemon_;
     std::unique_ptr<BusClient> client_;
 };
 

@@ -15,6 +15,7 @@
 #include "container_events.h"
 #include "daemon_process.h"
 #include "docker_engine.h"
+#include "registry_fixture.h"
 
 namespace unifaas::test {
 
@@ -25,44 +26,13 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-class DaemonTest : public ::testing::Test {
+class DaemonTest : public RegistryTest {
   protected:
-    void SetUp() override {
-        char tmpl[] = "/tmp/unifaas-registry-XXXXXX";
-        ASSERT_NE(mkdtemp(tmpl), nullptr);
-        registry_ = tmpl;
-        ASSERT_TRUE(engine().unifaas_containers().empty()) << "a previous test leaked";
-    }
-
     void TearDown() override {
         if (daemon_ && daemon_->running()) {
             expect_no_slot_in_use();
-            int status = daemon_->terminate();
-            EXPECT_EQ(status, 0) << daemon_->log();
         }
-        daemon_.reset();
-        EXPECT_TRUE(engine().unifaas_containers().empty()) << "containers leaked";
-        fs::remove_all(registry_);
-    }
-
-    void write_function(const std::string& name, const std::string& toml) {
-        fs::create_directories(registry_ / name);
-        std::ofstream(registry_ / name / "function.toml") << toml;
-    }
-
-    // A container function running the example image, with extra top-level keys and env.
-    void add_hello(const std::string& name, const std::string& top = "",
-                   const std::string& container_extra = "") {
-        write_function(name, top + "\n[container]\nimage = \"" + engine().image_name() +
-                                 "\"\nmemory = 64\n" + container_extra + "\n");
-    }
-
-    void start_daemon(const std::string& extra_config = "") {
-        DaemonProcess::Options o;
-        o.registry = registry_;
-        o.docker_socket = engine().socket_path();
-        o.extra_config = extra_config;
-        daemon_ = std::make_unique<DaemonProcess>(o);
+        RegistryTest::TearDown();
     }
 
     // Sequential requests share one keep-alive connection: the daemon finishes writing (and
@@ -123,8 +93,6 @@ class DaemonTest : public ::testing::Test {
         }
     }
 
-    fs::path registry_;
-    std::unique_ptr<DaemonProcess> daemon_;
     std::unique_ptr<httplib::Client> client_;
     int client_port_ = 0;
 };

@@ -33,6 +33,7 @@
 #include "container_events.h"
 #include "daemon_process.h"
 #include "docker_engine.h"
+#include "registry_fixture.h"
 
 namespace unifaas::test {
 
@@ -273,15 +274,8 @@ std::thread client_thread(Problems& problems, std::string what, std::function<vo
     });
 }
 
-class HostileClients : public ::testing::Test {
+class HostileClients : public RegistryTest {
   protected:
-    void SetUp() override {
-        char tmpl[] = "/tmp/unifaas-hostile-XXXXXX";
-        ASSERT_NE(mkdtemp(tmpl), nullptr);
-        registry_ = tmpl;
-        ASSERT_TRUE(engine().unifaas_containers().empty()) << "a previous test leaked";
-    }
-
     void TearDown() override {
         if (daemon_ && daemon_->running()) {
             expect_nothing_held();
@@ -293,27 +287,14 @@ class HostileClients : public ::testing::Test {
             }
         }
         daemon_.reset();
-        EXPECT_TRUE(engine().unifaas_containers().empty()) << "containers leaked";
         // After a crash: remove what the daemon left, so the next test starts clean.
+        bool leaked = !engine().unifaas_containers().empty();
         auto docker = engine().client();
         for (const auto& c : docker.list_containers("unifaas.instance")) {
             docker.remove_container(c.id);
         }
-        fs::remove_all(registry_);
-    }
-
-    void add_hello(const std::string& name, const std::string& top = "") {
-        fs::create_directories(registry_ / name);
-        std::ofstream(registry_ / name / "function.toml")
-            << top << "\n[container]\nimage = \"" << engine().image_name() << "\"\nmemory = 64\n";
-    }
-
-    void start_daemon(const std::string& extra_config = "") {
-        DaemonProcess::Options o;
-        o.registry = registry_;
-        o.docker_socket = engine().socket_path();
-        o.extra_config = extra_config;
-        daemon_ = std::make_unique<DaemonProcess>(o);
+        EXPECT_FALSE(leaked) << "containers leaked";
+        RegistryTest::TearDown();
     }
 
     int port() const { return daemon_->http_port(); }
@@ -406,9 +387,6 @@ class HostileClients : public ::testing::Test {
             EXPECT_FALSE(bad) << line;
         }
     }
-
-    fs::path registry_;
-    std::unique_ptr<DaemonProcess> daemon_;
 };
 
 // ---- 1. A good client among hostile ones -------------------------------------------------------
