@@ -3,22 +3,11 @@
 #include <algorithm>
 #include <limits>
 
+#include "http/message.h"
+
 namespace unifaas::http {
 
 namespace {
-
-int hex_value(char c) {
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
 
 // Controls other than HTAB, and DEL: never part of an extension or a trailer field.
 bool is_control(char c) {

@@ -41,6 +41,9 @@ inline constexpr std::string_view kContinueResponse = "HTTP/1.1 100 Continue\r\n
 std::optional<std::string_view> find_header(const std::vector<HeaderField>& headers,
                                             std::string_view name);
 
+// The value of a hex digit (0-9, a-f, A-F), or -1 (chunk sizes, percent-encoding).
+int hex_value(char c);
+
 // ASCII case-insensitive equality (header names, tokens); no locale.
 bool iequals(std::string_view a, std::string_view b);
 
