@@ -80,12 +80,56 @@ std::map<std::string, std::string> parse_env(TableReader env) {
     return out;
 }
 
-ContainerSpec parse_container(TableReader container) {
+ContainerEngine parse_engine(TableReader& container) {
+    auto engine = container.string("engine").value_or("docker");
+    if (engine == "docker") {
+        return ContainerEngine::Docker;
+    }
+    if (engine == "oci") {
+        return ContainerEngine::Oci;
+    }
+    container.fail("engine", "unknown engine " + in_quotes(engine) + " (expected docker, oci)");
+}
+
+// `entrypoint = ["/hello", "arg"]`: engine "oci" only, for images without a command.
+std::vector<std::string> parse_entrypoint(TableReader& container, ContainerEngine engine) {
+    auto entrypoint = container.string_array("entrypoint");
+    if (entrypoint && engine != ContainerEngine::Oci) {
+        container.fail("entrypoint",
+                       "only valid with engine = \"oci\" (Docker takes the "
+                       "image's ENTRYPOINT)");
+    }
+    return entrypoint.value_or(std::vector<std::string>{});
+}
+
+void check_oci_image(const TableReader& container, const fs::path& image) {
+    std::error_code ec;
+    fs::file_status status = fs::status(image, ec);
+    if (status.type() == fs::file_type::not_found) {
+        container.fail("image", image.string() +
+                                    " does not exist (engine \"oci\" takes a "
+                                    "rootfs directory, an OCI layout or a .tar)");
+    }
+    if (ec) {
+        container.fail("image", "cannot access " + image.string() + ": " + ec.message());
+    }
+    if (!fs::is_directory(status) && !fs::is_regular_file(status)) {
+        container.fail("image", image.string() + " is neither a directory nor a file");
+    }
+}
+
+ContainerSpec parse_container(TableReader container, const fs::path& dir) {
     ContainerSpec spec;
+    spec.engine = parse_engine(container);
     spec.image = container.required_string("image");
     spec.memory_mib =
         container.integer<std::uint64_t>("memory", 4, kMaxMemoryMib).value_or(spec.memory_mib);
     spec.runtime = container.non_empty_string("runtime");
+    spec.entrypoint = parse_entrypoint(container, spec.engine);
+    if (spec.engine == ContainerEngine::Oci) {
+        spec.image_path = container.required_path("image", dir);
+        check_oci_image(container, spec.image_path);
+    }
     container.finish();
     return spec;
 }
@@ -274,7 +318,7 @@ void parse_function(TableReader top, FunctionSpec& spec) {
         top.fail_here("missing [vm] or [container] (a function needs exactly one)");
     }
     if (container) {
-        spec.sandbox = parse_container(*container);
+        spec.sandbox = parse_container(*container, spec.dir);
     } else {
         spec.sandbox = parse_vm(*vm, spec.dir);
     }
@@ -292,7 +336,7 @@ fs::path absolute_dir(const fs::path& dir) {
 
 std::string FunctionSpec::backend_name() const {
     if (is_container()) {
-        return "container";
+        return container().engine == ContainerEngine::Oci ? "oci" : "container";
     }
     return hypervisor_name(vm().hypervisor);
 }

@@ -214,6 +214,29 @@ std::optional<std::string> TableReader::non_empty_string(std::string_view key) {
     return value;
 }
 
+std::optional<std::vector<std::string>> TableReader::string_array(std::string_view key) {
+    const toml::node* node = get(key);
+    if (!node) {
+        return std::nullopt;
+    }
+    const toml::array* array = node->as_array();
+    if (array == nullptr) {
+        wrong_type(key, "an array of strings", *node);
+    }
+    std::vector<std::string> out;
+    for (const toml::node& item : *array) {
+        const auto* text = item.as_string();
+        if (text == nullptr || text->get().empty() || text->get().find('\0') != std::string::npos) {
+            fail(key, "every element must be a non-empty string without NUL characters");
+        }
+        out.push_back(text->get());
+    }
+    if (out.empty()) {
+        fail(key, "must not be empty");
+    }
+    return out;
+}
+
 std::string TableReader::required_string(std::string_view key) {
     auto value = non_empty_string(key);
     if (!value) {

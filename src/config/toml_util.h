@@ -13,6 +13,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include <toml++/toml.h>
 
@@ -56,6 +57,8 @@ class TableReader {
     std::optional<std::string> string(std::string_view key);
     std::optional<std::string> non_empty_string(std::string_view key);
     std::string required_string(std::string_view key);
+    // A non-empty array of non-empty strings.
+    std::optional<std::vector<std::string>> string_array(std::string_view key);
     // A path; relative ones resolve against `base`. Absolute and lexically normal.
     std::optional<std::filesystem::path> path(std::string_view key,
                                               const std::filesystem::path& base);

@@ -289,6 +289,53 @@ TEST_F(FunctionSpecTest, ContainerErrors) {
     expect_error(kContainer + "cpus = 2\n", "container.cpus: unknown key");
 }
 
+TEST_F(FunctionSpecTest, ContainerEngineDefaultsToDocker) {
+    auto spec = load(kContainer);
+    EXPECT_EQ(spec->container().engine, ContainerEngine::Docker);
+    EXPECT_TRUE(spec->container().image_path.empty());  // an image name, not a path
+    EXPECT_TRUE(spec->container().entrypoint.empty());
+    EXPECT_EQ(load("[container]\nengine = \"docker\"\nimage = \"hello\"\n")->container().engine,
+              ContainerEngine::Docker);
+}
+
+TEST_F(FunctionSpecTest, OciEngineResolvesImageAgainstFunctionDir) {
+    auto spec = load(
+        "[container]\nengine = \"oci\"\nimage = \"rootdir\"\nmemory = 32\n"
+        "runtime = \"runc\"\nentrypoint = [\"/hello\", \"-v\"]\n");
+    const ContainerSpec& c = spec->container();
+    EXPECT_EQ(c.engine, ContainerEngine::Oci);
+    EXPECT_EQ(spec->backend_name(), "oci");
+    EXPECT_EQ(c.image, "rootdir");
+    EXPECT_EQ(c.image_path, dir_ / "rootdir");
+    EXPECT_EQ(c.memory_mib, 32u);
+    EXPECT_EQ(c.runtime, "runc");
+    EXPECT_EQ(c.entrypoint, (std::vector<std::string>{"/hello", "-v"}));
+    // A .tar (docker-archive) is a regular file.
+    auto tar = load("[container]\nengine = \"oci\"\nimage = \"rootfs.ext4\"\n");
+    EXPECT_EQ(tar->container().image_path, dir_ / "rootfs.ext4");
+}
+
+TEST_F(FunctionSpecTest, ContainerEngineErrors) {
+    expect_error("[container]\nengine = \"podman\"\nimage = \"x\"\n",
+                 "container.engine: unknown engine \"podman\" (expected docker, oci)");
+    expect_error("[container]\nengine = 1\nimage = \"x\"\n",
+                 "container.engine: expected a string, got integer");
+    expect_error("[container]\nengine = \"oci\"\nimage = \"missing\"\n",
+                 "container.image: " + (dir_ / "missing").string() +
+                     " does not exist (engine \"oci\" takes a rootfs directory, an OCI layout "
+                     "or a .tar)");
+    expect_error(kContainer + "entrypoint = [\"/hello\"]\n",
+                 "container.entrypoint: only valid with engine = \"oci\" (Docker takes the "
+                 "image's ENTRYPOINT)");
+    const std::string oci = "[container]\nengine = \"oci\"\nimage = \"rootdir\"\n";
+    expect_error(oci + "entrypoint = []\n", "container.entrypoint: must not be empty");
+    expect_error(oci + "entrypoint = \"/hello\"\n",
+                 "container.entrypoint: expected an array of strings, got string");
+    expect_error(oci + "entrypoint = [\"/hello\", 1]\n",
+                 "container.entrypoint: every element must be a non-empty string without NUL "
+                 "characters");
+}
+
 // --- [vm] ---
 
 TEST_F(FunctionSpecTest, VmDefaults) {

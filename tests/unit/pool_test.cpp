@@ -100,7 +100,11 @@ class PoolTest : public ::testing::Test {
         spec->keepalive = Seconds(60);
         spec->queue_timeout = Seconds(5);
         spec->boot_timeout = Seconds(5);
-        spec->sandbox = ContainerSpec{"img", 128, std::nullopt};
+        spec->sandbox = [] {
+            ContainerSpec c;
+            c.image = "img";
+            return c;
+        }();
         return spec;
     }
 

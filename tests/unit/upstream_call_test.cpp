@@ -263,7 +263,11 @@ class UpstreamCallTest : public ::testing::Test {
         s->max_instances = 1;
         s->queue_timeout = Seconds(3);
         s->boot_timeout = Seconds(3);
-        s->sandbox = ContainerSpec{"img", 128, std::nullopt};
+        s->sandbox = [] {
+            ContainerSpec c;
+            c.image = "img";
+            return c;
+        }();
         spec = s;
         loop.start("upstream-test");
     }
