@@ -19,7 +19,7 @@ using Seconds = std::chrono::duration<double>;
 // A function.toml (or unifaas.toml) that cannot be used. what() names the file, the key and the
 // problem, e.g. "/srv/reg/hello/function.toml: vm.memory: must be between 16 and 1048576 (got 0)".
 class ConfigError : public std::runtime_error {
-  public:
+public:
     using std::runtime_error::runtime_error;
 };
 
@@ -27,14 +27,14 @@ class ConfigError : public std::runtime_error {
 enum class ContainerEngine { Docker, Oci };
 
 struct ContainerSpec {
-    std::string image;  // docker: a local image; never pulled
+    std::string image;                   // a local image; never pulled
     std::uint64_t memory_mib = 128;
-    std::optional<std::string> runtime;  // docker: passed to the engine as-is (runc, crun, runsc,
-                                         // ...); oci: the runtime's name or path (default crun)
+    std::optional<std::string> runtime;  // passed to the engine as-is (runc, crun, runsc, ...)
 
-    // engine = "oci": `image` resolved against the function's directory (a rootfs directory, an
-    // OCI image layout directory or a docker-archive .tar; checked to exist), and the command
-    // for images that carry none (a plain rootfs directory).
+    // engine = "oci": `runtime` is the OCI runtime's name or path (default crun); `image_path` is
+    // `image` resolved against the function's directory (a rootfs directory, an OCI image layout
+    // directory or a docker-archive .tar; checked to exist); `entrypoint` is the command for
+    // images that carry none (a plain rootfs directory).
     ContainerEngine engine = ContainerEngine::Docker;
     std::filesystem::path image_path;
     std::vector<std::string> entrypoint;
@@ -44,15 +44,15 @@ enum class HypervisorType { Firecracker, Qemu, Microvm };
 enum class DiskType { Block, NineP };
 
 struct VmSpec {
-    std::filesystem::path kernel;                 // absolute (relative paths resolved against the
-    std::filesystem::path image;                  // function's directory)
+    std::filesystem::path kernel;                // absolute (relative paths resolved against the
+    std::filesystem::path image;                 // function's directory)
     std::optional<std::filesystem::path> initrd;  // our addition
     std::uint64_t memory_mib = 128;
     unsigned cpus = 1;
     std::string cmdline;  // with %ip %gateway %netmask %callback placeholders
 
     HypervisorType hypervisor = HypervisorType::Firecracker;
-    bool copy_rootfs = true;               // firecracker
+    bool copy_rootfs = true;             // firecracker
     DiskType disk_type = DiskType::Block;  // qemu, microvm
     // microvm machine flags; defaults are QEMU's own, always emitted explicitly.
     bool pic = true;
@@ -63,21 +63,21 @@ struct VmSpec {
 };
 
 struct FunctionSpec {
-    std::string name;            // directory name in the registry
-    std::filesystem::path dir;   // absolute function directory
-    std::filesystem::path file;  // absolute path of function.toml
+    std::string name;              // directory name in the registry
+    std::filesystem::path dir;     // absolute function directory
+    std::filesystem::path file;    // absolute path of function.toml
 
     unsigned concurrent_requests = 1;  // slots per instance, >= 1
     bool single_use = false;           // stop the instance after its one request
     Seconds keepalive{60};             // idle time before an instance is stopped
 
     // Our additions.
-    std::uint16_t port = 8080;    // port the function listens on inside the sandbox
-    unsigned max_instances = 10;  // instances running or booting at once, >= 1
-    unsigned min_instances = 0;   // kept warm, <= max_instances
-    Seconds queue_timeout{10};    // wait for capacity before 503
-    Seconds boot_timeout{25};     // start to readiness callback before 504
-    Seconds request_timeout{60};  // upstream response before 504
+    std::uint16_t port = 8080;       // port the function listens on inside the sandbox
+    unsigned max_instances = 10;     // instances running or booting at once, >= 1
+    unsigned min_instances = 0;      // kept warm, <= max_instances
+    Seconds queue_timeout{10};       // wait for capacity before 503
+    Seconds boot_timeout{25};        // start to readiness callback before 504
+    Seconds request_timeout{60};     // upstream response before 504
     std::map<std::string, std::string> env;
 
     std::variant<ContainerSpec, VmSpec> sandbox;
