@@ -17,6 +17,7 @@
 #include "gateway/gateway.h"
 #include "net/network.h"
 #include "net/tap_device.h"
+#include "net/veth_namespace.h"
 #include "pool/function_table.h"
 #include "pool/observer_list.h"
 #include "registry/registry.h"
@@ -25,6 +26,7 @@
 #include "sandbox/child_process.h"
 #include "sandbox/docker_backend.h"
 #include "sandbox/firecracker_backend.h"
+#include "sandbox/oci_backend.h"
 #include "sandbox/qemu_backend.h"
 #include "systemd/console_forwarder.h"
 #include "systemd/journal_sink.h"
@@ -317,8 +319,17 @@ unsigned reload_registry(FunctionTable& functions, ServiceNotifier& notifier) {
     return ok;
 }
 
+// The guest network with the containers' namespaces under the runtime directory.
+NetworkConfig network_config(const DaemonConfig& config) {
+    NetworkConfig network = config.network;
+    network.netns_dir = config.runtime_dir / "netns";
+    return network;
+}
+
 int cleanup_taps(const DaemonConfig& config) {
-    unsigned removed = remove_taps_with_prefix(config.network.tap_prefix);
+    unsigned removed =
+        remove_taps_with_prefix(config.network.tap_prefix) +
+        remove_veth_namespaces(config.network.tap_prefix, network_config(config).netns_dir);
     std::cout << "removed " << removed << " tap" << (removed == 1 ? "" : "s") << " named "
               << config.network.tap_prefix << "N\n";
     return 0;
@@ -336,7 +347,7 @@ int run(const DaemonConfig& config) {
     std::uint16_t callback_port = local_port(listeners.callback_fd);
 
     ExitWatcher exits;
-    std::unique_ptr<Network> network = open_network(config.network);
+    std::unique_ptr<Network> network = open_network(network_config(config));
     std::unique_ptr<ScopeManager> scopes = open_scopes();
     std::unique_ptr<ConsoleForwarder> consoles = open_consoles();
     remove_stale_workdirs(config.runtime_dir);
@@ -347,6 +358,9 @@ int run(const DaemonConfig& config) {
     BackendSet backends;
     backends.set_container(make_docker_backend(config, callback_port, scopes != nullptr));
     add_vm_backends(backends, config, vm_env);
+    if (network) {
+        backends.set_oci(std::make_unique<OciBackend>(vm_env));
+    }
     if (unsigned removed = backends.remove_leftovers(); removed > 0) {
         spdlog::info("removed {} sandboxes left behind by an earlier run", removed);
     }

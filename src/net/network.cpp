@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include "net/tap_device.h"
+#include "net/veth_namespace.h"
 
 namespace unifaas {
 
@@ -29,6 +30,8 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
 
     std::unique_ptr<NetworkLease> lease();
     void give_back(unsigned block, std::unique_ptr<TapDevice> device);
+    std::unique_ptr<NetnsLease> lease_netns();
+    void give_back_netns(unsigned block, std::unique_ptr<VethNamespace> device);
     unsigned cleanup_taps();
     Network::Stats stats() const;
     void fill_pool();  // the background thread
@@ -36,6 +39,13 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
 
   private:
     std::unique_ptr<TapDevice> make_tap(unsigned block);
+    std::unique_ptr<VethNamespace> make_netns(unsigned block);
+    std::unique_ptr<NetnsLease> make_netns_lease(unsigned block,
+                                                 std::unique_ptr<VethNamespace> device);
+    bool pool_wants_netns() const;
+    // Allocates a block for the caller to make a device on, waiting while one is busy; throws
+    // NetworkExhausted.
+    unsigned allocate_block(std::unique_lock<std::mutex>& lock);
     std::unique_ptr<NetworkLease> make_lease(unsigned block, std::unique_ptr<TapDevice> device);
     bool pool_wants_tap() const;
     // The caller finished I/O on a busy block: wake lease() waiters and the filler.
@@ -46,6 +56,9 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
     std::condition_variable changed_;  // any of the sets below changed, or closed_
     SubnetAllocator blocks_;
     std::map<unsigned, std::unique_ptr<TapDevice>> idle_;  // lowest block leased first
+    // Container namespaces ready for lease_netns() (made only once one was asked for).
+    std::map<unsigned, std::unique_ptr<VethNamespace>> idle_netns_;
+    bool netns_wanted_ = false;
     std::set<unsigned> leased_;
     std::set<unsigned> busy_;
     unsigned filling_ = 0;      // busy_ blocks the filler is creating
@@ -131,6 +144,78 @@ std::unique_ptr<NetworkLease> NetworkCore::lease() {
     return make_lease(*block, std::move(device));
 }
 
+std::unique_ptr<VethNamespace> NetworkCore::make_netns(unsigned block) {
+    if (config_.netns_dir.empty()) {
+        throw std::logic_error("container namespaces need NetworkConfig::netns_dir");
+    }
+    return std::make_unique<VethNamespace>(config_.netns_dir, veth_name(config_.tap_prefix, block),
+                                           blocks_.block(block));
+}
+
+std::unique_ptr<NetnsLease> NetworkCore::make_netns_lease(unsigned block,
+                                                          std::unique_ptr<VethNamespace> device) {
+    // Called with mu_ held.
+    leased_.insert(block);
+    netns_wanted_ = true;
+    fill_enabled_ = true;
+    changed_.notify_all();
+    return std::unique_ptr<NetnsLease>(
+        new NetnsLease(shared_from_this(), std::move(device), block, blocks_.block(block)));
+}
+
+unsigned NetworkCore::allocate_block(std::unique_lock<std::mutex>& lock) {
+    for (;;) {
+        if (closed_) {
+            throw std::logic_error("Network used after it was destroyed");
+        }
+        if (auto block = blocks_.allocate()) {
+            return *block;
+        }
+        if (busy_.empty()) {
+            throw NetworkExhausted("subnet " + config_.subnet.to_string() + " exhausted: all " +
+                                   std::to_string(blocks_.capacity()) + " /30 blocks in use");
+        }
+        changed_.wait(lock);
+    }
+}
+
+std::unique_ptr<NetnsLease> NetworkCore::lease_netns() {
+    std::unique_lock lock(mu_);
+    if (!idle_netns_.empty()) {
+        auto node = idle_netns_.extract(idle_netns_.begin());
+        return make_netns_lease(node.key(), std::move(node.mapped()));
+    }
+    netns_wanted_ = true;
+    unsigned block = allocate_block(lock);
+    busy_.insert(block);
+    lock.unlock();
+    std::unique_ptr<VethNamespace> device;
+    try {
+        device = make_netns(block);
+    } catch (...) {
+        lock.lock();
+        blocks_.release(block);
+        unbusy(block);
+        throw;
+    }
+    lock.lock();
+    busy_.erase(block);
+    return make_netns_lease(block, std::move(device));
+}
+
+// A namespace is never reused: what a container left in it (sockets in TIME_WAIT, neighbour
+// entries, conntrack) goes with it.
+void NetworkCore::give_back_netns(unsigned block, std::unique_ptr<VethNamespace> device) {
+    std::unique_lock lock(mu_);
+    leased_.erase(block);
+    busy_.insert(block);
+    lock.unlock();
+    device.reset();
+    lock.lock();
+    blocks_.release(block);
+    unbusy(block);
+}
+
 void NetworkCore::give_back(unsigned block, std::unique_ptr<TapDevice> device) {
     std::unique_lock lock(mu_);
     leased_.erase(block);
@@ -166,6 +251,11 @@ void NetworkCore::unbusy(unsigned block) {
     changed_.notify_all();
 }
 
+bool NetworkCore::pool_wants_netns() const {
+    return fill_enabled_ && netns_wanted_ && idle_netns_.size() < config_.prealloc &&
+           blocks_.in_use() < blocks_.capacity();
+}
+
 bool NetworkCore::pool_wants_tap() const {
     return fill_enabled_ && idle_.size() + filling_ < config_.prealloc &&
            blocks_.in_use() < blocks_.capacity();
@@ -174,18 +264,24 @@ bool NetworkCore::pool_wants_tap() const {
 void NetworkCore::fill_pool() {
     std::unique_lock lock(mu_);
     for (;;) {
-        changed_.wait(lock, [&] { return closed_ || pool_wants_tap(); });
+        changed_.wait(lock, [&] { return closed_ || pool_wants_tap() || pool_wants_netns(); });
         if (closed_) {
             return;
         }
+        bool tap = pool_wants_tap();
         unsigned block = *blocks_.allocate();
         busy_.insert(block);
         ++filling_;
         lock.unlock();
         std::unique_ptr<TapDevice> device;
+        std::unique_ptr<VethNamespace> netns;
         std::string error;
         try {
-            device = make_tap(block);
+            if (tap) {
+                device = make_tap(block);
+            } else {
+                netns = make_netns(block);
+            }
         } catch (const std::exception& e) {
             error = e.what();
         }
@@ -193,9 +289,12 @@ void NetworkCore::fill_pool() {
         --filling_;
         if (device) {
             idle_.emplace(block, std::move(device));
+        } else if (netns) {
+            idle_netns_.emplace(block, std::move(netns));
         } else {
             // Not again until the next lease, which then reports the problem to its caller.
-            spdlog::warn("net: cannot pre-create a tap: {}", error);
+            spdlog::warn("net: cannot pre-create a {}: {}", tap ? "tap" : "container namespace",
+                         error);
             blocks_.release(block);
             fill_enabled_ = false;
         }
@@ -206,20 +305,32 @@ void NetworkCore::fill_pool() {
 unsigned NetworkCore::cleanup_taps() {
     // The idle taps: deleted without the lock (about 20 ms each), their blocks busy meanwhile.
     std::map<unsigned, std::unique_ptr<TapDevice>> idle;
+    std::map<unsigned, std::unique_ptr<VethNamespace>> idle_netns;
     std::unique_lock lock(mu_);
     idle.swap(idle_);
+    idle_netns.swap(idle_netns_);
     for (const auto& [block, device] : idle) {
+        busy_.insert(block);
+    }
+    for (const auto& [block, device] : idle_netns) {
         busy_.insert(block);
     }
     fill_enabled_ = false;
     lock.unlock();
-    auto removed = static_cast<unsigned>(idle.size());
-    for (auto& [block, device] : idle) {
-        device.reset();
+    auto removed = static_cast<unsigned>(idle.size() + idle_netns.size());
+    auto release = [&](unsigned block) {
         lock.lock();
         blocks_.release(block);
         unbusy(block);
         lock.unlock();
+    };
+    for (auto& [block, device] : idle) {
+        device.reset();
+        release(block);
+    }
+    for (auto& [block, device] : idle_netns) {
+        device.reset();
+        release(block);
     }
     // Strays (normally none) with the lock held: no block can be allocated and its tap created
     // between computing what to keep and deleting the rest.
@@ -234,6 +345,18 @@ unsigned NetworkCore::cleanup_taps() {
         keep.insert(device->name());
     }
     removed += remove_taps_with_prefix(config_.tap_prefix, keep);
+    if (!config_.netns_dir.empty()) {
+        std::set<std::string> keep_veths;
+        for (const std::set<unsigned>* blocks : {&leased_, &busy_}) {
+            for (unsigned block : *blocks) {
+                keep_veths.insert(veth_name(config_.tap_prefix, block));
+            }
+        }
+        for (const auto& [block, device] : idle_netns_) {
+            keep_veths.insert(device->host_name());
+        }
+        removed += remove_veth_namespaces(config_.tap_prefix, config_.netns_dir, keep_veths);
+    }
     return removed;
 }
 
@@ -245,6 +368,7 @@ Network::Stats NetworkCore::stats() const {
 
 void NetworkCore::close() {
     std::map<unsigned, std::unique_ptr<TapDevice>> idle;
+    std::map<unsigned, std::unique_ptr<VethNamespace>> idle_netns;
     {
         std::unique_lock lock(mu_);
         closed_ = true;
@@ -252,8 +376,10 @@ void NetworkCore::close() {
         // Wait for taps being made or reset (by lease() or give_back() on other threads).
         changed_.wait(lock, [&] { return busy_.empty(); });
         idle.swap(idle_);
+        idle_netns.swap(idle_netns_);
     }
-    idle.clear();  // deletes the taps; their blocks are never handed out again
+    idle.clear();
+    idle_netns.clear();  // deletes the taps; their blocks are never handed out again
 }
 
 }  // namespace net_detail
@@ -285,6 +411,29 @@ std::string NetworkLease::mac() const {
     return guest_mac(addresses_.guest());
 }
 
+// --- NetnsLease ---
+
+NetnsLease::NetnsLease(std::shared_ptr<net_detail::NetworkCore> core,
+                       std::unique_ptr<VethNamespace> device, unsigned block, Block30 addresses)
+    : core_(std::move(core)), device_(std::move(device)), block_(block), addresses_(addresses) {}
+
+NetnsLease::~NetnsLease() {
+    core_->give_back_netns(block_, std::move(device_));
+}
+
+const std::string& NetnsLease::host_interface() const {
+    return device_->host_name();
+}
+const std::filesystem::path& NetnsLease::netns_path() const {
+    return device_->netns_path();
+}
+std::string NetnsLease::host_ip() const {
+    return ipv4_to_string(addresses_.host());
+}
+std::string NetnsLease::guest_ip() const {
+    return ipv4_to_string(addresses_.guest());
+}
+
 // --- Network ---
 
 namespace {
@@ -309,6 +458,14 @@ Network::Network(NetworkConfig config) {
         spdlog::info("net: deleted {} stale tap(s) {}N left by an earlier run", stale,
                      config.tap_prefix);
     }
+    if (!config.netns_dir.empty()) {
+        if (unsigned stale = remove_veth_namespaces(config.tap_prefix, config.netns_dir)) {
+            spdlog::info(
+                "net: deleted {} stale container veth(s)/namespace(s) {}vN left by an "
+                "earlier run",
+                stale, config.tap_prefix);
+        }
+    }
     refuse_overlaps(config.subnet);
     core_ = std::make_shared<net_detail::NetworkCore>(std::move(config));
     filler_ = std::thread([core = core_.get()] { core->fill_pool(); });
@@ -325,6 +482,10 @@ Network::~Network() {
 
 std::unique_ptr<NetworkLease> Network::lease() {
     return core_->lease();
+}
+
+std::unique_ptr<NetnsLease> Network::lease_netns() {
+    return core_->lease_netns();
 }
 
 unsigned Network::cleanup_taps() {

@@ -9,6 +9,7 @@
 // that namespace.
 #pragma once
 
+#include <filesystem>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -60,6 +61,34 @@ class NetworkLease {
     Block30 addresses_;
 };
 
+class VethNamespace;
+
+// A container's network: a network namespace holding `eth0` with the guest address of a /30 of
+// the same subnet as the taps, the veth's host end <prefix>v<block> with the host address.
+// Destroying it deletes both (a namespace is never reused); it may outlive the Network.
+class NetnsLease {
+  public:
+    ~NetnsLease();
+    NetnsLease(const NetnsLease&) = delete;
+    NetnsLease& operator=(const NetnsLease&) = delete;
+
+    const std::string& host_interface() const;  // "faasv3"
+    const std::filesystem::path& netns_path() const;
+    unsigned block() const { return block_; }
+    std::string host_ip() const;   // the container's gateway and callback address
+    std::string guest_ip() const;  // eth0 inside
+
+  private:
+    friend class net_detail::NetworkCore;
+    NetnsLease(std::shared_ptr<net_detail::NetworkCore> core, std::unique_ptr<VethNamespace> device,
+               unsigned block, Block30 addresses);
+
+    std::shared_ptr<net_detail::NetworkCore> core_;
+    std::unique_ptr<VethNamespace> device_;
+    unsigned block_;
+    Block30 addresses_;
+};
+
 class Network {
   public:
     // Validates `config` (std::invalid_argument "tap-prefix: ..."), deletes taps <prefix><digits>
@@ -78,8 +107,13 @@ class Network {
     // std::system_error when a tap cannot be created ("tap faas3: create (TUNSETIFF): ...").
     std::unique_ptr<NetworkLease> lease();
 
+    // A ready container namespace (needs config().netns_dir): from the pool, or made now. The
+    // first call turns on keeping `prealloc` namespaces ready in the background. Throws as lease().
+    std::unique_ptr<NetnsLease> lease_netns();
+
     // Deletes the taps with the prefix that no lease holds: the idle pool (refilled at the next
-    // lease) and any stray ones. Returns how many were deleted.
+    // lease) and any stray ones; the same for container namespaces and their veths. Returns how
+    // many were deleted.
     unsigned cleanup_taps();
 
     struct Stats {

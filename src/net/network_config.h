@@ -2,6 +2,7 @@
 // A plain struct plus its validation, so config/ can hold and check it without linking tap code.
 #pragma once
 
+#include <filesystem>
 #include <optional>
 #include <string>
 
@@ -13,6 +14,9 @@ struct NetworkConfig {
     Ipv4Net subnet{0x0a640000, 16};   // 10.100.0.0/16: 16384 /30 blocks, one per guest
     std::string tap_prefix = "faas";  // taps are <prefix><block index>: faas0, faas1, ...
     unsigned prealloc = 4;            // taps kept created and addressed ahead of need
+    // Containers' network namespaces are kept here (files named like their veth host end); empty:
+    // no container namespaces. Set by the daemon to <runtime-dir>/netns.
+    std::filesystem::path netns_dir;
 };
 
 // Limits checked by the config loader and by Network.

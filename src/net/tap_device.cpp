@@ -1,11 +1,11 @@
 #include "net/tap_device.h"
 
+#include "net/netlink.h"
 #include "util/unique_fd.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
-#include <linux/ethtool.h>
 #include <linux/if_tun.h>
 #include <linux/neighbour.h>
 #include <linux/netlink.h>
@@ -31,15 +31,13 @@
 
 namespace unifaas {
 
+using net_detail::add_ipv4_address;
+using net_detail::fail;
+using net_detail::fail_errno;
+using net_detail::netlink_request;
+using net_detail::NetlinkMessage;
+
 namespace {
-
-[[noreturn]] void fail(int error, const std::string& what) {
-    throw std::system_error(error, std::generic_category(), what);
-}
-
-[[noreturn]] void fail_errno(const std::string& what) {
-    fail(errno, what);
-}
 
 void check_name(const std::string& name, const std::string& what) {
     if (name.empty() || name.size() >= IFNAMSIZ) {
@@ -102,97 +100,6 @@ bool is_tap_name(const std::string& prefix, const std::string& name) {
     return name.size() > prefix.size() && name.starts_with(prefix) &&
            std::all_of(name.begin() + static_cast<long>(prefix.size()), name.end(),
                        [](char c) { return c >= '0' && c <= '9'; });
-}
-
-// One rtnetlink request: header, fixed part (ifinfomsg, ifaddrmsg) and attributes.
-class NetlinkMessage {
-  public:
-    NetlinkMessage(std::uint16_t type, std::uint16_t flags) {
-        header()->nlmsg_len = NLMSG_LENGTH(0);
-        header()->nlmsg_type = type;
-        header()->nlmsg_flags = static_cast<std::uint16_t>(NLM_F_REQUEST | NLM_F_ACK | flags);
-        header()->nlmsg_seq = 1;
-    }
-    template <class T>
-    void fixed(const T& part) {
-        append(&part, sizeof part);
-    }
-    void attribute(std::uint16_t type, const void* data, std::size_t size) {
-        rtattr attr{};
-        attr.rta_type = type;
-        attr.rta_len = static_cast<std::uint16_t>(RTA_LENGTH(size));
-        append(&attr, sizeof attr);  // 4 bytes: already aligned
-        append(data, size);
-    }
-    nlmsghdr* header() { return reinterpret_cast<nlmsghdr*>(buffer_); }
-
-  private:
-    void append(const void* data, std::size_t size) {
-        std::uint32_t at = header()->nlmsg_len;
-        if (at + NLMSG_ALIGN(size) > sizeof buffer_) {
-            throw std::length_error("netlink message too long");
-        }
-        std::memcpy(buffer_ + at, data, size);
-        header()->nlmsg_len = static_cast<std::uint32_t>(at + NLMSG_ALIGN(size));
-    }
-
-    alignas(nlmsghdr) char buffer_[256]{};
-};
-
-// Sends one rtnetlink request that expects an ACK; returns 0 or the kernel's errno.
-int netlink_request(nlmsghdr* request, const std::string& what) {
-    UniqueFd sock(::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
-    if (sock.get() < 0) {
-        fail_errno(what + ": netlink socket");
-    }
-    sockaddr_nl kernel{};
-    kernel.nl_family = AF_NETLINK;
-    if (::sendto(sock.get(), request, request->nlmsg_len, 0,
-                 reinterpret_cast<const sockaddr*>(&kernel), sizeof kernel) < 0) {
-        fail_errno(what + ": netlink send");
-    }
-    alignas(nlmsghdr) char reply[1024];
-    for (;;) {
-        ssize_t n = ::recv(sock.get(), reply, sizeof reply, 0);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0) {
-            fail_errno(what + ": netlink receive");
-        }
-        auto* header = reinterpret_cast<nlmsghdr*>(reply);
-        for (int len = static_cast<int>(n); NLMSG_OK(header, len);
-             header = NLMSG_NEXT(header, len)) {
-            if (header->nlmsg_seq == request->nlmsg_seq && header->nlmsg_type == NLMSG_ERROR) {
-                return -static_cast<nlmsgerr*>(NLMSG_DATA(header))->error;
-            }
-        }
-    }
-}
-
-// Address, prefix and broadcast in one step (the SIOCSIFADDR/SIOCSIFNETMASK pair would show a
-// classful /8 in between, which a concurrent overlap check can see).
-void add_ipv4_address(const std::string& name, std::uint32_t address, std::uint32_t netmask,
-                      const std::string& what) {
-    unsigned index = ::if_nametoindex(name.c_str());
-    if (index == 0) {
-        fail_errno(what);
-    }
-    NetlinkMessage request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL);
-    ifaddrmsg info{};
-    info.ifa_family = AF_INET;
-    info.ifa_prefixlen = static_cast<unsigned char>(__builtin_popcount(netmask));
-    info.ifa_scope = RT_SCOPE_UNIVERSE;
-    info.ifa_index = index;
-    request.fixed(info);
-    std::uint32_t local = htonl(address);
-    std::uint32_t broadcast = htonl(address | ~netmask);
-    request.attribute(IFA_LOCAL, &local, sizeof local);
-    request.attribute(IFA_ADDRESS, &local, sizeof local);
-    request.attribute(IFA_BROADCAST, &broadcast, sizeof broadcast);
-    if (int error = netlink_request(request.header(), what); error != 0) {
-        fail(error, what);
-    }
 }
 
 // A permanent IPv4 neighbour entry, created or replaced (whatever state and MAC the entry had).
@@ -348,18 +255,7 @@ bool interface_exists(const std::string& name) {
 }
 
 bool is_tun_device(const std::string& name) {
-    if (name.empty() || name.size() >= IFNAMSIZ) {
-        return false;
-    }
-    UniqueFd sock = inet_socket("interface " + name);
-    ethtool_drvinfo info{};
-    info.cmd = ETHTOOL_GDRVINFO;
-    ifreq ifr = request_for(name);
-    ifr.ifr_data = reinterpret_cast<char*>(&info);
-    if (::ioctl(sock.get(), SIOCETHTOOL, &ifr) < 0) {
-        return false;
-    }
-    return std::strncmp(info.driver, "tun", sizeof info.driver) == 0;
+    return net_detail::interface_driver(name) == "tun";
 }
 
 unsigned interface_flags(const std::string& name) {

@@ -8,13 +8,17 @@ void BackendSet::set_container(std::unique_ptr<Backend> backend) {
     container_ = std::move(backend);
 }
 
+void BackendSet::set_oci(std::unique_ptr<Backend> backend) {
+    oci_ = std::move(backend);
+}
+
 void BackendSet::set_vm(HypervisorType type, std::unique_ptr<Backend> backend) {
     vm_[type] = std::move(backend);
 }
 
 Backend* BackendSet::for_spec(const FunctionSpec& spec) {
     if (spec.is_container()) {
-        return container_.get();
+        return spec.container().engine == ContainerEngine::Oci ? oci_.get() : container_.get();
     }
     auto it = vm_.find(spec.vm().hypervisor);
     return it == vm_.end() ? nullptr : it->second.get();
@@ -31,6 +35,9 @@ unsigned BackendSet::remove_leftovers() {
     };
     if (container_) {
         clean(container_.get());
+    }
+    if (oci_) {
+        clean(oci_.get());
     }
     for (auto& [type, backend] : vm_) {
         clean(backend.get());

@@ -11,6 +11,8 @@ namespace unifaas {
 class BackendSet : public Backends {
   public:
     void set_container(std::unique_ptr<Backend> backend);
+    // engine = "oci" containers.
+    void set_oci(std::unique_ptr<Backend> backend);
     void set_vm(HypervisorType type, std::unique_ptr<Backend> backend);
 
     Backend* for_spec(const FunctionSpec& spec) override;
@@ -19,6 +21,7 @@ class BackendSet : public Backends {
 
   private:
     std::unique_ptr<Backend> container_;
+    std::unique_ptr<Backend> oci_;
     std::map<HypervisorType, std::unique_ptr<Backend>> vm_;
 };
 

@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <system_error>
+#include <utility>
 
 namespace unifaas {
 
@@ -53,8 +54,9 @@ std::string find_executable(const std::string& name) {
 
 ChildProcess::ChildProcess(const std::vector<std::string>& argv,
                            const std::filesystem::path& output,
-                           const std::vector<std::string>& extra_env) {
+                           const std::vector<std::string>& extra_env, bool held) {
     std::string exe = find_executable(argv.at(0));
+    exe_ = exe;
     if (exe.empty()) {
         errno = ENOENT;
         throw_errno("cannot run " + argv[0]);
@@ -84,6 +86,13 @@ ChildProcess::ChildProcess(const std::vector<std::string>& argv,
         close(out);
         throw_errno("pipe");
     }
+    int gate[2] = {-1, -1};
+    if (held && pipe2(gate, O_CLOEXEC) != 0) {
+        close(out);
+        close(pipefd[0]);
+        close(pipefd[1]);
+        throw_errno("pipe");
+    }
     pid_t parent = getpid();
     pid_ = fork();
     if (pid_ == 0) {
@@ -100,6 +109,13 @@ ChildProcess::ChildProcess(const std::vector<std::string>& argv,
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, nullptr);
         ::signal(SIGPIPE, SIG_DFL);
+        if (held) {
+            close(gate[1]);
+            char go = 0;
+            if (read(gate[0], &go, 1) != 1) {
+                _exit(127);  // the daemon gave up on this start
+            }
+        }
         execve(exe.c_str(), args.data(), envp.data());
         int err = errno;
         (void)!write(pipefd[1], &err, sizeof(err));
@@ -108,20 +124,53 @@ ChildProcess::ChildProcess(const std::vector<std::string>& argv,
     int fork_errno = errno;
     close(out);
     close(pipefd[1]);
+    if (held) {
+        close(gate[0]);
+        gate_fd_ = gate[1];
+        if (pid_ < 0) {
+            close(gate_fd_);
+            gate_fd_ = -1;
+        }
+    }
     if (pid_ < 0) {
         close(pipefd[0]);
         errno = fork_errno;
         throw_errno("fork");
     }
+    if (held) {
+        // The exec result comes after release(); the pidfd is needed before.
+        exec_pipe_ = pipefd[0];
+    } else {
+        check_exec(pipefd[0], exe);
+    }
+    open_pidfd();
+}
+
+void ChildProcess::release() {
+    if (gate_fd_ < 0) {
+        return;
+    }
+    char go = 1;
+    (void)!write(gate_fd_, &go, 1);
+    close(gate_fd_);
+    gate_fd_ = -1;
+    int exec_pipe = std::exchange(exec_pipe_, -1);
+    check_exec(exec_pipe, exe_);
+}
+
+void ChildProcess::check_exec(int exec_pipe, const std::string& exe) {
     int exec_errno = 0;
-    ssize_t n = read(pipefd[0], &exec_errno, sizeof(exec_errno));
-    close(pipefd[0]);
+    ssize_t n = read(exec_pipe, &exec_errno, sizeof(exec_errno));
+    close(exec_pipe);
     if (n == sizeof(exec_errno)) {
         waitpid(pid_, nullptr, 0);
         pid_ = -1;
         errno = exec_errno;
         throw_errno("cannot run " + exe);
     }
+}
+
+void ChildProcess::open_pidfd() {
     pidfd_ = pidfd_open(pid_);
     if (pidfd_ < 0) {
         int err = errno;
@@ -134,6 +183,12 @@ ChildProcess::ChildProcess(const std::vector<std::string>& argv,
 }
 
 ChildProcess::~ChildProcess() {
+    if (gate_fd_ >= 0) {
+        close(gate_fd_);  // a held child exits
+    }
+    if (exec_pipe_ >= 0) {
+        close(exec_pipe_);
+    }
     if (pid_ > 0) {
         ::kill(pid_, SIGKILL);
         while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
@@ -160,6 +215,21 @@ std::string ChildProcess::exit_description() const {
         return "exited with status " + std::to_string(info.si_status);
     }
     return std::string("killed by signal ") + strsignal(info.si_status);
+}
+
+int ChildProcess::wait() {
+    int status = 0;
+    while (waitpid(pid_, &status, 0) < 0) {
+        if (errno != EINTR) {
+            throw_errno("waitpid");
+        }
+    }
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+int run_command(const std::vector<std::string>& argv, const std::filesystem::path& output) {
+    return ChildProcess(argv, output).wait();
 }
 
 ExitWatcher::ExitWatcher() {

@@ -23,22 +23,35 @@ class ChildProcess {
     // (PR_SET_PDEATHSIG), so a crash leaves no hypervisor running. Throws std::system_error
     // naming argv[0].
     // `extra_env` ("NAME=value") is added to the daemon's environment.
+    // With `held`, the child waits before exec until release() (or the ChildProcess's end): the
+    // caller can move it into a cgroup first, so nothing it forks starts outside.
     ChildProcess(const std::vector<std::string>& argv, const std::filesystem::path& output,
-                 const std::vector<std::string>& extra_env = {});
+                 const std::vector<std::string>& extra_env = {}, bool held = false);
     ~ChildProcess();  // SIGKILL if still running, then reaps
     ChildProcess(const ChildProcess&) = delete;
     ChildProcess& operator=(const ChildProcess&) = delete;
 
     pid_t pid() const { return pid_; }
+    // Lets a held child exec.
+    void release();
     int pidfd() const { return pidfd_; }
     void signal(int sig) const;
     // Human description of how it ended ("exited with status 1", "killed by signal 9"), without
     // reaping; empty while it runs.
     std::string exit_description() const;
+    // Waits for the process to end and reaps it; returns its exit status, or 128 + the signal
+    // that killed it.
+    int wait();
 
   private:
     pid_t pid_ = -1;
     int pidfd_ = -1;
+    int gate_fd_ = -1;    // write end of the held child's gate pipe
+    int exec_pipe_ = -1;  // a held child's exec result, read at release()
+    std::string exe_;
+
+    void check_exec(int exec_pipe, const std::string& exe);
+    void open_pidfd();
 };
 
 class ExitWatcher {
@@ -67,6 +80,10 @@ class ExitWatcher {
     std::unordered_map<Id, std::pair<int, std::function<void()>>> watches_;
     std::thread thread_;
 };
+
+// Runs a command to its end with stdout and stderr appended to `output`; returns its exit status
+// (128 + signal when killed). Throws std::system_error when it cannot be started.
+int run_command(const std::vector<std::string>& argv, const std::filesystem::path& output);
 
 // The full path of an executable: `name` itself when it contains a '/', else its PATH match.
 // Empty when not found or not executable.

@@ -1,0 +1,306 @@
+#include "sandbox/oci_backend.h"
+
+#include <poll.h>
+#include <sys/wait.h>
+
+#include <csignal>
+#include <cstring>
+
+#include <fstream>
+#include <system_error>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "net/network.h"
+#include "sandbox/child_process.h"
+#include "systemd/console_forwarder.h"
+#include "systemd/scope_manager.h"
+
+namespace unifaas {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kDefaultRuntime = "crun";
+constexpr int kStopWaitMs = 5000;
+constexpr std::uint32_t kPidsLimit = 256;
+
+std::string container_id(const std::string& instance_id) {
+    return "unifaas-" + instance_id;
+}
+
+bool is_crun(const std::string& exe) {
+    return fs::path(exe).filename() == "crun";
+}
+
+// `<runtime> --root <state> [--cgroup-manager=disabled] <args...>`
+std::vector<std::string> runtime_argv(const std::string& exe, const fs::path& state_root,
+                                      bool cgroups_disabled, std::vector<std::string> args) {
+    std::vector<std::string> argv = {exe, "--root", state_root.string()};
+    if (cgroups_disabled) {
+        argv.emplace_back("--cgroup-manager=disabled");
+    }
+    argv.insert(argv.end(), args.begin(), args.end());
+    return argv;
+}
+
+// A signal-killed container makes `crun run` exit with 128 + signal.
+std::string exit_reason(int status, std::uint64_t memory_mib) {
+    if (status == 128 + 9) {
+        return fmt::format("killed by SIGKILL, most likely out of memory (limit {} MiB)",
+                           memory_mib);
+    }
+    if (status > 128) {
+        return fmt::format("killed by signal {} ({})", status - 128, strsignal(status - 128));
+    }
+    return fmt::format("exited with status {}", status);
+}
+
+class OciInstance : public Instance {
+  public:
+    OciInstance(const InstanceContext& ctx, std::string runtime, std::unique_ptr<NetnsLease> lease,
+                std::unique_ptr<WorkDir> workdir, const fs::path& state_root,
+                const VmEnvironment& env)
+        : lease_(std::move(lease)),
+          workdir_(std::move(workdir)),
+          runtime_(std::move(runtime)),
+          state_root_(state_root),
+          id_(container_id(ctx.instance_id)),
+          port_(ctx.spec->port),
+          memory_mib_(ctx.spec->container().memory_mib),
+          cgroups_disabled_(env.scopes != nullptr && is_crun(runtime_)),
+          exits_(*env.exits),
+          console_(env.consoles, workdir_->path() / "output.log", ctx.spec->name, ctx.instance_id),
+          child_(runtime_argv(runtime_, state_root_, cgroups_disabled_,
+                              {"run", "--bundle", workdir_->path().string(), id_}),
+                 workdir_->path() / "output.log", {}, /*held=*/true) {
+        // In its scope before it execs: the container it forks is in the scope too.
+        if (cgroups_disabled_) {
+            scope_ = start_instance_scope(env.scopes, ctx, child_.pid(),
+                                          ctx.spec->container().memory_mib << 20);
+        }
+        child_.release();
+        auto on_exit = ctx.on_exit;
+        watch_ = exits_.watch(child_.pidfd(), [this, on_exit] {
+            on_exit(fmt::format("container {} ({})", exit_text(), runtime_name()));
+        });
+    }
+
+    ~OciInstance() override {
+        exits_.unwatch(watch_);
+        std::error_code ec;
+        fs::path log = workdir_->path() / "stop.log";
+        if (child_.exit_description().empty()) {
+            run(runtime_argv(runtime_, state_root_, cgroups_disabled_, {"kill", id_, "KILL"}), log);
+            pollfd p{child_.pidfd(), POLLIN, 0};
+            if (::poll(&p, 1, kStopWaitMs) <= 0) {
+                spdlog::warn("container {}: still running {} ms after SIGKILL", id_, kStopWaitMs);
+            }
+        }
+        // `run` deletes the container when it ends by itself; after a kill it may not have.
+        run(runtime_argv(runtime_, state_root_, cgroups_disabled_, {"delete", "--force", id_}),
+            log);
+        // Members go in reverse order: the runtime process, scope, output, files, namespace.
+    }
+
+    std::string address() const override { return lease_->guest_ip(); }
+    std::uint16_t port() const override { return port_; }
+    std::string describe() const override {
+        return fmt::format("container {} ({} pid {}, veth {})", id_, runtime_name(), child_.pid(),
+                           lease_->host_interface());
+    }
+    std::string unit() const override { return scope_ ? scope_->name() : std::string(); }
+    std::string output_tail() const override {
+        return tail_lines(workdir_->path() / "output.log", 20);
+    }
+
+  private:
+    static void run(const std::vector<std::string>& argv, const fs::path& log) {
+        try {
+            run_command(argv, log);
+        } catch (const std::exception& e) {
+            spdlog::warn("{}", e.what());
+        }
+    }
+
+    std::string runtime_name() const { return fs::path(runtime_).filename().string(); }
+
+    std::string exit_text() const {
+        siginfo_t info{};
+        if (waitid(P_PID, static_cast<id_t>(child_.pid()), &info, WEXITED | WNOHANG | WNOWAIT) !=
+                0 ||
+            info.si_pid == 0) {
+            return "exited";
+        }
+        if (info.si_code == CLD_EXITED) {
+            return exit_reason(info.si_status, memory_mib_);
+        }
+        return exit_reason(128 + info.si_status, memory_mib_);
+    }
+
+    std::unique_ptr<NetnsLease> lease_;
+    std::unique_ptr<WorkDir> workdir_;
+    std::string runtime_;
+    fs::path state_root_;
+    std::string id_;
+    std::uint16_t port_;
+    std::uint64_t memory_mib_;
+    bool cgroups_disabled_;
+    ExitWatcher& exits_;
+    ForwardedConsole console_;
+    std::unique_ptr<Scope> scope_;
+    ChildProcess child_;
+    ExitWatcher::Id watch_ = 0;
+};
+
+void write_file(const fs::path& file, const std::string& text) {
+    std::ofstream out(file, std::ios::binary | std::ios::trunc);
+    out << text;
+    if (!out.flush()) {
+        throw std::system_error(errno, std::generic_category(), "cannot write " + file.string());
+    }
+}
+
+bool has_variable(const std::vector<std::string>& env, const std::string& name) {
+    for (const auto& entry : env) {
+        if (entry.starts_with(name + "=")) {
+            return true;
+        }
+    }
+    return false;
+}
+
+}  // namespace
+
+void fill_process(const OciProcessInput& in, OciLaunch& launch) {
+    const FunctionSpec& spec = *in.spec;
+    const ContainerSpec& container = spec.container();
+    std::vector<std::string> args = container.entrypoint;
+    if (args.empty() && in.image != nullptr) {
+        args = in.image->entrypoint;
+    }
+    if (args.empty()) {
+        throw SandboxError(500, fmt::format("function \"{}\": image {} has no entrypoint (set "
+                                            "[container] entrypoint = [\"/path\"])",
+                                            spec.name, container.image_path.string()));
+    }
+    // As with Docker: the callback URL replaces the image's Cmd, as argv[1] of the entrypoint.
+    args.push_back(in.callback_url);
+    launch.args = std::move(args);
+
+    std::vector<std::string> env;
+    if (in.image != nullptr) {
+        env = in.image->env;
+        launch.cwd = in.image->cwd.empty() ? "/" : in.image->cwd;
+        launch.uid = in.image->uid;
+        launch.gid = in.image->gid;
+    }
+    if (!has_variable(env, "PATH")) {
+        env.insert(env.begin(),
+                   "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    }
+    for (const auto& [name, value] : spec.env) {
+        env.push_back(name + "=" + value);
+    }
+    env.push_back("UNIFAAS_CALLBACK=" + in.callback_url);
+    env.push_back("PORT=" + std::to_string(spec.port));
+    env.push_back("UNIFAAS_FUNCTION=" + spec.name);
+    env.push_back("UNIFAAS_INSTANCE=" + in.instance_id);
+    launch.env = std::move(env);
+}
+
+OciBackend::OciBackend(VmEnvironment env)
+    : env_(std::move(env)),
+      state_root_(env_.runtime_dir / "oci"),
+      images_(env_.runtime_dir / "images") {}
+
+std::unique_ptr<Instance> OciBackend::start(const InstanceContext& ctx) {
+    const FunctionSpec& spec = *ctx.spec;
+    const ContainerSpec& container = spec.container();
+    std::string runtime_name = container.runtime.value_or(kDefaultRuntime);
+    std::string runtime = find_executable(runtime_name);
+    if (runtime.empty()) {
+        throw SandboxError(500, fmt::format("function \"{}\": OCI runtime \"{}\" not found "
+                                            "(install crun or runc, or set [container] runtime)",
+                                            spec.name, runtime_name));
+    }
+    if (env_.network == nullptr) {
+        throw SandboxError(501,
+                           "OCI containers are not available: the daemon cannot manage "
+                           "network namespaces");
+    }
+    OciImage image = images_.prepare(spec);
+
+    std::unique_ptr<NetnsLease> lease;
+    try {
+        lease = env_.network->lease_netns();
+    } catch (const NetworkExhausted& e) {
+        throw SandboxError(503, e.what());
+    } catch (const std::system_error& e) {
+        throw SandboxError(
+            502, fmt::format("function \"{}\": container network: {}", spec.name, e.what()));
+    }
+    OciLaunch launch;
+    fill_process(
+        {&spec, image.process ? &*image.process : nullptr, ctx.instance_id,
+         fmt::format("http://{}:{}{}", lease->host_ip(), env_.callback_port, ctx.callback_path)},
+        launch);
+    launch.rootfs = image.rootfs;
+    launch.hostname = "unifaas-" + ctx.instance_id;
+    launch.netns = lease->netns_path();
+    launch.memory_bytes = container.memory_mib << 20;
+    launch.pids_limit = kPidsLimit;
+    bool in_scope = env_.scopes != nullptr && is_crun(runtime);
+    if (!in_scope) {
+        launch.cgroups_path = "/unifaas/" + ctx.instance_id;
+    }
+    auto workdir = std::make_unique<WorkDir>(env_.runtime_dir, ctx.instance_id);
+    try {
+        fs::create_directories(state_root_);
+        write_file(workdir->path() / "config.json", oci_config(launch).dump(2));
+        spdlog::debug("function {} instance {}: {} run in {}", spec.name, ctx.instance_id, runtime,
+                      workdir->path().string());
+        return std::make_unique<OciInstance>(ctx, runtime, std::move(lease), std::move(workdir),
+                                             state_root_, env_);
+    } catch (const std::system_error& e) {
+        throw SandboxError(502, fmt::format("function \"{}\": {}", spec.name, e.what()));
+    }
+}
+
+unsigned OciBackend::remove_leftovers() {
+    unsigned removed = images_.remove_leftovers();
+    std::error_code ec;
+    if (!fs::is_directory(state_root_, ec)) {
+        return removed;
+    }
+    fs::path log = env_.runtime_dir / "oci-cleanup.log";
+    for (const auto& entry : fs::directory_iterator(state_root_, ec)) {
+        std::string id = entry.path().filename().string();
+        if (!id.starts_with("unifaas-")) {
+            continue;
+        }
+        for (const std::string& name : {std::string("crun"), std::string("runc")}) {
+            std::string exe = find_executable(name);
+            if (exe.empty()) {
+                continue;
+            }
+            try {
+                run_command({exe, "--root", state_root_.string(), "kill", id, "KILL"}, log);
+                run_command({exe, "--root", state_root_.string(), "delete", "--force", id}, log);
+            } catch (const std::exception& e) {
+                spdlog::warn("cannot delete leftover container {}: {}", id, e.what());
+            }
+        }
+        if (!fs::exists(entry.path(), ec)) {
+            ++removed;
+        } else {
+            spdlog::warn("leftover container {} is still in {}", id, state_root_.string());
+        }
+    }
+    fs::remove(log, ec);
+    return removed;
+}
+
+}  // namespace unifaas

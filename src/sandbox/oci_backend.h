@@ -1,0 +1,47 @@
+// OciBackend: engine = "oci" container functions, run by an OCI runtime (crun; runc accepted)
+// directly, without a container engine. Each instance is a foreground `crun run` child of the
+// daemon (its exit noticed at once through the pidfd), with a bundle (config.json) in its working
+// directory, the image's root filesystem shared read-only, and a pre-made network namespace
+// (veth on a /30 of the taps' subnet). Under systemd the runtime runs in the instance's transient
+// scope with its own cgroup handling disabled; otherwise it puts the container in a cgroup of its
+// own (/unifaas/<instance>) with the memory and pids limits. Runtime state lives in
+// <runtime-dir>/oci (crun --root), unpacked images in <runtime-dir>/images.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "sandbox/oci_image.h"
+#include "sandbox/sandbox.h"
+#include "sandbox/vm_common.h"
+
+namespace unifaas {
+
+class OciBackend : public Backend {
+  public:
+    // `env.network` must manage container namespaces (NetworkConfig::netns_dir set).
+    explicit OciBackend(VmEnvironment env);
+
+    std::unique_ptr<Instance> start(const InstanceContext& ctx) override;
+    // Kills and deletes containers in the state root, removes half-unpacked images.
+    unsigned remove_leftovers() override;
+
+  private:
+    VmEnvironment env_;
+    std::filesystem::path state_root_;
+    OciImageCache images_;
+};
+
+// The process of an instance: the function's entrypoint (or the image's) with the callback URL
+// as argv[1], and the environment: image env, then PATH (unless the image sets it), [env], then
+// UNIFAAS_CALLBACK, PORT, UNIFAAS_FUNCTION, UNIFAAS_INSTANCE. Throws SandboxError 500 when
+// there is no entrypoint.
+struct OciProcessInput {
+    const FunctionSpec* spec = nullptr;
+    const ImageProcess* image = nullptr;  // nullptr for a plain rootfs directory
+    std::string instance_id;
+    std::string callback_url;
+};
+void fill_process(const OciProcessInput& in, OciLaunch& launch);
+
+}  // namespace unifaas
