@@ -7,7 +7,8 @@
 //
 // Routes: /hello, /echo[/...], /sleep?ms=N, /; everything else is 404.
 // Test hooks: HELLO_EXIT_BEFORE_READY=1 exits with status 3 before listening;
-//             HELLO_NO_CALLBACK=1 never calls back.
+//             HELLO_NO_CALLBACK=1 never calls back;
+//             HELLO_ALLOCATE_MIB=N touches N MiB of memory before listening (memory limits).
 //
 // Each response leaves in one write() on a TCP_NODELAY socket: a header write followed by a body
 // write costs 40 ms per request (Nagle + delayed ACK).
@@ -597,6 +598,14 @@ int main(int argc, char** argv) {
     if (env_is("HELLO_EXIT_BEFORE_READY", "1")) {
         fprintf(stderr, "hello: HELLO_EXIT_BEFORE_READY=1, exiting with status 3\n");
         return 3;
+    }
+    const char* allocate = getenv("HELLO_ALLOCATE_MIB");
+    if (allocate && *allocate) {
+        size_t bytes = (size_t)atoi(allocate) << 20;
+        char* block = malloc(bytes);
+        for (size_t i = 0; block && i < bytes; i += 4096)
+            block[i] = 1;
+        fprintf(stderr, "hello: touched %s MiB\n", allocate);
     }
     signal(SIGPIPE, SIG_IGN);
     signal(SIGTERM, on_signal);

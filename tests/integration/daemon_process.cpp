@@ -84,12 +84,12 @@ DaemonProcess::DaemonProcess(Options options) : options_(std::move(options)) {
         fail("mkdtemp");
     }
     dir_ = tmpl;
-    fs::create_directories(dir_ / "run");
+    fs::create_directories(runtime_dir());
     {
         std::ofstream cfg(dir_ / "unifaas.toml");
         cfg << "registry = \"" << options_.registry.string() << "\"\n"
             << "docker-socket = \"" << options_.docker_socket << "\"\n"
-            << "runtime-dir = \"" << (dir_ / "run").string() << "\"\n"
+            << "runtime-dir = \"" << runtime_dir().string() << "\"\n"
             << "shutdown-grace = 5\n"
             << options_.extra_config << "\n";
     }

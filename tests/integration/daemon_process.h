@@ -23,6 +23,9 @@ class DaemonProcess {
         // A listening socket for invocations made by the test (e.g. in another network
         // namespace); the daemon gets a dup of it. -1: one on 127.0.0.1 is made here.
         int http_fd = -1;
+        // runtime-dir; "" = a fresh one removed with the process (a restart test passes the
+        // same directory twice).
+        std::filesystem::path runtime_dir;
     };
 
     explicit DaemonProcess(Options options);  // starts and waits for READY=1; throws with the log
@@ -42,7 +45,9 @@ class DaemonProcess {
     bool running() const { return pid_ > 0; }
     std::string log() const;
     // The daemon's runtime-dir (instances' working files live under it).
-    std::filesystem::path runtime_dir() const { return dir_ / "run"; }
+    std::filesystem::path runtime_dir() const {
+        return options_.runtime_dir.empty() ? dir_ / "run" : options_.runtime_dir;
+    }
     std::filesystem::path config_file() const { return dir_ / "unifaas.toml"; }
 
   private:

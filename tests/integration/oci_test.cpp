@@ -1,0 +1,319 @@
+// engine = "oci" functions through the whole daemon: real crun running the example's static
+// rootfs (build/examples/hello-rootfs), network namespaces and veths made by the daemon inside
+// the suite's private network namespace.
+#include <httplib.h>
+#include <signal.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "docker_engine.h"
+#include "link_events.h"
+#include "registry_fixture.h"
+
+namespace unifaas::test {
+
+PrivateDockerEngine& engine();
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+const fs::path kRootfs = fs::path(UNIFAAS_BINARY_DIR) / "examples" / "hello-rootfs";
+
+std::string shell(const std::string& cmd) {
+    std::string out;
+    FILE* p = popen(cmd.c_str(), "r");
+    if (!p) {
+        return out;
+    }
+    char buf[4096];
+    while (std::size_t n = fread(buf, 1, sizeof(buf), p)) {
+        out.append(buf, n);
+    }
+    pclose(p);
+    return out;
+}
+
+// Processes whose root directory is the example rootfs: the containers of these tests.
+std::vector<pid_t> hello_processes() {
+    std::vector<pid_t> pids;
+    for (const auto& entry : fs::directory_iterator("/proc")) {
+        std::string name = entry.path().filename();
+        if (name.find_first_not_of("0123456789") != std::string::npos) {
+            continue;
+        }
+        std::error_code ec;
+        fs::path root = fs::read_symlink(entry.path() / "root", ec);
+        if (!ec && root.string().rfind(kRootfs.string(), 0) == 0) {
+            pids.push_back(std::stoi(name));
+        }
+    }
+    return pids;
+}
+
+class OciTest : public RegistryTest {
+  protected:
+    // Stops the daemon and checks what it made is gone before its runtime dir is removed.
+    void TearDown() override {
+        if (daemon_ && daemon_->running()) {
+            EXPECT_EQ(daemon_->terminate(), 0) << daemon_->log();
+            expect_nothing_left(daemon_->runtime_dir());
+        }
+        RegistryTest::TearDown();
+        if (!fixed_run_.empty()) {
+            fs::remove_all(fixed_run_);
+        }
+    }
+
+    // A daemon on a runtime dir that outlives it (for a restart after kill -9).
+    void start_daemon_in(const fs::path& run) {
+        fixed_run_ = run;
+        DaemonProcess::Options o;
+        o.registry = registry_;
+        o.docker_socket = engine().socket_path();
+        o.runtime_dir = run;
+        daemon_ = std::make_unique<DaemonProcess>(o);
+    }
+
+    void expect_nothing_left(const fs::path& run) {
+        EXPECT_TRUE(interfaces_with_prefix("faasv").empty()) << "veths leaked";
+        EXPECT_TRUE(empty_or_missing(run / "netns")) << "namespaces leaked";
+        EXPECT_TRUE(empty_or_missing(run / "oci")) << "runtime state leaked";
+        EXPECT_TRUE(empty_or_missing(run / "instances")) << "bundles leaked";
+        EXPECT_TRUE(hello_processes().empty()) << "container processes leaked";
+    }
+
+    static bool empty_or_missing(const fs::path& dir) {
+        return !fs::exists(dir) || fs::is_empty(dir);
+    }
+
+    void add_oci(const std::string& name, const std::string& top = "",
+                 const std::string& container_extra = "") {
+        write_function(name, top + "\n[container]\nengine = \"oci\"\nimage = \"" +
+                                 kRootfs.string() + "\"\nentrypoint = [\"/hello\"]\nmemory = 64\n" +
+                                 container_extra + "\n");
+    }
+
+    httplib::Result get(const std::string& path) { return daemon_->client().Get(path); }
+
+    fs::path fixed_run_;
+
+    nlohmann::json instances(const std::string& function) {
+        auto res = get("/status");
+        if (!res) {
+            return nlohmann::json::array();
+        }
+        auto status = nlohmann::json::parse(res->body);
+        for (auto& f : status["functions"]) {
+            if (f["name"] == function) {
+                return f["instances"];
+            }
+        }
+        return nlohmann::json::array();
+    }
+
+    // Bounded wait for a daemon state nothing announces to a client.
+    bool eventually(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
+        auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (!done()) {
+            if (std::chrono::steady_clock::now() > deadline) {
+                return false;
+            }
+            std::this_thread::sleep_for(20ms);
+        }
+        return true;
+    }
+};
+
+TEST_F(OciTest, ColdStartThenWarmOnOneInstanceWithItsOwnVeth) {
+    ASSERT_TRUE(fs::exists(kRootfs / "hello")) << "example_images not built";
+    add_oci("ocihello", "concurrent-requests = 2");
+    start_daemon();
+    auto cold = get("/invoke/ocihello/echo/x?y=1");
+    ASSERT_TRUE(cold);
+    ASSERT_EQ(cold->status, 200) << cold->body << daemon_->log();
+    auto list = instances("ocihello");
+    ASSERT_EQ(list.size(), 1u);
+    std::string id = list[0]["id"];
+    EXPECT_NE(cold->body.find("instance: " + id), std::string::npos) << cold->body;
+    std::string address = list[0]["address"];
+    EXPECT_EQ(address.rfind("10.100.", 0), 0u) << address;
+    // The host end of its veth is a plain interface here, addressed with the /30's first address.
+    auto veths = interfaces_with_prefix("faasv");
+    ASSERT_FALSE(veths.empty());
+    for (int i = 0; i < 5; ++i) {
+        auto warm = get("/invoke/ocihello/hello");
+        ASSERT_TRUE(warm);
+        EXPECT_EQ(warm->status, 200);
+    }
+    EXPECT_EQ(instances("ocihello").size(), 1u) << "warm requests started another instance";
+    // Its runtime is crun with a private state root, and its bundle has a read-only root.
+    auto bundle = daemon_->runtime_dir() / "instances" / id / "config.json";
+    ASSERT_TRUE(fs::exists(bundle));
+    auto config = nlohmann::json::parse(std::ifstream(bundle));
+    EXPECT_EQ(config["root"]["readonly"], true);
+    EXPECT_EQ(config["process"]["args"][0], "/hello");
+    EXPECT_TRUE(fs::exists(daemon_->runtime_dir() / "oci" / ("unifaas-" + id)));
+}
+
+TEST_F(OciTest, SingleUseAndKeepaliveStopTheContainer) {
+    add_oci("ocionce", "single-use = true");
+    add_oci("ocibrief", "keepalive = 1");
+    start_daemon();
+    for (int i = 0; i < 3; ++i) {
+        auto res = get("/invoke/ocionce/hello");
+        ASSERT_TRUE(res);
+        EXPECT_EQ(res->status, 200) << res->body;
+    }
+    EXPECT_TRUE(eventually([&] { return instances("ocionce").empty(); }, 10s));
+    ASSERT_EQ(get("/invoke/ocibrief/hello")->status, 200);
+    auto answered = std::chrono::steady_clock::now();
+    EXPECT_TRUE(eventually([&] { return instances("ocibrief").empty(); }, 10s));
+    EXPECT_GE(std::chrono::steady_clock::now() - answered, 900ms);
+    EXPECT_TRUE(eventually([] { return hello_processes().empty(); }, 10s));
+}
+
+TEST_F(OciTest, TwentyConcurrentColdStartsGetDistinctAddresses) {
+    add_oci("ociburst", "max-instances = 20\nkeepalive = 30");
+    start_daemon();
+    std::vector<std::future<std::pair<int, std::string>>> calls;
+    for (int i = 0; i < 20; ++i) {
+        calls.push_back(std::async(std::launch::async, [&] {
+            auto r = daemon_->client().Get("/invoke/ociburst/sleep?ms=1500");
+            return r ? std::pair{r->status, r->body} : std::pair{-1, std::string()};
+        }));
+    }
+    for (auto& call : calls) {
+        auto [status, body] = call.get();
+        EXPECT_EQ(status, 200) << body;
+    }
+    auto list = instances("ociburst");
+    EXPECT_EQ(list.size(), 20u);
+    std::set<std::string> addresses;
+    for (const auto& instance : list) {
+        addresses.insert(instance["address"].get<std::string>());
+    }
+    EXPECT_EQ(addresses.size(), list.size()) << "two containers share an address";
+}
+
+TEST_F(OciTest, EarlyExitAndOomAnswer502NamingTheCause) {
+    add_oci("ociquits", "[env]\nHELLO_EXIT_BEFORE_READY = \"1\"\n");
+    add_oci("ocihog", "[env]\nHELLO_ALLOCATE_MIB = \"256\"\n");
+    start_daemon();
+    auto quits = get("/invoke/ociquits/hello");
+    ASSERT_TRUE(quits);
+    EXPECT_EQ(quits->status, 502);
+    EXPECT_NE(quits->body.find("ociquits"), std::string::npos) << quits->body;
+    EXPECT_NE(quits->body.find("exited with status 3"), std::string::npos) << quits->body;
+    EXPECT_NE(quits->body.find("HELLO_EXIT_BEFORE_READY=1"), std::string::npos)
+        << "no output lines: " << quits->body;
+    auto hog = get("/invoke/ocihog/hello");
+    ASSERT_TRUE(hog);
+    EXPECT_EQ(hog->status, 502);
+    EXPECT_NE(hog->body.find("out of memory (limit 64 MiB)"), std::string::npos) << hog->body;
+    EXPECT_TRUE(eventually([&] { return instances("ocihog").empty(); }, 10s));
+}
+
+TEST_F(OciTest, BadInputIsAClearErrorAndOthersKeepServing) {
+    add_oci("ocinoruntime", "", "runtime = \"no-such-runtime\"");
+    write_function("ocinoentry",
+                   "[container]\nengine = \"oci\"\nimage = \"" + kRootfs.string() + "\"\n");
+    write_function("ocibadengine", "[container]\nengine = \"rkt\"\nimage = \"x\"\n");
+    add_oci("ocifine");
+    start_daemon();
+    auto noruntime = get("/invoke/ocinoruntime/hello");
+    ASSERT_TRUE(noruntime);
+    EXPECT_EQ(noruntime->status, 500);
+    EXPECT_NE(noruntime->body.find("OCI runtime \"no-such-runtime\" not found"), std::string::npos)
+        << noruntime->body;
+    auto noentry = get("/invoke/ocinoentry/hello");
+    ASSERT_TRUE(noentry);
+    EXPECT_EQ(noentry->status, 500);
+    EXPECT_NE(noentry->body.find("has no entrypoint"), std::string::npos) << noentry->body;
+    auto badengine = get("/invoke/ocibadengine/hello");
+    ASSERT_TRUE(badengine);
+    EXPECT_EQ(badengine->status, 500);
+    EXPECT_NE(badengine->body.find("container.engine: unknown engine \"rkt\""), std::string::npos)
+        << badengine->body;
+    EXPECT_EQ(get("/invoke/ocifine/hello")->status, 200);
+}
+
+TEST_F(OciTest, DockerAndOciFunctionsSideBySide) {
+    add_hello("dockerhello");
+    add_oci("ocihello");
+    start_daemon();
+    auto docker = get("/invoke/dockerhello/hello");
+    auto oci = get("/invoke/ocihello/hello");
+    ASSERT_TRUE(docker && oci);
+    EXPECT_EQ(docker->status, 200) << docker->body;
+    EXPECT_EQ(oci->status, 200) << oci->body;
+    EXPECT_EQ(docker->body, oci->body);
+}
+
+// A docker-archive (`docker save` of the suite's image) is unpacked once into the cache; its
+// ENTRYPOINT comes from the image config.
+TEST_F(OciTest, DockerArchiveIsUnpackedOnceAndItsEntrypointUsed) {
+    fs::path archive = registry_ / "hello.tar";
+    shell("docker -H unix://" + engine().socket_path() + " save -o " + archive.string() + " " +
+          engine().image_name() + " 2>&1");
+    ASSERT_TRUE(fs::exists(archive));
+    write_function("ociarchive", "single-use = true\n[container]\nengine = \"oci\"\nimage = \"" +
+                                     archive.string() + "\"\n");
+    start_daemon();
+    for (int i = 0; i < 2; ++i) {
+        auto res = get("/invoke/ociarchive/hello");
+        ASSERT_TRUE(res);
+        EXPECT_EQ(res->status, 200) << res->body;
+    }
+    fs::path images = daemon_->runtime_dir() / "images";
+    std::vector<fs::path> cached;
+    for (const auto& entry : fs::directory_iterator(images)) {
+        cached.push_back(entry.path());
+    }
+    ASSERT_EQ(cached.size(), 1u);
+    EXPECT_EQ(cached[0].filename().string().rfind("sha256-", 0), 0u);
+    EXPECT_TRUE(fs::exists(cached[0] / "rootfs" / "hello"));
+}
+
+TEST_F(OciTest, Kill9ThenRestartLeavesNothing) {
+    add_oci("ocicrash", "concurrent-requests = 1\nmax-instances = 3");
+    fs::path run = registry_.string() + "-run";
+    start_daemon_in(run);
+    std::vector<std::future<int>> calls;
+    for (int i = 0; i < 3; ++i) {
+        calls.push_back(std::async(std::launch::async, [&] {
+            auto r = daemon_->client().Get("/invoke/ocicrash/sleep?ms=500");
+            return r ? r->status : -1;
+        }));
+    }
+    for (auto& call : calls) {
+        EXPECT_EQ(call.get(), 200);
+    }
+    ASSERT_EQ(instances("ocicrash").size(), 3u);
+    daemon_->kill9();
+    EXPECT_FALSE(interfaces_with_prefix("faasv").empty()) << "a crashed daemon cannot clean up";
+    EXPECT_FALSE(fs::is_empty(run / "oci"));
+    start_daemon_in(run);
+    EXPECT_NE(daemon_->log().find("left behind by an earlier run"), std::string::npos)
+        << daemon_->log();
+    EXPECT_TRUE(interfaces_with_prefix("faasv").empty());
+    EXPECT_TRUE(empty_or_missing(run / "oci"));
+    EXPECT_TRUE(empty_or_missing(run / "netns"));
+    EXPECT_TRUE(eventually([] { return hello_processes().empty(); }, 10s));
+}
+
+}  // namespace
+}  // namespace unifaas::test
