@@ -2,8 +2,8 @@
 # Builds unifaas, the example function and its guest image, then serves the example registry on
 # 127.0.0.1:8123 until Ctrl-C. Needs root. The functions' sandboxes live in a private network
 # namespace ("unifaas-demo") made here and removed on exit: the microVM example (hello-vm) needs
-# only QEMU; with --containers a private Docker engine is started there too for the container
-# examples (hello, hello-once).
+# only QEMU, the OCI container example (hello-oci) only crun; with --containers a private Docker
+# engine is started there too for the Docker examples (hello, hello-once).
 # The daemon is socket-activated on 127.0.0.1:8123 in the host namespace and then enters the
 # private one, so `curl localhost:8123/...` reaches it while its instances stay isolated.
 set -euo pipefail
@@ -31,6 +31,11 @@ cleanup() {
 trap cleanup EXIT
 ip netns add "$netns"
 ip -n "$netns" link set lo up
+# crun (hello-oci) refuses hybrid cgroup hosts while hugetlb is left on v2 (docs: ENVIRONMENT).
+if grep -qw hugetlb /sys/fs/cgroup/unified/cgroup.controllers 2>/dev/null &&
+  ! mountpoint -q /sys/fs/cgroup/hugetlb; then
+  mkdir -p /sys/fs/cgroup/hugetlb && mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb
+fi
 engine=()
 if $containers; then
   private_docker_start "$netns" "$state/docker"
@@ -44,6 +49,7 @@ cat <<MSG
 unifaas is serving examples/registry on 127.0.0.1:8123. Try:
 
     curl localhost:8123/invoke/hello-vm/hello        # a microVM (QEMU microvm), cold then warm
+    curl localhost:8123/invoke/hello-oci/hello       # a container run by crun, no engine
     curl -d 'some body' 'localhost:8123/invoke/hello-vm/echo/a/b?x=1'
     curl localhost:8123/status
 MSG

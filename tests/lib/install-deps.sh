@@ -11,6 +11,7 @@ packages=(
   # real components the daemon drives and the tests exercise
   docker.io runc crun iproute2 curl systemd
   lz4 cpio qemu-system-x86
+  umoci skopeo  # engine = "oci": OCI image layouts and docker-archives
   # packages (cpack: dpkg-shlibdeps, rpmbuild; lintian) and their end-to-end test (tests/e2e)
   dpkg-dev file rpm lintian debootstrap systemd-container dbus
 )
