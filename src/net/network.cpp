@@ -203,11 +203,18 @@ std::unique_ptr<NetnsLease> NetworkCore::lease_netns() {
     return make_netns_lease(block, std::move(device));
 }
 
-// A namespace is never reused: what a container left in it (sockets in TIME_WAIT, neighbour
-// entries, conntrack) goes with it.
+// A namespace whose container is gone goes back to the pool while it has room: making and
+// destroying a network namespace costs the kernel tens of milliseconds (and its locks, which
+// the next cold start needs). The block, addresses and MACs stay the same, so no neighbour entry
+// goes stale; the container's processes and sockets went with its pid namespace.
 void NetworkCore::give_back_netns(unsigned block, std::unique_ptr<VethNamespace> device) {
     std::unique_lock lock(mu_);
     leased_.erase(block);
+    if (!closed_ && idle_netns_.size() < config_.prealloc) {
+        idle_netns_.emplace(block, std::move(device));
+        changed_.notify_all();
+        return;
+    }
     busy_.insert(block);
     lock.unlock();
     device.reset();
