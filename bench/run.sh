@@ -199,6 +199,11 @@ container_fn "$main_reg/hello-once" "concurrent-requests = 1" "single-use = true
 # Idle instances: one slot each, kept for 10 minutes.
 container_fn "$main_reg/idle" "concurrent-requests = 1" "max-instances = $idle_instances" \
   "keepalive = 600" "boot-timeout = 120" "queue-timeout = 120"
+# The OCI example (examples/registry/hello-oci: crun, no engine), single-use.
+mkdir -p "$main_reg/hello-oci-once"
+sed -e "s|\.\./\.\./\.\./build/|$build/|" \
+    -e 's/^concurrent-requests = .*/concurrent-requests = 1\nsingle-use = true/' \
+    examples/registry/hello-oci/function.toml >"$main_reg/hello-oci-once/function.toml"
 # The microVM example (examples/registry/hello-vm), single-use.
 mkdir -p "$main_reg/hello-vm-once"
 sed -e "s|\.\./\.\./\.\./build/|$build/|" \
@@ -323,6 +328,11 @@ nginx_pid=""
 log "cold start, Docker ($cold_runs runs per side)"
 pyin "$lib/coldstart.py" docker "$raw" --socket "$dsock" --function hello-once \
   --image unifaas-hello --memory 64 --runs "$cold_runs" --callback-port 9190
+
+log "cold start, OCI: unifaas-oci vs bare crun run vs unifaas-docker ($cold_runs runs per side)"
+pyin "$lib/oci_coldstart.py" "$raw" --function hello-oci-once --docker-function hello-once \
+  --runs "$cold_runs" --rootfs "$build/examples/hello-rootfs" --callback-port 9192 \
+  --template tests/data/oci/config.json --workdir "$work/oci"
 
 log "cold start, microVM ($cold_runs runs per side)"
 # The bare VM's tap, inside the namespace, outside the daemon's subnet (10.100.0.0/16).
