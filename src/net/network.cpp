@@ -210,7 +210,10 @@ std::unique_ptr<NetnsLease> NetworkCore::lease_netns() {
 void NetworkCore::give_back_netns(unsigned block, std::unique_ptr<VethNamespace> device) {
     std::unique_lock lock(mu_);
     leased_.erase(block);
-    if (!closed_ && idle_netns_.size() < config_.prealloc) {
+    // Up to twice the pool's size: the filler tops the pool up while a lease is out, so in a
+    // steady stream of single-use instances a returned namespace would otherwise be destroyed
+    // each time while the filler makes a new one.
+    if (!closed_ && idle_netns_.size() < 2 * config_.prealloc) {
         idle_netns_.emplace(block, std::move(device));
         changed_.notify_all();
         return;

@@ -106,14 +106,15 @@ TEST_F(NetnsLeaseTest, LeaseIsAddressedRoutedAndPooled) {
             EXPECT_NE(second->block(), block);
             EXPECT_TRUE(fs::exists(second->netns_path()));
             EXPECT_TRUE(eventually([&] { return veths() == 4; }));
-            // Given back while the pool is full: deleted.
+            // Given back, it waits in the pool for the next lease (up to twice its size).
             lease.reset();
-            EXPECT_EQ(veths(), 3u);
-            EXPECT_FALSE(fs::exists(dir_ / "netns" / veth));
-            // cleanup_taps: the idle namespaces (2) and taps go, the leased one stays.
-            unsigned idle_taps = net.stats().idle;
-            EXPECT_EQ(net.cleanup_taps(), 2u + idle_taps);
-            EXPECT_EQ(veths(), 1u);
+            EXPECT_EQ(veths(), 4u);
+            EXPECT_TRUE(fs::exists(dir_ / "netns" / veth));
+            // cleanup_taps: the idle namespaces (3) and taps go (a tap or namespace the filler
+            // was making meanwhile may survive it), the leased one stays.
+            EXPECT_GE(net.cleanup_taps(), 3u);
+            EXPECT_LE(veths(), 2u);
+            EXPECT_TRUE(interface_exists(second->host_interface()));
             EXPECT_TRUE(fs::exists(second->netns_path()));
         }
         EXPECT_EQ(veths(), 0u);
