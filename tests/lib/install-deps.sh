@@ -13,6 +13,8 @@ packages=(
   lz4 cpio qemu-system-x86
   # packages (cpack: dpkg-shlibdeps, rpmbuild; lintian) and their end-to-end test (tests/e2e)
   dpkg-dev file rpm lintian debootstrap systemd-container dbus
+  # several nodes behind a load balancer (tests/fleet, bench/haproxy_hop.py)
+  haproxy
 )
 
 missing=()
