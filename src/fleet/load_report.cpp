@@ -6,6 +6,9 @@ namespace unifaas {
 
 PoolLoad load_of(const PoolSnapshot& pool) {
     PoolLoad load;
+    if (pool.instances.empty() && pool.queued == 0) {
+        return load;  // idle: every loaded function has a pool, most of them unused
+    }
     load.slot_limit = pool.slot_limit;
     load.queued = pool.queued;
     for (const auto& instance : pool.instances) {

@@ -56,6 +56,23 @@ TEST(CapacityWeight, LoadOfASnapshotCountsSlotsInUseOnEveryInstance) {
     EXPECT_EQ(load.queued, 2u);
 }
 
+TEST(CapacityWeight, IdleFunctionsOfferNoCapacity) {
+    PoolSnapshot idle;
+    idle.slot_limit = 80;  // a function loaded from the registry, never used
+    PoolLoad load = load_of(idle);
+    EXPECT_EQ(load.slot_limit, 0u);
+    PoolSnapshot full;
+    full.slot_limit = 1;
+    full.instances.resize(1);
+    full.instances[0].in_use = 1;
+    EXPECT_EQ(capacity_weight({load_of(idle), load_of(full)}), 1u)
+        << "the idle function must not hide the full one";
+    PoolSnapshot queued_only;  // waiting for its first instance
+    queued_only.slot_limit = 4;
+    queued_only.queued = 3;
+    EXPECT_EQ(load_of(queued_only).slot_limit, 4u);
+}
+
 TEST(AgentReply, OneLinePerState) {
     EXPECT_EQ(agent_reply(NodeState::Serving, 100), "up ready 100%\n");
     EXPECT_EQ(agent_reply(NodeState::Serving, 30), "up ready 30%\n");
