@@ -220,10 +220,7 @@ class HAProxy:
         out = {}
         for line in lines[1:]:
             row = dict(zip(header, line.split(",")))
-            if row.get("pxname") == "unifaas_nodes" and row.get("svname") not in (
-                "FRONTEND",
-                "BACKEND",
-            ):
+            if row.get("pxname") == "unifaas_nodes" and row.get("svname") != "FRONTEND":
                 out[row["svname"]] = row
         return out
 
@@ -248,13 +245,19 @@ class HAProxy:
 
 
 def retries(servers, name):
-    """HAProxy's counts for one server: requests retried, and redispatched to another server."""
-    s = servers.get(name, {})
-    return f"{s.get('wretr', '?')} retried, {s.get('wredis', '?')} redispatched"
+    """HAProxy's counts for one server and the backend: connections retried, requests
+    redispatched to another server."""
+    s, b = servers.get(name, {}), servers.get("BACKEND", {})
+    return (f"{name} {s.get('wretr', '?')} retried, {s.get('wredis', '?')} redispatched; "
+            f"backend {b.get('wretr', '?')} retried, {b.get('wredis', '?')} redispatched")
 
 
 def all_up(servers):
-    return all(s["status"] == "UP" and s["weight"] == "100" for s in servers.values())
+    return all(
+        s["status"] == "UP" and s["weight"] == "100"
+        for name, s in servers.items()
+        if name != "BACKEND"
+    )
 
 
 # --- load ---------------------------------------------------------------------------------------
@@ -378,8 +381,7 @@ def scenario_rolling_restart(nodes, haproxy, placement):
     code = victim.wait_exit(timeout=60)
     failed = load.failed()
     log(f"{len(load.results)} requests in {load.elapsed:.1f} s, SIGTERM at {fired:.1f} s, "
-        f"{len(failed)} failed; HAProxy on {victim.name}: "
-        f"{retries(haproxy.servers(), victim.name)}")
+        f"{len(failed)} failed; HAProxy: {retries(haproxy.servers(), victim.name)}")
     for r in failed[:5]:
         log(f"  failed at {r[0]:.2f} s {r[3]}: {r[2]}")
     check(len(load.results) == load.total, f"the client sent all {load.total} requests")
@@ -403,8 +405,7 @@ def scenario_kill9(nodes, haproxy):
     late = [r for r in failed if r[0] > fired + window]
     log(f"{len(load.results)} requests in {load.elapsed:.1f} s, kill at {fired:.1f} s, "
         f"{len(failed)} failed (in flight on the killed node or before HAProxy noticed), "
-        f"{len(late)} after {window:.1f} s; HAProxy on {victim.name}: "
-        f"{retries(haproxy.servers(), victim.name)}")
+        f"{len(late)} after {window:.1f} s; HAProxy: {retries(haproxy.servers(), victim.name)}")
     for r in failed[:5]:
         log(f"  failed at {r[0]:.2f} s {r[3]}: {r[2]}")
     check(len(load.results) == load.total, f"the client sent all {load.total} requests")
@@ -433,8 +434,11 @@ def scenario_agent_weight(nodes, haproxy):
         busy = pool.submit(via_front, "/invoke/full/sleep?ms=4000")
         servers = haproxy.wait_for(lambda s: s[node.name]["weight"] == "1",
                                    f"{node.name} weight 1 while full's one slot is taken", 10)
-        log("weights: " + ", ".join(f"{k} {v['weight']}" for k, v in servers.items()))
-        others_full = all(v["weight"] == "100" for k, v in servers.items() if k != node.name)
+        log("weights: " + ", ".join(f"{k} {v['weight']}" for k, v in servers.items()
+                                    if k != "BACKEND"))
+        others_full = all(
+            v["weight"] == "100" for k, v in servers.items() if k not in (node.name, "BACKEND")
+        )
         check(servers.get(node.name, {}).get("weight") == "1" and others_full,
               f"HAProxy's stats: {node.name} at weight 1, the others at 100")
         code, _ = busy.result(timeout=30)
