@@ -173,7 +173,8 @@ class HAProxy:
         edits = [
             ("    stats socket /run/haproxy/admin.sock mode 600 level admin",
              f"    stats socket {self.sock} mode 600 level admin"),
-            ("    log /dev/log local0\n", ""),
+            # Request logs (option httplog) to HAProxy's stdout, the test's haproxy.log.
+            ("    log /dev/log local0\n", "    log stdout format raw local0\n"),
             ("    bind :80\n", f"    bind 127.0.0.1:{FRONT_PORT}\n"),
             ("check inter 1s fall 2 rise 2 agent-check agent-port 8125 agent-inter 1s",
              f"check inter {inter} fall {CHECK_FALL} rise 2 agent-check agent-port {AGENT_PORT}"
@@ -237,6 +238,17 @@ class HAProxy:
               + ", ".join(f"{k} {v.get('status')} w{v.get('weight')}" for k, v in servers.items())
               + ")")
         return servers
+
+    def log_mark(self):
+        return os.path.getsize(self.log.name)
+
+    def retried_since(self, mark):
+        """Of the requests logged since `mark`, how many have a retries field (httplog) other
+        than 0 (retried on the same server, or "+N": redispatched to another one): "n of m"."""
+        with open(self.log.name) as f:
+            f.seek(mark)
+            fields = re.findall(r" \d+/\d+/\d+/\d+/(\+?\d+) \d+/\d+ ", f.read())
+        return f"{sum(1 for r in fields if r != '0')} of {len(fields)}"
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -377,11 +389,13 @@ def scenario_rolling_restart(nodes, haproxy, placement):
     moved = sorted(f for f, ns in placement.items() if victim.name in ns)
     log(f"victim {victim.name} holds {len(moved)} functions: {' '.join(moved)}")
     load = Load(200, 10, [f"/invoke/{f}/hello" for f in FUNCTIONS])
+    mark = haproxy.log_mark()
     fired = load.run(at=(2.0, lambda: victim.signal(signal.SIGTERM)))
     code = victim.wait_exit(timeout=60)
     failed = load.failed()
     log(f"{len(load.results)} requests in {load.elapsed:.1f} s, SIGTERM at {fired:.1f} s, "
-        f"{len(failed)} failed; HAProxy: {retries(haproxy.servers(), victim.name)}")
+        f"{len(failed)} failed; HAProxy: {retries(haproxy.servers(), victim.name)}; "
+        f"requests logged as retried: {haproxy.retried_since(mark)}")
     for r in failed[:5]:
         log(f"  failed at {r[0]:.2f} s {r[3]}: {r[2]}")
     check(len(load.results) == load.total, f"the client sent all {load.total} requests")
@@ -398,6 +412,7 @@ def scenario_kill9(nodes, haproxy):
     print("== 4. kill -9 of one node under 200 req/s for 10 s", flush=True)
     victim = nodes[1]
     load = Load(200, 10, [f"/invoke/{f}/hello" for f in FUNCTIONS])
+    mark = haproxy.log_mark()
     fired = load.run(at=(2.0, lambda: victim.signal(signal.SIGKILL)))
     victim.wait_exit(timeout=10)
     failed = load.failed()
@@ -405,7 +420,8 @@ def scenario_kill9(nodes, haproxy):
     late = [r for r in failed if r[0] > fired + window]
     log(f"{len(load.results)} requests in {load.elapsed:.1f} s, kill at {fired:.1f} s, "
         f"{len(failed)} failed (in flight on the killed node or before HAProxy noticed), "
-        f"{len(late)} after {window:.1f} s; HAProxy: {retries(haproxy.servers(), victim.name)}")
+        f"{len(late)} after {window:.1f} s; HAProxy: {retries(haproxy.servers(), victim.name)}; "
+        f"requests logged as retried: {haproxy.retried_since(mark)}")
     for r in failed[:5]:
         log(f"  failed at {r[0]:.2f} s {r[3]}: {r[2]}")
     check(len(load.results) == load.total, f"the client sent all {load.total} requests")

@@ -13,7 +13,8 @@
 # The sandbox backend is one variable: FLEET_BACKEND (default docker: a private Docker engine per
 # node, tests/lib/private-docker.sh, with the example image). A backend is three functions below:
 # backend_start_<name> N, backend_stop_<name> N, backend_config_<name> N (daemon config lines and
-# the function's sandbox table, see fleet.py --node-config/--function-table).
+# the function's sandbox table, see fleet.py --backend-config). FLEET_KEEP=1 keeps this run's
+# directory (configs, daemon and HAProxy logs with every request) for a look afterwards.
 set -euo pipefail
 
 src=$(cd "$(dirname "$0")/../.." && pwd)
@@ -57,7 +58,7 @@ cleanup() {
     ip netns delete "$(node_ns "$n")" 2>/dev/null || true
   done
   ip netns delete "$front" 2>/dev/null || true
-  rm -rf "$run"
+  if [ "${FLEET_KEEP:-}" ]; then echo "fleet test: kept $run"; else rm -rf "$run"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
