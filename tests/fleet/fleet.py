@@ -411,7 +411,9 @@ def scenario_rolling_restart(nodes, haproxy, placement):
 def scenario_kill9(nodes, haproxy):
     print("== 4. kill -9 of one node under 200 req/s for 10 s", flush=True)
     victim = nodes[1]
-    load = Load(200, 10, [f"/invoke/{f}/hello" for f in FUNCTIONS])
+    # Each request takes 50 ms in its instance, so some are in flight on the node when it dies:
+    # HAProxy gets no answer for them (empty-response) and sends them to another node.
+    load = Load(200, 10, [f"/invoke/{f}/sleep?ms=50" for f in FUNCTIONS], workers=32)
     mark = haproxy.log_mark()
     fired = load.run(at=(2.0, lambda: victim.signal(signal.SIGKILL)))
     victim.wait_exit(timeout=10)
