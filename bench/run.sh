@@ -11,6 +11,7 @@
 #   4. burst             10/50/100 simultaneous requests to a single-use function, no instance
 #   5. idle footprint    daemon RSS and CPU over 60 s, no instances and 20 idle instances
 #   6. fleet             warm latency with 1/100/1000 functions and 1/50 live instances
+#   7. HAProxy hop       warm latency through HAProxy (examples/fleet/haproxy.cfg) vs direct
 # Results: DIR/results.json and DIR/results.md (default bench/results/<date>[-smoke]); the
 # Markdown is printed at the end. See bench/README.md for how to read them.
 #
@@ -180,6 +181,7 @@ examples/import-image.sh "$dsock" "$build/examples/hello-rootfs.tar" unifaas-hel
 cat >"$work/unifaas.toml" <<TOML
 runtime-dir = "$work/run"
 shutdown-grace = 5
+drain-delay = 0
 TOML
 
 container_fn() {  # container_fn DIR [extra toml lines...]
@@ -321,6 +323,9 @@ fi
 echo "hello has $(pyin "$lib/status.py" count hello) instance(s) after the warm runs"
 stop_pid "$nginx_pid" QUIT 10
 nginx_pid=""
+log "HAProxy hop (bench/lib/haproxy_hop.py, examples/fleet/haproxy.cfg)"
+"$py" "$lib/haproxy_hop.py" --ns "$ns" --raw "$raw" --work "$work" \
+  --example examples/fleet/haproxy.cfg --seconds "$wrk_s" --rounds "$rounds"
 
 # ---------------------------------------------------------------------------------------------
 # 3: cold starts

@@ -9,8 +9,9 @@ set(_root "${CPACK_TEMPORARY_DIRECTORY}")
 
 # RPM conventions for documentation: the license goes to /usr/share/licenses/<name> (%license),
 # the changelog into the package header (%changelog, CPACK_RPM_CHANGELOG_FILE). The Debian
-# copyright and changelog.Debian.gz stay out of the .rpm.
-file(REMOVE_RECURSE "${_root}/usr/share/doc/unifaas")
+# copyright and changelog.Debian.gz stay out of the .rpm; the examples (haproxy.cfg) stay in.
+file(REMOVE "${_root}/usr/share/doc/unifaas/copyright"
+     "${_root}/usr/share/doc/unifaas/changelog.Debian.gz")
 file(MAKE_DIRECTORY "${_root}/usr/share/licenses/unifaas")
 file(COPY_FILE "${CPACK_RESOURCE_FILE_LICENSE}" "${_root}/usr/share/licenses/unifaas/LICENSE")
 list(APPEND CPACK_RPM_USER_FILELIST "%license /usr/share/licenses/unifaas/LICENSE")

@@ -48,6 +48,9 @@ install(FILES ${UNIFAAS_PKG_OUT}/unifaas.8.gz DESTINATION share/man/man8)
 install(FILES ${UNIFAAS_PKG_OUT}/unifaas.toml.5.gz DESTINATION share/man/man5)
 install(FILES ${UNIFAAS_PKG_SRC}/copyright ${UNIFAAS_PKG_OUT}/changelog.Debian.gz
         DESTINATION share/doc/unifaas)
+# Several nodes behind HAProxy (docs/FLEET.md).
+install(FILES ${CMAKE_SOURCE_DIR}/examples/fleet/haproxy.cfg
+        DESTINATION share/doc/unifaas/examples)
 
 # --- CPack: common -------------------------------------------------------------------------
 set(CPACK_GENERATOR "DEB;RPM")

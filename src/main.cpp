@@ -14,6 +14,9 @@
 
 #include "bus/bus_service.h"
 #include "config/daemon_config.h"
+#include "fleet/agent_server.h"
+#include "fleet/drain_switch.h"
+#include "fleet/load_report.h"
 #include "gateway/gateway.h"
 #include "net/network.h"
 #include "net/tap_device.h"
@@ -166,6 +169,10 @@ Listeners open_listeners(const DaemonConfig& config) {
     Listeners l;
     l.http_fd = pick_socket(activated, "http", order);
     l.callback_fd = pick_socket(activated, "callback", order);
+    l.agent_fd = pick_socket(activated, "agent", {});
+    if (l.agent_fd < 0 && config.agent_listen) {
+        l.agent_fd = bind_listener(config.agent_listen->host, config.agent_listen->port);
+    }
     if (l.http_fd < 0) {
         l.http_fd = bind_listener(config.listen.host, config.listen.port);
     } else {
@@ -175,6 +182,56 @@ Listeners open_listeners(const DaemonConfig& config) {
         l.callback_fd = bind_listener(config.callback_listen.host, config.callback_listen.port);
     }
     return l;
+}
+
+// HAProxy's agent-check port (docs/FLEET.md): state and free capacity, one line a connection.
+std::unique_ptr<AgentServer> open_agent(int fd, const DrainSwitch& drain,
+                                        const FunctionTable& functions) {
+    if (fd < 0) {
+        return nullptr;
+    }
+    spdlog::info("agent-check on {}", local_address(fd));
+    return std::make_unique<AgentServer>(fd, [&drain, &functions] {
+        std::vector<PoolLoad> loads;
+        for (const auto& pool : functions.snapshot()) {
+            loads.push_back(load_of(pool));
+        }
+        return agent_reply(drain.state(), capacity_weight(loads));
+    });
+}
+
+// SIGTERM: /healthz answers 503 and the agent "drain" for drain-delay while requests are still
+// served, so a load balancer stops sending before the listener closes. SIGINT (Ctrl-C) and a
+// second signal skip the wait; SIGHUP still reloads.
+void drain_before_stopping(int sig, const DaemonConfig& config, DrainSwitch& drain,
+                           const std::function<void()>& reload) {
+    drain.begin_shutdown();
+    if (sig != SIGTERM || config.drain_delay.count() <= 0) {
+        return;
+    }
+    spdlog::info("draining for {:.1f} s (drain-delay) before closing the listener",
+                 config.drain_delay.count());
+    auto until =
+        std::chrono::steady_clock::now() +
+        std::chrono::duration_cast<std::chrono::steady_clock::duration>(config.drain_delay);
+    sigset_t signals = handled_signals();
+    for (;;) {
+        auto left = until - std::chrono::steady_clock::now();
+        if (left <= std::chrono::steady_clock::duration::zero()) {
+            return;
+        }
+        auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+        timespec timeout{static_cast<time_t>(ns / 1'000'000'000),
+                         static_cast<long>(ns % 1'000'000'000)};
+        int got = sigtimedwait(&signals, nullptr, &timeout);
+        if (got == SIGHUP) {
+            reload();
+        } else if (got > 0) {
+            spdlog::info("{} received: stopping without waiting out the drain delay",
+                         strsignal(got));
+            return;
+        }
+    }
 }
 
 // The guest network for microVMs. Without the privilege to make taps, the daemon still serves
@@ -294,13 +351,14 @@ AccountingSource scope_accounting(ScopeManager* scopes) {
 // name, the daemon serves anyway and says once why. Pools report to the bus through `events`.
 std::unique_ptr<BusService> open_bus(const std::string& listen_address, FunctionTable& functions,
                                      Registry& registry, Network* network, ObserverRelay& events,
-                                     AccountingSource accounting,
-                                     std::function<unsigned()> reload) {
+                                     AccountingSource accounting, std::function<unsigned()> reload,
+                                     DrainSwitch& drain) {
     BusService::Config info{UNIFAAS_VERSION, listen_address,
                             network ? network->config().subnet.to_string() : ""};
     try {
         auto bus = std::make_unique<BusService>(info, functions, registry, network,
                                                 std::move(accounting), reload);
+        bus->set_drain_switch(&drain);
         bus->start(&events);
         spdlog::info("D-Bus interface {} on the system bus", BusService::kBusName);
         return bus;
@@ -373,12 +431,16 @@ int run(const DaemonConfig& config) {
     FunctionTable functions(registry,
                             PoolServices{backends, readiness, timers, starts, stops, &observers});
     Gateway gateway(config, functions, readiness, tap_metrics(network.get()));
+    DrainSwitch drain;
+    gateway.set_drain_switch(&drain);
+    auto agent = open_agent(listeners.agent_fd, drain, functions);
     gateway.serve(listeners);
     // The address actually served: with socket activation it is the socket's, not the config's.
     const std::string listen_address = local_address(listeners.http_fd);
-    auto bus = open_bus(listen_address, functions, registry, network.get(), pool_events,
-                        scope_accounting(scopes.get()),
-                        [&] { return reload_registry(functions, notifier); });
+    auto bus = open_bus(
+        listen_address, functions, registry, network.get(), pool_events,
+        scope_accounting(scopes.get()), [&] { return reload_registry(functions, notifier); },
+        drain);
     auto [loaded, broken] = functions.load_all();
     spdlog::info("unifaas {} serving {} functions ({} with errors) from {} on {}", UNIFAAS_VERSION,
                  loaded, broken, registry.dir().string(), listen_address);
@@ -394,9 +456,11 @@ int run(const DaemonConfig& config) {
         }
         spdlog::info("{} received: shutting down", strsignal(sig));
         notifier.stopping();
+        drain_before_stopping(sig, config, drain, [&] { reload_registry(functions, notifier); });
         break;
     }
 
+    drain.stopping();
     gateway.stop_accepting();
     if (!gateway.drain(std::chrono::steady_clock::now() +
                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(

@@ -4,10 +4,12 @@
 # %postun restarts the daemon.
 if [ "$1" -eq 0 ]; then
     if command -v systemctl >/dev/null 2>&1; then
-        systemctl --no-reload disable unifaas.socket unifaas.service >/dev/null 2>&1 || true
+        systemctl --no-reload disable unifaas.socket unifaas-agent.socket unifaas.service \
+            >/dev/null 2>&1 || true
     fi
     if [ -d /run/systemd/system ]; then
-        systemctl stop unifaas.socket unifaas-callback.socket unifaas.service unifaas.slice \
+        systemctl stop unifaas.socket unifaas-callback.socket unifaas-agent.socket \
+            unifaas.service unifaas.slice \
             >/dev/null 2>&1 || true
     fi
 fi

@@ -37,7 +37,18 @@ BusService::BusService(Config config, FunctionTable& functions, Registry& regist
 
 BusService::~BusService() {
     stop();
+    if (drain_) {
+        drain_->set_listener({});
+    }
     close(wake_fd_);
+}
+
+void BusService::set_drain_switch(DrainSwitch* drain) {
+    drain_ = drain;
+    drain_->set_listener([this](NodeState) {
+        draining_changed_ = true;
+        wake();
+    });
 }
 
 void BusService::start(ObserverRelay* events) {
@@ -67,9 +78,9 @@ void BusService::publish(std::unique_ptr<sdbus::IConnection> connection, Observe
     connection_ = std::move(connection);
     manager_ = std::make_unique<ManagerObject>(
         *connection_,
-        ManagerObject::Context{config_, functions_, registry_, network_, reload_,
-                               [this] { apply_events(true); },
-                               [this] { return static_cast<std::uint32_t>(instances_.size()); }});
+        ManagerObject::Context{
+            config_, functions_, registry_, network_, reload_, [this] { apply_events(true); },
+            [this] { return static_cast<std::uint32_t>(instances_.size()); }, drain_});
     {
         std::lock_guard lk(mu_);
         accepting_ = true;
@@ -222,6 +233,9 @@ std::optional<std::chrono::milliseconds> BusService::apply_events(bool all) {
         } else if (!changes_.empty()) {
             changes_wait = std::chrono::ceil<std::chrono::milliseconds>(changes_due_ - now);
         }
+    }
+    if (draining_changed_.exchange(false)) {
+        manager_->draining_changed();
     }
     for (const auto& event : lifecycle) {
         if (event.started) {

@@ -60,6 +60,10 @@ class BusService final : public PoolObserver {
     // The same on a connection made by the caller.
     void start(std::unique_ptr<sdbus::IConnection> connection, ObserverRelay* events = nullptr);
 
+    // Drain()/Undrain() and the Draining property act on `drain` (owned by the caller, outliving
+    // the service). Before start(); without it they are NotAvailable.
+    void set_drain_switch(DrainSwitch* drain);
+
     // PoolObserver: queue and wake the bus thread; nothing else (called under a pool's lock).
     void instance_started(const InstanceSnapshot& s) override;
     void instance_changed(const InstanceSnapshot& s) override;
@@ -101,6 +105,8 @@ class BusService final : public PoolObserver {
     std::thread thread_;
     std::atomic<bool> stopping_{false};
     int wake_fd_ = -1;  // eventfd: events queued or stop requested
+    DrainSwitch* drain_ = nullptr;
+    std::atomic<bool> draining_changed_{false};  // any thread -> bus thread: emit Draining
 
     // Pool threads -> bus thread.
     std::mutex mu_;

@@ -69,6 +69,37 @@ void ManagerObject::instance_count_changed() {
     getObject().emitPropertiesChangedSignal(INTERFACE_NAME, {"InstanceCount"});
 }
 
+void ManagerObject::draining_changed() {
+    getObject().emitPropertiesChangedSignal(INTERFACE_NAME, {"Draining"});
+}
+
+bool ManagerObject::Drain() {
+    return guarded("Drain", [&] {
+        if (context_.drain == nullptr) {
+            throw sdbus::Error(bus_error::kNotAvailable, "this daemon has no drain switch");
+        }
+        bool changed = context_.drain->drain();
+        spdlog::info("drain requested over D-Bus by {}{}", caller(),
+                     changed ? ": /healthz answers 503" : " (already draining)");
+        return changed;
+    });
+}
+
+bool ManagerObject::Undrain() {
+    return guarded("Undrain", [&] {
+        if (context_.drain == nullptr) {
+            throw sdbus::Error(bus_error::kNotAvailable, "this daemon has no drain switch");
+        }
+        if (context_.drain->shutting_down()) {
+            throw sdbus::Error(bus_error::kNotAvailable, "the daemon is shutting down");
+        }
+        bool changed = context_.drain->undrain();
+        spdlog::info("undrain requested over D-Bus by {}{}", caller(),
+                     changed ? ": serving again" : " (was not draining)");
+        return changed;
+    });
+}
+
 std::vector<ManagerObject::FunctionEntry> ManagerObject::ListFunctions() {
     return guarded("ListFunctions", [&] { return list_functions(); });
 }

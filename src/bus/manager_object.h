@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "dbus/org.unifaas.Manager1_adaptor.h"
+#include "fleet/drain_switch.h"
 #include "pool/function_table.h"
 #include "registry/registry.h"
 
@@ -46,6 +47,7 @@ class ManagerObject final : public sdbus::AdaptorInterfaces<org::unifaas::Manage
         std::function<unsigned()> reload;          // empty: functions.load_all()
         std::function<void()> catch_up;            // applies pool events not yet applied
         std::function<std::uint32_t()> instances;  // objects published now (InstanceCount)
+        DrainSwitch* drain = nullptr;              // null: Drain/Undrain are NotAvailable
     };
 
     ManagerObject(sdbus::IConnection& connection, Context context);
@@ -55,6 +57,8 @@ class ManagerObject final : public sdbus::AdaptorInterfaces<org::unifaas::Manage
 
     // InstanceCount changed.
     void instance_count_changed();
+    // Draining changed.
+    void draining_changed();
 
   private:
     using FunctionEntry = sdbus::Struct<std::string, std::string, std::string, std::uint32_t, bool,
@@ -70,11 +74,14 @@ class ManagerObject final : public sdbus::AdaptorInterfaces<org::unifaas::Manage
     std::uint32_t StopFunction(const std::string& name) override;
     std::uint32_t CleanupTaps() override;
     void Reload() override;
+    bool Drain() override;
+    bool Undrain() override;
 
     std::string Version() override { return context_.info.version; }
     std::string ListenAddress() override { return context_.info.listen_address; }
     std::string Subnet() override { return context_.info.subnet; }
     std::uint32_t InstanceCount() override { return context_.instances(); }
+    bool Draining() override { return context_.drain && context_.drain->draining(); }
 
     std::vector<FunctionEntry> list_functions();
     std::vector<InstanceEntry> list_instances();

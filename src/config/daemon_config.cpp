@@ -2,6 +2,7 @@
 #include "config/daemon_config.h"
 
 #include <arpa/inet.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -140,7 +141,27 @@ std::optional<std::string> tap_prefix(TableReader& reader, std::string_view key,
     return prefix;
 }
 
+// A name for the fleet's metrics: what a host name may hold.
+std::optional<std::string> node_name(TableReader& reader, std::string_view key) {
+    auto name = reader.string(key);
+    if (name && (name->empty() || name->size() > 253 ||
+                 !std::all_of(name->begin(), name->end(),
+                              [](char c) { return is_hostname_char(c) || c == '_'; }))) {
+        reader.fail(key, "node name " + in_quotes(*name) +
+                             " must be 1 to 253 letters, digits, '-', '_' or '.'");
+    }
+    return name;
+}
+
 }  // namespace
+
+std::string host_name() {
+    char name[256] = {};
+    if (gethostname(name, sizeof(name) - 1) != 0 || name[0] == '\0') {
+        return "localhost";
+    }
+    return name;
+}
 
 ListenAddress parse_listen_address(const std::string& text, const std::string& what) {
     auto colon = text.rfind(':');
@@ -179,6 +200,11 @@ DaemonConfig load_daemon_config(const fs::path& file) {
     set(config.qemu_binary, reader.string("qemu-binary"));
     set(config.accel, accel(reader, "accel"));
     set(config.firecracker_binary, reader.string("firecracker-binary"));
+    set(config.node_name, node_name(reader, "node-name"));
+    set(config.drain_delay, reader.seconds("drain-delay", SecondsMin::Zero));
+    if (auto agent = listen_address(reader, "agent-listen")) {
+        config.agent_listen = *agent;
+    }
     reader.finish();
     return config;
 }

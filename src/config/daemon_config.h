@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 
 #include "config/function_spec.h"
@@ -19,6 +20,9 @@ struct ListenAddress {
         return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
     }
 };
+
+// This machine's host name (the default node-name); "localhost" when it has none.
+std::string host_name();
 
 // Parses "ADDR:PORT" (also "[v6]:PORT" and ":PORT" meaning 0.0.0.0); throws ConfigError.
 ListenAddress parse_listen_address(const std::string& text, const std::string& what);
@@ -40,6 +44,10 @@ struct DaemonConfig {
     std::string qemu_binary = "qemu-system-x86_64";  // a path, or a name looked up in PATH
     std::string accel = "auto";      // auto (KVM if it runs guests, else TCG)|kvm|tcg
     std::string firecracker_binary;  // "" = $FIRECRACKER_EXE, then PATH
+    // Behind a load balancer (docs/FLEET.md).
+    std::string node_name = host_name();        // in /metrics and /status
+    Seconds drain_delay{5};                     // SIGTERM: /healthz 503 this long, still serving
+    std::optional<ListenAddress> agent_listen;  // HAProxy agent-check port; off when unset
 };
 
 // Reads a unifaas.toml. Unknown keys and wrong types are ConfigErrors naming file and key.

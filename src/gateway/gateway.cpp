@@ -182,7 +182,10 @@ void Gateway::on_request(const std::shared_ptr<HttpExchange>& ex) {
     std::string_view path = path_of(req.target);
     if (req.method == "GET" || req.method == "HEAD") {
         if (path == "/healthz") {
-            ex->respond_simple(200, "text/plain", "ok\n");
+            // A load balancer's health check: 503 tells it to send new requests elsewhere.
+            bool draining = drain_ && drain_->draining();
+            ex->respond_simple(draining ? 503 : 200, "text/plain",
+                               draining ? "draining\n" : "ok\n");
             return;
         }
         if (path == "/status") {
@@ -191,7 +194,9 @@ void Gateway::on_request(const std::shared_ptr<HttpExchange>& ex) {
         }
         if (path == "/metrics") {
             ex->respond_simple(200, "text/plain; version=0.0.4; charset=utf-8",
-                               render_metrics(functions_.metrics_view(), extra_metrics_));
+                               render_metrics(functions_.metrics_view(), extra_metrics_) +
+                                   render_node_metrics(config_.node_name, UNIFAAS_VERSION,
+                                                       drain_ && drain_->draining()));
             return;
         }
     }
@@ -296,6 +301,8 @@ std::string Gateway::status_json() const {
             {{"name", pool.function}, {"queued", pool.queued}, {"instances", instances}});
     }
     nlohmann::json doc = {{"version", UNIFAAS_VERSION},
+                          {"node", config_.node_name},
+                          {"state", to_string(drain_ ? drain_->state() : NodeState::Serving)},
                           {"in_flight", in_flight()},
                           {"pending_callbacks", readiness_.pending()},
                           {"functions", functions}};

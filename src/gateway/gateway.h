@@ -12,6 +12,7 @@
 #include <mutex>
 
 #include "config/daemon_config.h"
+#include "fleet/drain_switch.h"
 #include "gateway/http_server.h"
 #include "gateway/listening_server.h"
 #include "gateway/upstream_call.h"
@@ -23,6 +24,7 @@ namespace unifaas {
 struct Listeners {
     int http_fd = -1;      // invocations
     int callback_fd = -1;  // readiness callbacks
+    int agent_fd = -1;     // HAProxy agent-check (served by main's AgentServer, not the gateway)
 };
 
 class Gateway {
@@ -43,6 +45,8 @@ class Gateway {
     void join();
 
     std::size_t in_flight() const;
+    // While `drain` (owned by the caller) says draining, /healthz answers 503 "draining".
+    void set_drain_switch(const DrainSwitch* drain) { drain_ = drain; }
 
   private:
     class InFlight;
@@ -60,6 +64,7 @@ class Gateway {
     void ready(const httplib::Request& req, httplib::Response& res);
 
     MetricsAppender extra_metrics_;
+    const DrainSwitch* drain_ = nullptr;
     const DaemonConfig& config_;
     FunctionTable& functions_;
     Readiness& readiness_;

@@ -74,4 +74,15 @@ std::string render_metrics(
     return out;
 }
 
+std::string render_node_metrics(std::string_view node, std::string_view version, bool draining) {
+    std::string out;
+    header(out, "unifaas_node_info", "gauge", "This node: its name (node-name) and version.");
+    out += fmt::format("unifaas_node_info{{node=\"{}\",version=\"{}\"}} 1\n",
+                       escape_label(std::string(node)), escape_label(std::string(version)));
+    header(out, "unifaas_draining", "gauge",
+           "1 while the node drains (/healthz answers 503), else 0.");
+    out += fmt::format("unifaas_draining {}\n", draining ? 1 : 0);
+    return out;
+}
+
 }  // namespace unifaas

@@ -729,6 +729,10 @@ PoolSnapshot Pool::snapshot() const {
     PoolSnapshot snap;
     snap.function = function_;
     snap.queued = waiters_.size();
+    if (spec_) {
+        snap.slot_limit = std::size_t{spec_->max_instances} *
+                          (spec_->single_use ? 1 : spec_->concurrent_requests);
+    }
     for (auto& inst : instances_) {
         snap.instances.push_back(snapshot_locked(*inst));
     }

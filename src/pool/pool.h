@@ -91,6 +91,7 @@ struct PoolSnapshot {
     std::string function;
     std::vector<InstanceSnapshot> instances;
     std::size_t queued = 0;
+    std::size_t slot_limit = 0;  // max-instances × slots per instance of the current definition
 };
 
 class Pool;

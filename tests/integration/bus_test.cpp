@@ -142,6 +142,9 @@ std::string variant_text(const sdbus::Variant& v) {
     if (v.containsValueOfType<std::uint32_t>()) {
         return std::to_string(v.get<std::uint32_t>());
     }
+    if (v.containsValueOfType<bool>()) {
+        return v.get<bool>() ? "true" : "false";
+    }
     return "<" + v.peekValueType() + ">";
 }
 
@@ -553,7 +556,9 @@ TEST_F(BusTest, PolicyAnyoneMayLookOnlyRootMayAct) {
              {"StopInstance", {"string:" + id}},
              {"StopFunction", {"string:hello"}},
              {"CleanupTaps", {}},
-             {"Reload", {}}}) {
+             {"Reload", {}},
+             {"Drain", {}},
+             {"Undrain", {}}}) {
         auto r = dbus_send_as_nobody(kService, kManagerPath, manager + method, args);
         EXPECT_NE(r.status, 0) << method;
         EXPECT_NE(r.err.find(kAccessDenied), std::string::npos) << method << ": " << r.err;
@@ -570,6 +575,35 @@ TEST_F(BusTest, PolicyAnyoneMayLookOnlyRootMayAct) {
     ContainerEvents events(engine().socket_path());
     EXPECT_EQ(call("StopFunction", {"s", "hello"})[0], 1);
     EXPECT_TRUE(events.wait_for("destroy", 1));
+}
+
+// Drain takes the node out of a load balancer's rotation (/healthz 503) while it keeps serving;
+// Undrain puts it back. Draining follows, with PropertiesChanged.
+TEST_F(BusTest, DrainAndUndrainSwitchHealthzWhileRequestsAreServed) {
+    add_hello("hello");
+    start_daemon();
+    EXPECT_EQ(property(kManagerPath, kManager, "Draining"), false);
+    EXPECT_EQ(get("/healthz")->status, 200);
+
+    EXPECT_EQ(call("Drain")[0], true);
+    EXPECT_EQ(call("Drain")[0], false) << "already draining";
+    EXPECT_EQ(property(kManagerPath, kManager, "Draining"), true);
+    EXPECT_TRUE(client_->signals().wait(is("PropertiesChanged", {kManager, "Draining", "true"})));
+    auto health = get("/healthz");
+    ASSERT_TRUE(health);
+    EXPECT_EQ(health->status, 503);
+    EXPECT_EQ(health->body, "draining\n");
+    auto res = get("/invoke/hello/hello");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200) << "a draining node still serves what reaches it";
+    EXPECT_EQ(json::parse(get("/status")->body)["state"], "draining");
+    EXPECT_NE(get("/metrics")->body.find("unifaas_draining 1\n"), std::string::npos);
+
+    EXPECT_EQ(call("Undrain")[0], true);
+    EXPECT_EQ(call("Undrain")[0], false);
+    EXPECT_TRUE(client_->signals().wait(is("PropertiesChanged", {kManager, "Draining", "false"})));
+    EXPECT_EQ(get("/healthz")->status, 200);
+    EXPECT_EQ(json::parse(get("/status")->body)["state"], "serving");
 }
 
 // ---------------------------------------------------------------------------------------------

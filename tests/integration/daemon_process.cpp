@@ -92,6 +92,10 @@ DaemonProcess::DaemonProcess(Options options) : options_(std::move(options)) {
             << "runtime-dir = \"" << runtime_dir().string() << "\"\n"
             << "shutdown-grace = 5\n"
             << options_.extra_config << "\n";
+        // Tests stop daemons often; a test of draining sets its own delay.
+        if (options_.extra_config.find("drain-delay") == std::string::npos) {
+            cfg << "drain-delay = 0\n";
+        }
     }
     auto [http_fd, http_port] = options_.http_fd >= 0
                                     ? std::pair{fcntl(options_.http_fd, F_DUPFD_CLOEXEC, 3),

@@ -14,6 +14,8 @@ packages=(
   umoci skopeo  # engine = "oci": OCI image layouts and docker-archives
   # packages (cpack: dpkg-shlibdeps, rpmbuild; lintian) and their end-to-end test (tests/e2e)
   dpkg-dev file rpm lintian debootstrap systemd-container dbus
+  # several nodes behind a load balancer (tests/fleet, bench/haproxy_hop.py)
+  haproxy
 )
 
 missing=()

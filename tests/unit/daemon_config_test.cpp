@@ -292,5 +292,38 @@ TEST_F(HypervisorConfigTest, UnknownAccelNamesKey) {
                  "accel: unknown accelerator \"hvf\" (expected auto, kvm, tcg)");
 }
 
+// The keys of a node behind a load balancer (docs/FLEET.md).
+TEST_F(DaemonConfigTest, FleetKeys) {
+    DaemonConfig defaults = load("");
+    EXPECT_EQ(defaults.node_name, host_name());
+    EXPECT_FALSE(defaults.node_name.empty());
+    EXPECT_EQ(defaults.drain_delay, Seconds(5));
+    EXPECT_FALSE(defaults.agent_listen) << "the agent-check port is off by default";
+
+    DaemonConfig c =
+        load("node-name = \"edge-3.example\"\ndrain-delay = 2.5\nagent-listen = \":8125\"\n");
+    EXPECT_EQ(c.node_name, "edge-3.example");
+    EXPECT_EQ(c.drain_delay, Seconds(2.5));
+    ASSERT_TRUE(c.agent_listen);
+    EXPECT_EQ(c.agent_listen->to_string(), "0.0.0.0:8125");
+    EXPECT_EQ(load("drain-delay = 0\n").drain_delay, Seconds(0));
+}
+
+TEST_F(DaemonConfigTest, FleetKeysRefuseBadValues) {
+    expect_error("node-name = \"\"\n",
+                 "node-name: node name \"\" must be 1 to 253 letters, digits, '-', '_' or '.'");
+    expect_error("node-name = \"a b\"\n",
+                 "node-name: node name \"a b\" must be 1 to 253 letters, digits, '-', '_' or '.'");
+    expect_error("agent-listen = \"8125\"\n",
+                 "agent-listen: expected ADDR:PORT (e.g. 127.0.0.1:8123, [::1]:8123 or :8123), "
+                 "got \"8125\"");
+    try {
+        load("drain-delay = -1\n");
+        ADD_FAILURE() << "a negative drain-delay loaded";
+    } catch (const ConfigError& e) {
+        EXPECT_NE(std::string(e.what()).find("drain-delay"), std::string::npos) << e.what();
+    }
+}
+
 }  // namespace
 }  // namespace unifaas
