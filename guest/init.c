@@ -28,6 +28,7 @@
 #include <fcntl.h>
 #include <linux/random.h>
 #include <net/if.h>
+#include <net/if_arp.h>
 #include <net/route.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -648,6 +649,16 @@ static void apply_restore(const struct config* c, struct restore_msg* m) {
     int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (sock >= 0) {
         apply_address(sock, c->iface, m->ip, m->mask, m->gw);
+        // The template's ARP entry for a gateway of the same address may name another tap's
+        // MAC (a clone can get a tap the template once used, recreated since): ask again.
+        struct arpreq arp = {0};
+        struct sockaddr_in gw = {.sin_family = AF_INET};
+        if (m->gw && inet_pton(AF_INET, m->gw, &gw.sin_addr) == 1) {
+            memcpy(&arp.arp_pa, &gw, sizeof gw);
+            snprintf(arp.arp_dev, sizeof arp.arp_dev, "%s", c->iface);
+            if (ioctl(sock, SIOCDARP, &arp) != 0 && errno != ENXIO)
+                say("restore: SIOCDARP %s: %s", m->gw, strerror(errno));
+        }
         close(sock);
     }
 }

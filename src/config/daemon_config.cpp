@@ -179,6 +179,8 @@ DaemonConfig load_daemon_config(const fs::path& file) {
     set(config.qemu_binary, reader.string("qemu-binary"));
     set(config.accel, accel(reader, "accel"));
     set(config.firecracker_binary, reader.string("firecracker-binary"));
+    set(config.snapshot_dir, reader.path("snapshot-dir", base));
+    set(config.snapshot_max_mib, reader.integer<std::uint64_t>("snapshot-max-size", 0, 1u << 30));
     reader.finish();
     return config;
 }

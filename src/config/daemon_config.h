@@ -40,6 +40,9 @@ struct DaemonConfig {
     std::string qemu_binary = "qemu-system-x86_64";  // a path, or a name looked up in PATH
     std::string accel = "auto";      // auto (KVM if it runs guests, else TCG)|kvm|tcg
     std::string firecracker_binary;  // "" = $FIRECRACKER_EXE, then PATH
+    // Snapshot templates of functions with [vm] snapshot = true.
+    std::filesystem::path snapshot_dir = "/var/lib/unifaas/snapshots";
+    std::uint64_t snapshot_max_mib = 8192;  // all templates together
 };
 
 // Reads a unifaas.toml. Unknown keys and wrong types are ConfigErrors naming file and key.
