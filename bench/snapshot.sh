@@ -23,7 +23,7 @@ done
 if $smoke; then runs=2 idle=2; else runs=${SNAPSHOT_RUNS:-20} idle=10; fi
 build=${BUILD_DIR:-build}
 case $build in /*) ;; *) build=$repo/$build ;; esac
-[ -n "$out" ] || out=bench/results/$(date +%Y-%m-%d-%H%M%S)-snapshot$($smoke && echo -smoke)
+[ -n "$out" ] || out=bench/results/$(date +%Y-%m-%d-%H%M%S)-snapshot$($smoke && echo -smoke || true)
 mkdir -p "$out"
 cmake --build "$build" -j2 --target unifaas guest_images >/dev/null
 
