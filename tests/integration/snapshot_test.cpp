@@ -168,7 +168,10 @@ class SnapshotTest : public ::testing::Test {
     fs::path snapshots() const { return dir_ / "snapshots"; }
 
     std::string write_vm(const std::string& base, const std::string& top,
-                         const fs::path& kernel = kGuest / "kernel" / "vmlinux") {
+                         const fs::path& kernel = kGuest / "kernel" / "vmlinux",
+                         const std::string& hypervisor =
+                             "type = \"microvm\", pic = false, "
+                             "pit = false") {
         std::string name = base + "-" + marker_;
         fs::create_directories(dir_ / "registry" / name);
         std::ofstream(dir_ / "registry" / name / "function.toml")
@@ -178,7 +181,7 @@ class SnapshotTest : public ::testing::Test {
             << "cmdline = \"console=ttyS0 reboot=t panic=-1 cryptomgr.notests quiet "
                "unifaas.ip=%ip unifaas.gw=%gateway unifaas.mask=%netmask "
                "unifaas.callback=%callback\"\n"
-            << "hypervisor = { type = \"microvm\", pic = false, pit = false }\n";
+            << "hypervisor = { " << hypervisor << " }\n";
         return name;
     }
 
@@ -318,6 +321,19 @@ TEST_F(SnapshotTest, SingleUseRestoresAndEditsOrANewKernelMakeANewTemplate) {
     ASSERT_FALSE(third.empty()) << daemon_->log();
     EXPECT_EQ(templates_in(snapshots()), std::set<std::string>{third})
         << "replaced templates are deleted";
+}
+
+TEST_F(SnapshotTest, Q35MachineRestoresToo) {
+    auto fn = write_vm("q35", "single-use = true\nboot-timeout = 90", kGuest / "kernel" / "bzImage",
+                       "type = \"qemu\"");
+    start_daemon();
+    ASSERT_EQ(get("/invoke/" + fn + "/hello")->status, 200) << daemon_->log();
+    ASSERT_FALSE(wait_new_template(snapshots(), {}, 180s).empty()) << daemon_->log();
+    auto res = get("/invoke/" + fn + "/uuid");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200) << res->body;
+    EXPECT_EQ(metric("unifaas_cold_starts_total{function=\"" + fn + "\",kind=\"restore\"} "), "1")
+        << daemon_->log();
 }
 
 TEST_F(SnapshotTest, GuestWithoutRestoreListenerFallsBackToBoot) {
