@@ -5,7 +5,7 @@
 # boot-based vs restore-based ([vm] snapshot = true) single-use cold starts, paired and
 # alternating, then the PSS of N idle booted VMs vs N idle clones (bench/lib/snapshot.py).
 # Runs the daemon in a network namespace of its own (deleted on exit); results in
-# DIR/snapshot.json (default bench/results/<date>-snapshot[-smoke]). --smoke: 2 runs, 2 idle.
+# DIR/snapshot.json (default bench/results/<date>-snapshot[-smoke]). --smoke: 2 runs, no idle part.
 # Needs the build (BUILD_DIR, default build): unifaas and guest_images.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ while (($#)); do
   esac
   shift
 done
-if $smoke; then runs=2 idle=2; else runs=${SNAPSHOT_RUNS:-20} idle=10; fi
+if $smoke; then runs=2 idle=0; else runs=${SNAPSHOT_RUNS:-20} idle=10; fi
 build=${BUILD_DIR:-build}
 case $build in /*) ;; *) build=$repo/$build ;; esac
 [ -n "$out" ] || out=bench/results/$(date +%Y-%m-%d-%H%M%S)-snapshot$($smoke && echo -smoke || true)
