@@ -12,6 +12,7 @@
 #   5. idle footprint    daemon RSS and CPU over 60 s, no instances and 20 idle instances
 #   6. fleet             warm latency with 1/100/1000 functions and 1/50 live instances
 #   7. HAProxy hop       warm latency through HAProxy (examples/fleet/haproxy.cfg) vs direct
+#   8. snapshot          microVM cold start boot vs restore, PSS of idle clones (bench/snapshot.sh)
 # Results: DIR/results.json and DIR/results.md (default bench/results/<date>[-smoke]); the
 # Markdown is printed at the end. See bench/README.md for how to read them.
 #
@@ -406,6 +407,10 @@ for nf in "${fleet_functions[@]}"; do
   done
   stop_daemon
 done
+
+log "snapshot cold starts: boot vs restore (bench/snapshot.sh)"
+BUILD_DIR=$build bench/snapshot.sh $($smoke && echo --smoke) --out "$out/snapshot" ||
+  echo "bench: bench/snapshot.sh failed (see $out/snapshot)" >&2
 
 # ---------------------------------------------------------------------------------------------
 # Report

@@ -63,7 +63,10 @@ cat <<MSG
 Ctrl-C stops the daemon, its instances and taps, and removes the namespace.
 
 MSG
+# hello-vm's snapshot templates are kept under the build directory, not /var/lib.
+mkdir -p "$state"
+printf 'snapshot-dir = "%s"\n' "$state/snapshots" >"$state/unifaas.toml"
 # The daemon starts on the first connection (socket activation) and stops on Ctrl-C.
 systemd-socket-activate -l 127.0.0.1:8123 --fdname=http "${engine[@]}" \
-  nsenter --net="/run/netns/$netns" "$build/unifaas" --registry examples/registry \
-  --listen 127.0.0.1:8123 --log-level "${LOG_LEVEL:-info}" || true
+  nsenter --net="/run/netns/$netns" "$build/unifaas" --config "$state/unifaas.toml" \
+  --registry examples/registry --listen 127.0.0.1:8123 --log-level "${LOG_LEVEL:-info}" || true

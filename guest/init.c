@@ -14,13 +14,21 @@
 //   7. reap zombies; when the function exits, log its status and power the VM off, so the
 //      hypervisor process exits and the host notices.
 //
+// Before the function starts, init forks a restore listener (unless unifaas.restore=off): it
+// waits on UDP port 8125 for the host's restore message, which arrives only when this VM is a
+// clone restored from a snapshot. It then sets the clock, feeds and reseeds the kernel RNG, moves
+// eth0 to the clone's own address, acknowledges, and calls the clone's readiness URL (protocol
+// in guest/README.md, "Restore protocol").
+//
 // Progress and errors go to /dev/console (the serial console log the host keeps), one line each,
 // prefixed "unifaas-init: ". See guest/README.md for the parameters.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/random.h>
 #include <net/if.h>
+#include <net/if_arp.h>
 #include <net/route.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -29,6 +37,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -42,6 +51,11 @@ enum {
     CMDLINE_MAX = 8192,
     ORDER_MAX = 16384,
     IFACE_WAIT_MS = 1000,
+    RESTORE_PORT = 8125,
+    RESTORE_VERSION = 1,
+    RESTORE_MSG_MAX = 4096,
+    RESTORE_ENTROPY_MAX = 256,
+    CALLBACK_ATTEMPTS = 6,
 };
 
 #define MODULE_DIR "/lib/modules"
@@ -201,6 +215,7 @@ struct config {
     const char* rootfstype;
     const char* rootflags;
     const char* exec;
+    const char* restore;
     const char* env[MAX_ENV];
     int nenv;
 };
@@ -292,6 +307,8 @@ static void parse_cmdline(struct config* c) {
             c->rootfstype = value;
         } else if (strcmp(tok, "unifaas.rootflags") == 0) {
             c->rootflags = value;
+        } else if (strcmp(tok, "unifaas.restore") == 0) {
+            c->restore = value;
         } else if (strcmp(tok, "unifaas.exec") == 0) {
             c->exec = value;
         } else if (strcmp(tok, "unifaas.env") == 0) {
@@ -376,6 +393,51 @@ static int wait_for_iface(int sock, const char* name) {
     }
 }
 
+// Gives `iface` address/mask, brings it up and sets the default route via gw (NULL: none). A
+// default route already there (a restored clone's old one) is replaced.
+static int apply_address(int sock, const char* iface, const char* ip, const char* netmask,
+                         const char* gateway) {
+    struct sockaddr_in addr, mask, gw;
+    if (parse_ipv4("address", ip, &addr) != 0 || parse_ipv4("netmask", netmask, &mask) != 0 ||
+        (gateway && parse_ipv4("gateway", gateway, &gw) != 0) || wait_for_iface(sock, iface)) {
+        return -1;
+    }
+    int rc = 0;
+    struct ifreq ifr = {0};
+    snprintf(ifr.ifr_name, IFNAMSIZ, "%s", iface);
+    memcpy(&ifr.ifr_addr, &addr, sizeof addr);
+    if (ioctl(sock, SIOCSIFADDR, &ifr) != 0) {
+        say("%s: SIOCSIFADDR %s: %s", iface, ip, strerror(errno));
+        rc = -1;
+    }
+    memcpy(&ifr.ifr_netmask, &mask, sizeof mask);
+    if (ioctl(sock, SIOCSIFNETMASK, &ifr) != 0) {
+        say("%s: SIOCSIFNETMASK %s: %s", iface, netmask, strerror(errno));
+        rc = -1;
+    }
+    if (set_up(sock, iface) != 0)
+        rc = -1;
+    if (gateway) {
+        struct rtentry rt = {0};
+        struct sockaddr_in any = {.sin_family = AF_INET};
+        memcpy(&rt.rt_dst, &any, sizeof any);
+        memcpy(&rt.rt_genmask, &any, sizeof any);
+        rt.rt_dev = (char*)iface;
+        while (ioctl(sock, SIOCDELRT, &rt) == 0) {
+        }
+        memcpy(&rt.rt_gateway, &gw, sizeof gw);
+        rt.rt_flags = RTF_UP | RTF_GATEWAY;
+        if (ioctl(sock, SIOCADDRT, &rt) != 0 && errno != EEXIST) {
+            say("%s: SIOCADDRT default via %s: %s", iface, gateway, strerror(errno));
+            rc = -1;
+        }
+    }
+    int prefix = __builtin_popcount(mask.sin_addr.s_addr);
+    say("%s %s/%d gw %s%s", iface, ip, prefix, gateway ? gateway : "(none)",
+        rc == 0 ? "" : " (with errors)");
+    return rc;
+}
+
 static int configure_network(const struct config* c) {
     int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (sock < 0) {
@@ -388,44 +450,9 @@ static int configure_network(const struct config* c) {
         close(sock);
         return -1;
     }
-    struct sockaddr_in addr, mask, gw;
-    if (parse_ipv4("unifaas.ip", c->ip, &addr) != 0 ||
-        parse_ipv4("unifaas.mask", c->mask, &mask) != 0 ||
-        (c->gw && parse_ipv4("unifaas.gw", c->gw, &gw) != 0) || wait_for_iface(sock, c->iface)) {
-        close(sock);
-        return -1;
-    }
-    struct ifreq ifr = {0};
-    snprintf(ifr.ifr_name, IFNAMSIZ, "%s", c->iface);
-    memcpy(&ifr.ifr_addr, &addr, sizeof addr);
-    if (ioctl(sock, SIOCSIFADDR, &ifr) != 0) {
-        say("%s: SIOCSIFADDR %s: %s", c->iface, c->ip, strerror(errno));
+    if (apply_address(sock, c->iface, c->ip, c->mask, c->gw) != 0)
         rc = -1;
-    }
-    memcpy(&ifr.ifr_netmask, &mask, sizeof mask);
-    if (ioctl(sock, SIOCSIFNETMASK, &ifr) != 0) {
-        say("%s: SIOCSIFNETMASK %s: %s", c->iface, c->mask, strerror(errno));
-        rc = -1;
-    }
-    if (set_up(sock, c->iface) != 0)
-        rc = -1;
-    if (c->gw) {
-        struct rtentry rt = {0};
-        struct sockaddr_in any = {.sin_family = AF_INET};
-        memcpy(&rt.rt_dst, &any, sizeof any);
-        memcpy(&rt.rt_genmask, &any, sizeof any);
-        memcpy(&rt.rt_gateway, &gw, sizeof gw);
-        rt.rt_flags = RTF_UP | RTF_GATEWAY;
-        rt.rt_dev = (char*)c->iface;
-        if (ioctl(sock, SIOCADDRT, &rt) != 0 && errno != EEXIST) {
-            say("%s: SIOCADDRT default via %s: %s", c->iface, c->gw, strerror(errno));
-            rc = -1;
-        }
-    }
     close(sock);
-    int prefix = __builtin_popcount(mask.sin_addr.s_addr);
-    say("%s %s/%d gw %s%s", c->iface, c->ip, prefix, c->gw ? c->gw : "(none)",
-        rc == 0 ? "" : " (with errors)");
     return rc;
 }
 
@@ -453,6 +480,237 @@ static int mount_root(const struct config* c) {
     }
     say("root %s (%s) mounted", c->root, c->rootfstype);
     return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restore listener (see guest/README.md, "Restore protocol"). A forked child of init, blocked in
+// recvfrom() while the template VM is saved; in each clone it wakes up on the host's message.
+
+struct restore_msg {
+    char* ip;
+    char* gw;
+    char* mask;
+    char* callback;
+    char* nonce;
+    char* time;
+    char* entropy;
+    int version;
+};
+
+// Parses "key=value" lines in place; unknown keys are ignored (later versions may add some).
+static int parse_restore(char* text, struct restore_msg* m) {
+    memset(m, 0, sizeof *m);
+    char* save = NULL;
+    for (char* line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        char* eq = strchr(line, '=');
+        if (!eq)
+            continue;
+        *eq = '\0';
+        char* v = eq + 1;
+        if (strcmp(line, "unifaas-restore") == 0) {
+            m->version = atoi(v);
+        } else if (strcmp(line, "ip") == 0) {
+            m->ip = v;
+        } else if (strcmp(line, "gw") == 0) {
+            m->gw = v;
+        } else if (strcmp(line, "mask") == 0) {
+            m->mask = v;
+        } else if (strcmp(line, "callback") == 0) {
+            m->callback = v;
+        } else if (strcmp(line, "nonce") == 0) {
+            m->nonce = v;
+        } else if (strcmp(line, "time") == 0) {
+            m->time = v;
+        } else if (strcmp(line, "entropy") == 0) {
+            m->entropy = v;
+        }
+    }
+    if (m->version != RESTORE_VERSION || !m->ip || !m->mask || !m->nonce) {
+        say("restore: ignoring a message (version %d, want %d, or ip/mask/nonce missing)",
+            m->version, RESTORE_VERSION);
+        return -1;
+    }
+    return 0;
+}
+
+// "SECONDS.NANOSECONDS" (Unix time) becomes CLOCK_REALTIME.
+static void restore_clock(const char* text) {
+    char* end = NULL;
+    long long sec = strtoll(text, &end, 10);
+    long nsec = 0;
+    if (*end == '.') {
+        char digits[10] = "000000000";
+        size_t n = strspn(end + 1, "0123456789");
+        memcpy(digits, end + 1, n > 9 ? 9 : n);
+        nsec = atol(digits);
+    }
+    struct timespec ts = {.tv_sec = (time_t)sec, .tv_nsec = nsec};
+    if (clock_settime(CLOCK_REALTIME, &ts) != 0)
+        say("restore: clock_settime: %s", strerror(errno));
+}
+
+static int hex_digit(char c) {
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+// Adds the host's random bytes (hex) to the kernel pool, credited, then forces a reseed of the
+// kernel's generator: every clone draws different numbers from then on (a snapshot duplicates the
+// generator's state).
+static void restore_entropy(const char* hex) {
+    struct {
+        struct rand_pool_info info;
+        unsigned char bytes[RESTORE_ENTROPY_MAX];
+    } pool = {0};
+    size_t n = 0;
+    for (; hex[2 * n] && hex[2 * n + 1] && n < RESTORE_ENTROPY_MAX; n++) {
+        int hi = hex_digit(hex[2 * n]), lo = hex_digit(hex[2 * n + 1]);
+        if (hi < 0 || lo < 0)
+            break;
+        pool.bytes[n] = (unsigned char)(hi * 16 + lo);
+    }
+    int fd = open("/dev/urandom", O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        say("restore: open /dev/urandom: %s", strerror(errno));
+        return;
+    }
+    pool.info.entropy_count = (int)(n * 8);
+    pool.info.buf_size = (int)n;
+    if (n > 0 && ioctl(fd, RNDADDENTROPY, &pool) != 0)
+        say("restore: RNDADDENTROPY: %s", strerror(errno));
+    if (ioctl(fd, RNDRESEEDCRNG) != 0)
+        say("restore: RNDRESEEDCRNG: %s", strerror(errno));
+    close(fd);
+}
+
+// GET of an http://A.B.C.D:PORT/path URL; returns the status code or -1.
+static int http_get_once(const char* url) {
+    if (strncmp(url, "http://", 7) != 0)
+        return -1;
+    char host[64];
+    const char* h = url + 7;
+    const char* slash = strchr(h, '/');
+    const char* colon = strchr(h, ':');
+    if (!colon || (slash && colon > slash) || (size_t)(colon - h) >= sizeof host)
+        return -1;
+    memcpy(host, h, (size_t)(colon - h));
+    host[colon - h] = '\0';
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
+    if (inet_pton(AF_INET, host, &addr.sin_addr) != 1)
+        return -1;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    int status = -1;
+    if (connect(fd, (struct sockaddr*)&addr, sizeof addr) == 0) {
+        char req[2300];
+        int len = snprintf(req, sizeof req,
+                           "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n",
+                           slash ? slash : "/", host);
+        char resp[256];
+        ssize_t got;
+        if (len > 0 && len < (int)sizeof req && write(fd, req, (size_t)len) == len &&
+            (got = read(fd, resp, sizeof resp - 1)) > 0) {
+            resp[got] = '\0';
+            if (sscanf(resp, "HTTP/1.%*d %d", &status) != 1)
+                status = -1;
+        }
+    }
+    close(fd);
+    return status;
+}
+
+static void restore_callback(const char* url) {
+    struct timespec backoff = {0, 50 * 1000 * 1000};
+    for (int attempt = 1; attempt <= CALLBACK_ATTEMPTS; attempt++) {
+        int status = http_get_once(url);
+        if (status >= 200 && status <= 299)
+            return;
+        say("restore: callback %s answered %d (attempt %d)", url, status, attempt);
+        nanosleep(&backoff, NULL);
+        if (backoff.tv_nsec < 400 * 1000 * 1000)
+            backoff.tv_nsec *= 2;
+    }
+}
+
+static void apply_restore(const struct config* c, struct restore_msg* m) {
+    if (m->time)
+        restore_clock(m->time);
+    if (m->entropy)
+        restore_entropy(m->entropy);
+    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (sock >= 0) {
+        apply_address(sock, c->iface, m->ip, m->mask, m->gw);
+        // The template's ARP entry for a gateway of the same address may name another tap's
+        // MAC (a clone can get a tap the template once used, recreated since): ask again.
+        struct arpreq arp = {0};
+        struct sockaddr_in gw = {.sin_family = AF_INET};
+        if (m->gw && inet_pton(AF_INET, m->gw, &gw.sin_addr) == 1) {
+            memcpy(&arp.arp_pa, &gw, sizeof gw);
+            snprintf(arp.arp_dev, sizeof arp.arp_dev, "%s", c->iface);
+            if (ioctl(sock, SIOCDARP, &arp) != 0 && errno != ENXIO)
+                say("restore: SIOCDARP %s: %s", m->gw, strerror(errno));
+        }
+        close(sock);
+    }
+}
+
+__attribute__((noreturn)) static void restore_listener(const struct config* c) {
+    prctl(PR_SET_NAME, "unifaas-restore");
+    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int on = 1;
+    struct sockaddr_in any = {.sin_family = AF_INET, .sin_port = htons(RESTORE_PORT)};
+    if (sock < 0 || setsockopt(sock, SOL_SOCKET, SO_BROADCAST, &on, sizeof on) != 0 ||
+        bind(sock, (struct sockaddr*)&any, sizeof any) != 0) {
+        say("restore: cannot listen on udp/%d: %s", RESTORE_PORT, strerror(errno));
+        _exit(1);
+    }
+    static char applied[128];  // nonce of the last restore applied: repeats are only acked
+    for (;;) {
+        static char buf[RESTORE_MSG_MAX + 1];
+        struct sockaddr_in from;
+        socklen_t from_len = sizeof from;
+        ssize_t n = recvfrom(sock, buf, RESTORE_MSG_MAX, 0, (struct sockaddr*)&from, &from_len);
+        if (n <= 0)
+            continue;
+        buf[n] = '\0';
+        struct restore_msg m;
+        if (parse_restore(buf, &m) != 0)
+            continue;
+        int fresh = strcmp(applied, m.nonce) != 0;
+        if (fresh) {
+            double start = uptime_s();
+            apply_restore(c, &m);
+            snprintf(applied, sizeof applied, "%s", m.nonce);
+            say("restored as %s in %.1f ms", m.ip, (uptime_s() - start) * 1e3);
+        }
+        char ack[256];
+        int len = snprintf(ack, sizeof ack, "unifaas-restored=%d\nnonce=%s\n", RESTORE_VERSION,
+                           m.nonce);
+        if (len > 0 && len < (int)sizeof ack)
+            sendto(sock, ack, (size_t)len, 0, (struct sockaddr*)&from, from_len);
+        if (fresh && m.callback)
+            restore_callback(m.callback);
+    }
+}
+
+static void start_restore_listener(const struct config* c) {
+    if (c->restore && strcmp(c->restore, "off") == 0)
+        return;
+    pid_t pid = fork();
+    if (pid < 0) {
+        say("restore listener: fork: %s", strerror(errno));
+    } else if (pid == 0) {
+        restore_listener(c);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -529,6 +787,7 @@ int main(void) {
     if (!cfg.callback)
         say("no unifaas.callback on the kernel command line");
 
+    start_restore_listener(&cfg);
     build_env(&cfg);
     pid_t child = start_function(&cfg);
     if (child < 0)

@@ -31,6 +31,7 @@
 #include "sandbox/firecracker_backend.h"
 #include "sandbox/oci_backend.h"
 #include "sandbox/qemu_backend.h"
+#include "sandbox/vm_template.h"
 #include "systemd/console_forwarder.h"
 #include "systemd/journal_sink.h"
 #include "systemd/listen_fds.h"
@@ -384,6 +385,18 @@ NetworkConfig network_config(const DaemonConfig& config) {
     return network;
 }
 
+// Snapshot templates ([vm] snapshot = true). Without a usable snapshot-dir such functions boot.
+std::unique_ptr<VmTemplateStore> open_snapshot_templates(const DaemonConfig& config) {
+    try {
+        return std::make_unique<VmTemplateStore>(config.snapshot_dir,
+                                                 config.snapshot_max_mib << 20);
+    } catch (const std::exception& e) {
+        spdlog::warn("snapshot templates unavailable ({}): functions with snapshot = true boot",
+                     e.what());
+        return nullptr;
+    }
+}
+
 int cleanup_taps(const DaemonConfig& config) {
     unsigned removed =
         remove_taps_with_prefix(config.network.tap_prefix) +
@@ -412,6 +425,9 @@ int run(const DaemonConfig& config) {
     VmEnvironment vm_env{config.runtime_dir, callback_port, network.get(), &exits};
     vm_env.scopes = scopes.get();
     vm_env.consoles = consoles.get();
+    std::unique_ptr<VmTemplateStore> templates = open_snapshot_templates(config);
+    vm_env.callbacks = &readiness;
+    vm_env.templates = templates.get();
 
     BackendSet backends;
     backends.set_container(make_docker_backend(config, callback_port, scopes != nullptr));

@@ -5,7 +5,8 @@
 // connection on its own thread with keep-alive, and once listening calls its readiness callback
 // (argv[1] when it is an http:// URL, else $UNIFAAS_CALLBACK) with a GET.
 //
-// Routes: /hello, /echo[/...], /sleep?ms=N, /; everything else is 404.
+// Routes: /hello, /echo[/...], /sleep?ms=N, /uuid (a fresh random UUID from the kernel), /time
+// (CLOCK_REALTIME as SECONDS.NANOSECONDS), /; everything else is 404.
 // Test hooks: HELLO_EXIT_BEFORE_READY=1 exits with status 3 before listening;
 //             HELLO_NO_CALLBACK=1 never calls back;
 //             HELLO_ALLOCATE_MIB=N touches N MiB of memory before listening (memory limits).
@@ -387,6 +388,28 @@ static void route_sleep(const struct request* r, struct response* res) {
     buf_printf(&res->body, "slept %ld ms\n", ms);
 }
 
+// The kernel's random UUID: tells apart VMs restored from one snapshot (each must reseed).
+static void route_uuid(struct response* res) {
+    char uuid[64] = {0};
+    FILE* f = fopen("/proc/sys/kernel/random/uuid", "r");
+    if (!f || !fgets(uuid, sizeof uuid, f)) {
+        res->status = 500;
+        buf_printf(&res->body, "cannot read /proc/sys/kernel/random/uuid: %s\n", strerror(errno));
+    } else {
+        res->status = 200;
+        buf_printf(&res->body, "%s", uuid);
+    }
+    if (f)
+        fclose(f);
+}
+
+static void route_time(struct response* res) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    res->status = 200;
+    buf_printf(&res->body, "%lld.%09ld\n", (long long)ts.tv_sec, ts.tv_nsec);
+}
+
 static void route(const struct request* r, struct response* res) {
     if (strcmp(r->path, "/hello") == 0) {
         res->status = 200;
@@ -395,6 +418,10 @@ static void route(const struct request* r, struct response* res) {
         route_echo(r, res);
     } else if (strcmp(r->path, "/sleep") == 0) {
         route_sleep(r, res);
+    } else if (strcmp(r->path, "/uuid") == 0) {
+        route_uuid(res);
+    } else if (strcmp(r->path, "/time") == 0) {
+        route_time(res);
     } else if (strcmp(r->path, "/") == 0) {
         res->status = 200;
         buf_printf(&res->body, "unifaas hello function\n");

@@ -36,6 +36,9 @@ void InstanceObject::update(const InstanceSnapshot& s) {
     if (s.unit != snapshot_.unit) {
         changed.emplace_back("Unit");
     }
+    if (s.start_kind != snapshot_.start_kind) {
+        changed.emplace_back("StartKind");
+    }
     if (s.started_at != snapshot_.started_at) {
         changed.emplace_back("StartedAt");
     }

@@ -39,6 +39,7 @@ class InstanceObject final : public sdbus::AdaptorInterfaces<org::unifaas::Insta
     std::string State() override { return to_string(snapshot_.state); }
     std::string Address() override { return snapshot_.address; }
     std::string Unit() override { return snapshot_.unit; }
+    std::string StartKind() override { return snapshot_.start_kind; }
     std::uint64_t StartedAt() override { return epoch_usec(snapshot_.started_at); }
     std::uint64_t Requests() override { return snapshot_.requests; }
     std::uint64_t MemoryCurrent() override { return accounting().memory_current; }

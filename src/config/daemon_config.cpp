@@ -205,6 +205,8 @@ DaemonConfig load_daemon_config(const fs::path& file) {
     if (auto agent = listen_address(reader, "agent-listen")) {
         config.agent_listen = *agent;
     }
+    set(config.snapshot_dir, reader.path("snapshot-dir", base));
+    set(config.snapshot_max_mib, reader.integer<std::uint64_t>("snapshot-max-size", 0, 1u << 30));
     reader.finish();
     return config;
 }

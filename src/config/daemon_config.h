@@ -48,6 +48,9 @@ struct DaemonConfig {
     std::string node_name = host_name();        // in /metrics and /status
     Seconds drain_delay{5};                     // SIGTERM: /healthz 503 this long, still serving
     std::optional<ListenAddress> agent_listen;  // HAProxy agent-check port; off when unset
+    // Snapshot templates of functions with [vm] snapshot = true.
+    std::filesystem::path snapshot_dir = "/var/lib/unifaas/snapshots";
+    std::uint64_t snapshot_max_mib = 8192;  // all templates together
 };
 
 // Reads a unifaas.toml. Unknown keys and wrong types are ConfigErrors naming file and key.

@@ -271,7 +271,14 @@ VmSpec parse_vm(TableReader vm, const fs::path& dir) {
         vm.integer<std::uint64_t>("memory", 16, kMaxMemoryMib).value_or(spec.memory_mib);
     spec.cpus = vm.integer<unsigned>("cpus", 1, 64).value_or(spec.cpus);
     spec.cmdline = vm.string("cmdline").value_or("");
+    spec.snapshot = vm.boolean("snapshot").value_or(false);
     parse_hypervisor(vm.required_table("hypervisor"), spec);
+    if (spec.snapshot && spec.hypervisor != HypervisorType::Firecracker &&
+        spec.disk_type == DiskType::NineP) {
+        vm.fail("snapshot",
+                "not supported with disk-type 9p (QEMU cannot save a VM with a 9p "
+                "share mounted)");
+    }
     vm.finish();
 
     if (image) {

@@ -50,6 +50,7 @@ struct VmSpec {
     std::uint64_t memory_mib = 128;
     unsigned cpus = 1;
     std::string cmdline;  // with %ip %gateway %netmask %callback placeholders
+    bool snapshot = false;  // cold starts restore clones of a saved template when one is ready
 
     HypervisorType hypervisor = HypervisorType::Firecracker;
     bool copy_rootfs = true;             // firecracker

@@ -293,6 +293,7 @@ std::string Gateway::status_json() const {
                                  {"state", to_string(i.state)},
                                  {"address", i.address},
                                  {"sandbox", i.sandbox},
+                                 {"start", i.start_kind},
                                  {"capacity", i.capacity},
                                  {"in_use", i.in_use},
                                  {"requests", i.requests}});

@@ -1,8 +1,9 @@
 #include "gateway/metrics_endpoint.h"
 
-#include <fmt/format.h>
-
+#include <algorithm>
 #include <map>
+
+#include <fmt/format.h>
 
 namespace unifaas {
 
@@ -33,15 +34,25 @@ std::string render_metrics(
             }
         }
     }
-    header(out, "unifaas_cold_starts_total", "counter", "Instances started.");
+    header(out, "unifaas_cold_starts_total", "counter",
+           "Instances started, by how: boot, or restore of a snapshot template.");
     for (const auto& [p, m] : pools) {
-        out += fmt::format("unifaas_cold_starts_total{{{}}} {}\n", function_label(p),
-                           m->cold_starts.load(std::memory_order_relaxed));
+        auto all = m->cold_starts.load(std::memory_order_relaxed);
+        auto restored = m->restore_starts.load(std::memory_order_relaxed);
+        out += fmt::format("unifaas_cold_starts_total{{{},kind=\"boot\"}} {}\n", function_label(p),
+                           all - std::min(all, restored));
+        out += fmt::format("unifaas_cold_starts_total{{{},kind=\"restore\"}} {}\n",
+                           function_label(p), restored);
     }
     header(out, "unifaas_cold_start_duration_seconds", "histogram",
            "Time from starting an instance to its readiness callback.");
     for (const auto& [p, m] : pools) {
         m->cold_start_seconds.render(out, "unifaas_cold_start_duration_seconds", function_label(p));
+    }
+    header(out, "unifaas_restore_duration_seconds", "histogram",
+           "Time from starting a clone of a snapshot template to its readiness callback.");
+    for (const auto& [p, m] : pools) {
+        m->restore_seconds.render(out, "unifaas_restore_duration_seconds", function_label(p));
     }
     header(out, "unifaas_invocation_duration_seconds", "histogram",
            "Time from accepting an invocation to having its answer.");

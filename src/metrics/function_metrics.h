@@ -29,8 +29,10 @@ struct FunctionMetrics {
     // Invocations by status code (100..599; anything else is counted as 0).
     std::array<std::atomic<std::uint64_t>, 600> invocations{};
     std::atomic<std::uint64_t> cold_starts{0};
-    Histogram cold_start_seconds;  // instance created -> ready
-    Histogram invocation_seconds;  // request accepted -> response ready
+    std::atomic<std::uint64_t> restore_starts{0};  // of cold_starts: clones of a snapshot
+    Histogram cold_start_seconds;                  // instance created -> ready
+    Histogram restore_seconds;                     // the same, for clones restored from a snapshot
+    Histogram invocation_seconds;                  // request accepted -> response ready
     Histogram queue_wait_seconds;  // time spent waiting for a slot (queued requests only)
 
     void count_invocation(int status) {

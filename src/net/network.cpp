@@ -405,6 +405,13 @@ NetworkLease::NetworkLease(std::shared_ptr<net_detail::NetworkCore> core,
       addresses_(addresses) {}
 
 NetworkLease::~NetworkLease() {
+    if (!mac_override_.empty()) {
+        try {
+            device_->set_guest_mac(guest_mac(addresses_.guest()));
+        } catch (const std::exception& e) {
+            spdlog::warn("net: {}", e.what());
+        }
+    }
     core_->give_back(block_, std::move(device_));
 }
 
@@ -418,7 +425,12 @@ std::string NetworkLease::netmask() const {
     return ipv4_to_string(Block30::netmask);
 }
 std::string NetworkLease::mac() const {
-    return guest_mac(addresses_.guest());
+    return mac_override_.empty() ? guest_mac(addresses_.guest()) : mac_override_;
+}
+
+void NetworkLease::use_guest_mac(const std::string& mac) {
+    device_->set_guest_mac(mac);
+    mac_override_ = mac;
 }
 
 // --- NetnsLease ---

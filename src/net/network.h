@@ -46,7 +46,11 @@ class NetworkLease {
     std::string host_ip() const;                     // tap address, the guest's gateway
     std::string guest_ip() const;
     std::string netmask() const;  // "255.255.255.252"
-    std::string mac() const;      // guest_mac(guest address)
+    std::string mac() const;      // guest_mac(guest address), or the one given to use_guest_mac
+    // The guest behind this tap uses `mac` instead (a clone restored from a snapshot keeps the
+    // template's MAC): the host's neighbour entry follows; the tap gets its own back when the
+    // lease ends. Throws std::system_error.
+    void use_guest_mac(const std::string& mac);
     std::uint32_t guest_address() const { return addresses_.guest(); }
 
   private:
@@ -59,6 +63,7 @@ class NetworkLease {
     std::string tap_;
     unsigned block_;
     Block30 addresses_;
+    std::string mac_override_;
 };
 
 class VethNamespace;

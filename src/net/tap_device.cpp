@@ -204,6 +204,16 @@ void TapDevice::reset() {
     add_guest_neighbour();
 }
 
+void TapDevice::set_guest_mac(const std::string& mac) {
+    auto parsed = parse_mac(mac);
+    if (!guest_ || !parsed) {
+        fail(EINVAL, "tap " + name_ + ": guest MAC \"" + mac + "\" is not like 02:fa:0a:64:00:02");
+    }
+    guest_->mac = mac;
+    guest_mac_ = *parsed;
+    add_guest_neighbour();
+}
+
 void TapDevice::add_guest_neighbour() {
     if (guest_) {
         set_permanent_neighbour(name_, guest_->address, guest_mac_,

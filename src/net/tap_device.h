@@ -49,6 +49,10 @@ class TapDevice {
     // flushes every entry of the device, permanent ones too); the address stays and its route
     // comes back; then the guest's permanent entry is installed again. Throws std::system_error.
     void reset();
+    // The guest now answers with `mac` (a VM restored from a snapshot keeps the MAC it was saved
+    // with): its permanent neighbour entry is replaced, and reset() installs this one. Throws
+    // std::system_error (EINVAL for a malformed MAC).
+    void set_guest_mac(const std::string& mac);
 
   private:
     void add_guest_neighbour();

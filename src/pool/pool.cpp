@@ -65,6 +65,7 @@ struct PooledInstance {
     std::uint16_t port = 0;
     std::string describe;
     std::string unit;
+    std::string start_kind;  // "boot" or "restore" once the sandbox runs
     std::chrono::system_clock::time_point started_at = std::chrono::system_clock::now();
     Clock::time_point created = Clock::now();
 
@@ -404,6 +405,10 @@ void Pool::run_start(std::shared_ptr<PooledInstance> inst) {
     inst->port = sandbox->port();
     inst->describe = sandbox->describe();
     inst->unit = sandbox->unit();
+    inst->start_kind = sandbox->start_kind();
+    if (inst->start_kind == std::string_view("restore")) {
+        metrics_.restore_starts.fetch_add(1, std::memory_order_relaxed);
+    }
     inst->sandbox = std::move(sandbox);
     if (inst->state == InstanceState::Stopping) {
         // Retired while starting (boot timeout, shutdown): stop what was just started.
@@ -441,6 +446,9 @@ void Pool::on_ready(const std::shared_ptr<PooledInstance>& inst) {
     inst->boot_timer = 0;
     auto boot_time = Clock::now() - inst->created;
     metrics_.cold_start_seconds.observe(boot_time);
+    if (inst->start_kind == "restore") {
+        metrics_.restore_seconds.observe(boot_time);
+    }
     auto boot_ms = std::chrono::duration_cast<std::chrono::milliseconds>(boot_time);
     spdlog::info("function {} instance {}: ready in {} ms ({})", function_, inst->id,
                  boot_ms.count(), inst->describe);
@@ -714,8 +722,9 @@ void Pool::shutdown() {
 }
 
 InstanceSnapshot Pool::snapshot_locked(const PooledInstance& inst) const {
-    return InstanceSnapshot{inst.id,   function_,     inst.state,  inst.address,  inst.describe,
-                            inst.unit, inst.capacity, inst.in_use, inst.requests, inst.started_at};
+    return InstanceSnapshot{inst.id,       function_,       inst.state,     inst.address,
+                            inst.describe, inst.unit,       inst.capacity,  inst.in_use,
+                            inst.requests, inst.started_at, inst.start_kind};
 }
 
 void Pool::notify_changed_locked(const PooledInstance& inst) {

@@ -85,6 +85,7 @@ struct InstanceSnapshot {
     unsigned in_use = 0;
     std::uint64_t requests = 0;
     std::chrono::system_clock::time_point started_at;
+    std::string start_kind;  // Instance::start_kind(): "boot" or "restore"; "" while starting
 };
 
 struct PoolSnapshot {

@@ -10,18 +10,21 @@
 #include <string>
 #include <unordered_map>
 
+#include "sandbox/vm_common.h"
+
 namespace unifaas {
 
-class Readiness {
+class Readiness : public CallbackRegistry {
   public:
     enum class Outcome { Ready, UnknownToken, WrongSource };
 
     // A new token (128 random bits, hex) for an instance whose address is not yet known.
-    std::string issue();
+    std::string issue() override;
     // The instance's address is known: a callback from it runs on_ready once.
-    void expect(const std::string& token, std::string address, std::function<void()> on_ready);
+    void expect(const std::string& token, std::string address,
+                std::function<void()> on_ready) override;
     // The instance is gone; its token stops working.
-    void forget(const std::string& token);
+    void forget(const std::string& token) override;
 
     // A callback arrived from `source`. When it comes before the backend knows the instance's
     // address (a container may call back before inspect returns), waits up to `wait` for it.

@@ -62,9 +62,19 @@ void FirecrackerApi::check_id(const std::string& id) {
 }
 
 void FirecrackerApi::put(const std::string& path, const json& body) {
+    send("PUT", path, body);
+}
+
+void FirecrackerApi::patch(const std::string& path, const json& body) {
+    send("PATCH", path, body);
+}
+
+void FirecrackerApi::send(const std::string& method, const std::string& path, const json& body) {
     static const httplib::Headers kHeaders{{"Host", "localhost"}, {"Accept", "application/json"}};
-    std::string request = "PUT " + path;
-    auto result = client_->Put(path.c_str(), kHeaders, body.dump(), "application/json");
+    std::string request = method + " " + path;
+    auto result = method == "PATCH"
+                      ? client_->Patch(path.c_str(), kHeaders, body.dump(), "application/json")
+                      : client_->Put(path.c_str(), kHeaders, body.dump(), "application/json");
     if (!result) {
         throw FirecrackerApiError(
             request, 0, httplib::to_string(result.error()) + " (" + socket_path_.string() + ")");
@@ -107,6 +117,33 @@ void FirecrackerApi::put_network_interface(const std::string& iface_id,
 
 void FirecrackerApi::instance_start() {
     put("/actions", json{{"action_type", "InstanceStart"}});
+}
+
+void FirecrackerApi::pause_vm() {
+    patch("/vm", json{{"state", "Paused"}});
+}
+
+void FirecrackerApi::resume_vm() {
+    patch("/vm", json{{"state", "Resumed"}});
+}
+
+void FirecrackerApi::create_snapshot(const std::string& snapshot_path,
+                                     const std::string& mem_file_path) {
+    put("/snapshot/create", json{{"snapshot_type", "Full"},
+                                 {"snapshot_path", snapshot_path},
+                                 {"mem_file_path", mem_file_path}});
+}
+
+void FirecrackerApi::load_snapshot(const std::string& snapshot_path,
+                                   const std::string& mem_file_path, const std::string& iface_id,
+                                   const std::string& host_dev_name) {
+    check_id(iface_id);
+    put("/snapshot/load",
+        json{{"snapshot_path", snapshot_path},
+             {"mem_backend", {{"backend_type", "File"}, {"backend_path", mem_file_path}}},
+             {"resume_vm", true},
+             {"network_overrides",
+              json::array({{{"iface_id", iface_id}, {"host_dev_name", host_dev_name}}})}});
 }
 
 void boot_via_api(FirecrackerApi& api, const BootPlan& plan) {

@@ -62,12 +62,27 @@ class FirecrackerApi {
     // PUT /actions {"action_type": "InstanceStart"}
     void instance_start();
 
+    // Snapshots (a template is paused, saved and never resumed; clones load it):
+    // PATCH /vm {"state": "Paused"} / {"state": "Resumed"}
+    void pause_vm();
+    void resume_vm();
+    // PUT /snapshot/create {"snapshot_type": "Full", "snapshot_path", "mem_file_path"}
+    void create_snapshot(const std::string& snapshot_path, const std::string& mem_file_path);
+    // PUT /snapshot/load {"snapshot_path", "mem_backend": {"backend_type": "File",
+    // "backend_path"}, "resume_vm": true, "network_overrides": [{"iface_id", "host_dev_name"}]}
+    // in a fresh firecracker process: the guest memory is mapped private from the template's
+    // file, and the clone's interface `iface_id` uses its own tap.
+    void load_snapshot(const std::string& snapshot_path, const std::string& mem_file_path,
+                       const std::string& iface_id, const std::string& host_dev_name);
+
     // Throws std::invalid_argument unless `id` is a usable drive/interface id: non-empty
     // [A-Za-z0-9_] (what Firecracker accepts in a path), so it never needs URL escaping.
     static void check_id(const std::string& id);
 
   private:
     void put(const std::string& path, const nlohmann::json& body);
+    void patch(const std::string& path, const nlohmann::json& body);
+    void send(const std::string& method, const std::string& path, const nlohmann::json& body);
 
     std::filesystem::path socket_path_;
     std::unique_ptr<httplib::Client> client_;

@@ -458,6 +458,15 @@ std::unique_ptr<Instance> FirecrackerBackend::start(const InstanceContext& ctx) 
     if (env_.network == nullptr) {
         throw SandboxError(501, "microVMs are not available: the daemon has no tap network");
     }
+    if (vm.snapshot) {
+        std::lock_guard lk(snapshot_warned_mu_);
+        if (snapshot_warned_.insert(spec.name).second) {
+            spdlog::warn(
+                "function {}: snapshot = true is not implemented for firecracker yet "
+                "(QEMU only): its cold starts boot",
+                spec.name);
+        }
+    }
     check_readable(vm.kernel, "kernel");
     check_readable(vm.image, "image");
     if (vm.initrd) {

@@ -12,6 +12,8 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -72,6 +74,8 @@ class FirecrackerBackend : public Backend {
   private:
     VmEnvironment env_;
     std::string executable_;
+    std::mutex snapshot_warned_mu_;
+    std::set<std::string> snapshot_warned_;  // functions told that snapshot = true boots here
 };
 
 }  // namespace unifaas

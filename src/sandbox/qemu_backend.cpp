@@ -1,12 +1,17 @@
 #include "sandbox/qemu_backend.h"
 
+#include <poll.h>
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "net/network.h"
 #include "sandbox/child_process.h"
+#include "sandbox/qmp_client.h"
+#include "sandbox/restore_channel.h"
 #include "systemd/console_forwarder.h"
 #include "systemd/scope_manager.h"
+#include "util/random.h"
 
 namespace unifaas {
 
@@ -15,18 +20,40 @@ namespace {
 // Under TCG a scope's memory limit also covers QEMU's translation cache, which grows as guest code
 // is translated (about 100 MiB after a Linux boot here; QEMU reserves up to 1 GiB for it).
 constexpr std::uint64_t kTcgCacheMiB = 256;
+// A clone must have loaded its state and acknowledged its new identity within this (or the
+// function's boot-timeout when shorter), else it is destroyed and the cold start boots instead.
+// Under TCG on a loaded host a restore has taken 2 s; normally it takes a few hundred ms.
+constexpr auto kRestoreDeadline = std::chrono::seconds(10);
+// Pausing and saving a template (QMP), and its qemu exiting afterwards.
+constexpr auto kSaveDeadline = std::chrono::seconds(60);
 
 const char* on_off(bool v) {
     return v ? "on" : "off";
 }
 
-std::string machine_option(const VmSpec& vm) {
-    if (vm.hypervisor != HypervisorType::Microvm) {
-        return "q35";
+std::string machine_option(const VmSpec& vm, bool memory_backend) {
+    std::string machine =
+        vm.hypervisor != HypervisorType::Microvm
+            ? std::string("q35")
+            : fmt::format("microvm,pic={},pit={},rtc={},acpi={},auto-kernel-cmdline={}",
+                          on_off(vm.pic), on_off(vm.pit), on_off(vm.rtc), on_off(vm.acpi),
+                          on_off(vm.auto_kernel_cmdline));
+    return memory_backend ? machine + ",memory-backend=mem" : machine;
+}
+
+// A path inside a shell command of `-incoming exec:` / `migrate exec:`.
+std::string shell_quoted(const std::string& text) {
+    std::string out = "'";
+    for (char c : text) {
+        out += c == '\'' ? std::string("'\\''") : std::string(1, c);
     }
-    return fmt::format("microvm,pic={},pit={},rtc={},acpi={},auto-kernel-cmdline={}",
-                       on_off(vm.pic), on_off(vm.pit), on_off(vm.rtc), on_off(vm.acpi),
-                       on_off(vm.auto_kernel_cmdline));
+    return out + "'";
+}
+
+// Waits for the process behind `pidfd` to exit, up to `timeout`; whether it did.
+bool wait_exit(int pidfd, std::chrono::milliseconds timeout) {
+    pollfd p{pidfd, POLLIN, 0};
+    return ::poll(&p, 1, static_cast<int>(timeout.count())) == 1;
 }
 
 void add_disk(std::vector<std::string>& argv, const VmSpec& vm, const std::string& bus) {
@@ -55,8 +82,10 @@ class QemuInstance : public Instance {
   public:
     QemuInstance(const InstanceContext& ctx, std::unique_ptr<NetworkLease> lease,
                  std::unique_ptr<WorkDir> workdir, const std::vector<std::string>& argv,
-                 const VmEnvironment& env, std::uint64_t memory_max)
-        : lease_(std::move(lease)),
+                 const VmEnvironment& env, std::uint64_t memory_max,
+                 std::shared_ptr<VmTemplate> restored_from = nullptr)
+        : restored_from_(std::move(restored_from)),
+          lease_(std::move(lease)),
           workdir_(std::move(workdir)),
           port_(ctx.spec->port),
           exits_(*env.exits),
@@ -64,7 +93,14 @@ class QemuInstance : public Instance {
           child_(argv, workdir_->path() / "qemu.log", {"TMPDIR=" + workdir_->path().string()}) {
         // Before the watch: when systemd refuses the scope, child_ is killed on the way out.
         scope_ = start_instance_scope(env.scopes, ctx, child_.pid(), memory_max);
-        auto on_exit = ctx.on_exit;
+        if (!restored_from_) {
+            report_exit(ctx.on_exit);
+        }
+    }
+
+    // From now on the sandbox's end is reported (a clone only once it is restored: a failed
+    // restore is destroyed and replaced by a boot without the pool hearing of it).
+    void report_exit(const std::function<void(const std::string&)>& on_exit) {
         watch_ = exits_.watch(child_.pidfd(), [this, on_exit] {
             std::string how = child_.exit_description();
             on_exit("qemu " + (how.empty() ? std::string("exited") : how));
@@ -72,7 +108,9 @@ class QemuInstance : public Instance {
     }
 
     ~QemuInstance() override {
-        exits_.unwatch(watch_);  // no exit report for the kill below
+        if (watch_ != 0) {
+            exits_.unwatch(watch_);  // no exit report for the kill below
+        }
         // Members go in reverse order: the qemu process, then its files, then its tap.
     }
 
@@ -82,6 +120,7 @@ class QemuInstance : public Instance {
         return fmt::format("qemu pid {} (tap {})", child_.pid(), lease_->tap());
     }
     std::string unit() const override { return scope_ ? scope_->name() : std::string(); }
+    const char* start_kind() const override { return restored_from_ ? "restore" : "boot"; }
     std::string output_tail() const override {
         std::string console = tail_lines(workdir_->path() / "console.log", 20);
         std::string qemu = tail_lines(workdir_->path() / "qemu.log", 5);
@@ -92,6 +131,7 @@ class QemuInstance : public Instance {
     }
 
   private:
+    std::shared_ptr<VmTemplate> restored_from_;  // its files stay while the clone maps them
     std::unique_ptr<NetworkLease> lease_;
     std::unique_ptr<WorkDir> workdir_;
     std::uint16_t port_;
@@ -116,7 +156,7 @@ std::vector<std::string> qemu_command_line(const QemuLaunch& l) {
         "-cpu",
         l.accel == Accel::Kvm ? "host" : "max",
         "-M",
-        machine_option(vm),
+        machine_option(vm, l.memory_file.has_value()),
         "-m",
         std::to_string(vm.memory_mib),
         "-smp",
@@ -139,6 +179,20 @@ std::vector<std::string> qemu_command_line(const QemuLaunch& l) {
                 {"-netdev", fmt::format("tap,id=net0,ifname={},script=no,downscript=no", l.tap),
                  "-device", fmt::format("virtio-net-{},netdev=net0,mac={}", bus, l.mac)});
     add_disk(argv, vm, bus);
+    if (l.memory_file) {
+        argv.insert(
+            argv.end(),
+            {"-object", fmt::format("memory-backend-file,id=mem,mem-path={},size={}M,share={}",
+                                    l.memory_file->path.string(), vm.memory_mib,
+                                    on_off(l.memory_file->shared))});
+    }
+    if (!l.qmp_socket.empty()) {
+        argv.insert(argv.end(),
+                    {"-qmp", fmt::format("unix:{},server=on,wait=off", l.qmp_socket.string())});
+    }
+    if (l.incoming) {
+        argv.insert(argv.end(), {"-incoming", "defer"});
+    }
     return argv;
 }
 
@@ -159,23 +213,54 @@ std::string QemuBackend::kernel_cmdline(const VmSpec& vm, const GuestAddressing&
     return cmdline;
 }
 
+QemuBackend::~QemuBackend() {
+    std::vector<std::thread> builds;
+    {
+        std::lock_guard lk(builds_mu_);
+        stopping_ = true;
+        builds.swap(builds_);
+    }
+    builds_changed_.notify_all();
+    for (auto& t : builds) {
+        t.join();
+    }
+}
+
+std::unique_ptr<NetworkLease> QemuBackend::lease_network() {
+    if (!env_.network) {
+        throw SandboxError(501, "microVMs are not available: the daemon cannot manage taps");
+    }
+    try {
+        return env_.network->lease();
+    } catch (const NetworkExhausted& e) {
+        throw SandboxError(503, e.what());
+    }
+}
+
 std::unique_ptr<Instance> QemuBackend::start(const InstanceContext& ctx) {
     const FunctionSpec& spec = *ctx.spec;
-    const VmSpec& vm = spec.vm();
     if (binary_.empty()) {
         throw SandboxError(501, fmt::format("QEMU is not installed: {} not found (install "
                                             "qemu-system-x86 or set qemu-binary)",
                                             configured_binary_));
     }
-    if (!env_.network) {
-        throw SandboxError(501, "microVMs are not available: the daemon cannot manage taps");
+    if (spec.vm().snapshot && env_.templates != nullptr) {
+        std::string key = template_key(spec, binary_, accel_);
+        if (auto tpl = env_.templates->find(spec.name, key)) {
+            if (auto clone = restore(ctx, tpl)) {
+                return clone;
+            }
+        } else {
+            build_template_later(ctx.spec, key);
+        }
     }
-    std::unique_ptr<NetworkLease> lease;
-    try {
-        lease = env_.network->lease();
-    } catch (const NetworkExhausted& e) {
-        throw SandboxError(503, e.what());
-    }
+    return boot(ctx);
+}
+
+std::unique_ptr<Instance> QemuBackend::boot(const InstanceContext& ctx) {
+    const FunctionSpec& spec = *ctx.spec;
+    const VmSpec& vm = spec.vm();
+    std::unique_ptr<NetworkLease> lease = lease_network();
     auto workdir = std::make_unique<WorkDir>(env_.runtime_dir, ctx.instance_id);
     GuestAddressing addressing{
         lease->guest_ip(), lease->host_ip(), lease->netmask(),
@@ -198,6 +283,171 @@ std::unique_ptr<Instance> QemuBackend::start(const InstanceContext& ctx) {
             scope_memory_max(vm.memory_mib, accel_ == Accel::Tcg ? kTcgCacheMiB : 0));
     } catch (const std::system_error& e) {
         throw SandboxError(502, e.what());
+    }
+}
+
+std::unique_ptr<Instance> QemuBackend::restore(const InstanceContext& ctx,
+                                               const std::shared_ptr<VmTemplate>& tpl) {
+    const FunctionSpec& spec = *ctx.spec;
+    const VmSpec& vm = spec.vm();
+    auto limit = std::min<std::chrono::steady_clock::duration>(
+        kRestoreDeadline,
+        std::chrono::duration_cast<std::chrono::steady_clock::duration>(spec.boot_timeout));
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    std::unique_ptr<QemuInstance> clone;
+    try {
+        std::unique_ptr<NetworkLease> lease = lease_network();
+        lease->use_guest_mac(tpl->mac());  // virtio-net comes back with the template's MAC
+        auto workdir = std::make_unique<WorkDir>(env_.runtime_dir, ctx.instance_id);
+        RestoreMessage message{
+            lease->guest_ip(), lease->host_ip(), lease->netmask(),
+            fmt::format("http://{}:{}{}", lease->host_ip(), env_.callback_port, ctx.callback_path),
+            random_hex(8)};
+        std::string tap = lease->tap();
+
+        QemuLaunch launch;
+        launch.binary = binary_;
+        launch.accel = accel_;
+        launch.name = spec.name + "-" + ctx.instance_id;
+        launch.vm = &vm;
+        launch.kernel_cmdline = tpl->kernel_cmdline();
+        launch.tap = tap;
+        launch.mac = tpl->mac();
+        launch.console_log = workdir->path() / "console.log";
+        launch.memory_file = QemuLaunch::MemoryFile{tpl->memory_file(), false};
+        launch.qmp_socket = workdir->path() / "qmp.sock";
+        launch.incoming = true;
+        auto argv = qemu_command_line(launch);
+        spdlog::debug("function {} instance {}: {}", spec.name, ctx.instance_id,
+                      fmt::join(argv, " "));
+        clone = std::make_unique<QemuInstance>(
+            ctx, std::move(lease), std::move(workdir), argv, env_,
+            scope_memory_max(vm.memory_mib, accel_ == Accel::Tcg ? kTcgCacheMiB : 0), tpl);
+
+        QmpClient qmp(launch.qmp_socket, deadline);
+        qmp.enable_ignore_shared();
+        qmp.restore("exec:cat " + shell_quoted(tpl->state_file().string()));
+        if (!send_restore(tap, message, deadline)) {
+            throw std::runtime_error(fmt::format(
+                "the guest did not acknowledge its restore message within {} ms (does its init "
+                "speak restore protocol {}?)",
+                std::chrono::duration_cast<std::chrono::milliseconds>(limit).count(),
+                kRestoreProtocolVersion));
+        }
+        env_.templates->restore_succeeded(tpl);
+        clone->report_exit(ctx.on_exit);
+        return clone;
+    } catch (const SandboxError&) {
+        throw;  // no tap, no QEMU: booting would fail the same way
+    } catch (const std::exception& e) {
+        std::string tail = clone ? clone->output_tail() : std::string();
+        spdlog::warn(
+            "function {} instance {}: restore from template {} failed, booting instead: "
+            "{}{}{}",
+            spec.name, ctx.instance_id, tpl->key(), e.what(), tail.empty() ? "" : "\n", tail);
+        clone.reset();  // gives back its qemu, tap and files before the boot takes new ones
+        env_.templates->restore_failed(tpl);
+        return nullptr;
+    }
+}
+
+void QemuBackend::build_template_later(std::shared_ptr<const FunctionSpec> spec,
+                                       const std::string& key) {
+    if (env_.callbacks == nullptr || !env_.templates->begin_build(spec->name, key)) {
+        return;
+    }
+    std::lock_guard lk(builds_mu_);
+    if (stopping_) {
+        env_.templates->abandon_build(key, {});
+        return;
+    }
+    builds_.emplace_back([this, spec = std::move(spec), key] { build_template(spec, key); });
+}
+
+void QemuBackend::build_template(const std::shared_ptr<const FunctionSpec>& spec,
+                                 const std::string& key) {
+    const VmSpec& vm = spec->vm();
+    auto started = std::chrono::steady_clock::now();
+    std::filesystem::path partial = env_.templates->partial_dir(key);
+    std::string token;
+    try {
+        std::filesystem::create_directories(partial);
+        std::unique_ptr<NetworkLease> lease = lease_network();
+        WorkDir workdir(env_.runtime_dir, "template-" + random_hex(6));
+        token = env_.callbacks->issue();
+        GuestAddressing addressing{
+            lease->guest_ip(), lease->host_ip(), lease->netmask(),
+            fmt::format("http://{}:{}/ready/{}", lease->host_ip(), env_.callback_port, token)};
+        QemuLaunch launch;
+        launch.binary = binary_;
+        launch.accel = accel_;
+        launch.name = spec->name + "-template";
+        launch.vm = &vm;
+        launch.kernel_cmdline = kernel_cmdline(vm, addressing);
+        launch.tap = lease->tap();
+        launch.mac = lease->mac();
+        launch.console_log = workdir.path() / "console.log";
+        launch.memory_file = QemuLaunch::MemoryFile{partial / "memory", true};
+        launch.qmp_socket = workdir.path() / "qmp.sock";
+        ChildProcess qemu(qemu_command_line(launch), workdir.path() / "qemu.log",
+                          {"TMPDIR=" + workdir.path().string()});
+
+        auto ready = std::make_shared<bool>(false);  // the callback may outlive this frame
+        env_.callbacks->expect(token, lease->guest_ip(), [this, ready] {
+            std::lock_guard lk(builds_mu_);
+            *ready = true;
+            builds_changed_.notify_all();
+        });
+        {
+            std::unique_lock lk(builds_mu_);
+            builds_changed_.wait_until(
+                lk,
+                started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                              spec->boot_timeout),
+                [&] { return *ready || stopping_; });
+        }
+        env_.callbacks->forget(token);
+        {
+            std::lock_guard lk(builds_mu_);
+            if (stopping_) {
+                throw std::runtime_error("the daemon is stopping");
+            }
+            if (!*ready) {
+                throw std::runtime_error(fmt::format(
+                    "no readiness callback within boot-timeout ({} s){}\n{}",
+                    spec->boot_timeout.count(),
+                    qemu.exit_description().empty() ? "" : "; qemu " + qemu.exit_description(),
+                    tail_lines(workdir.path() / "console.log", 10)));
+            }
+        }
+        auto deadline = std::chrono::steady_clock::now() + kSaveDeadline;
+        QmpClient qmp(launch.qmp_socket, deadline);
+        qmp.enable_ignore_shared();
+        qmp.save("exec:cat > " + shell_quoted((partial / "state").string()));
+        try {
+            qmp.execute("quit");
+        } catch (const QmpError&) {
+            // qemu may close the connection before answering
+        }
+        // The RAM file is complete once qemu is gone (its mapping was shared).
+        if (!wait_exit(qemu.pidfd(), std::chrono::duration_cast<std::chrono::milliseconds>(
+                                         deadline - std::chrono::steady_clock::now()))) {
+            throw std::runtime_error("qemu did not exit after saving");
+        }
+        auto tpl = env_.templates->finish_build(spec->name, key, partial, launch.mac,
+                                                launch.kernel_cmdline);
+        if (tpl) {
+            spdlog::info("function {}: template {} ready in {} ms", spec->name, key,
+                         std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::steady_clock::now() - started)
+                             .count());
+        }
+    } catch (const std::exception& e) {
+        if (!token.empty()) {
+            env_.callbacks->forget(token);
+        }
+        spdlog::warn("function {}: template {} not built: {}", spec->name, key, e.what());
+        env_.templates->abandon_build(key, partial);
     }
 }
 

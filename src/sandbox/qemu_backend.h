@@ -5,15 +5,24 @@
 // qemu process watched through a pidfd so an exit is noticed at once.
 #pragma once
 
+#include <condition_variable>
 #include <filesystem>
+#include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "sandbox/accel.h"
 #include "sandbox/sandbox.h"
 #include "sandbox/vm_common.h"
+#include "sandbox/vm_template.h"
 
 namespace unifaas {
+
+class NetworkLease;
+class VmTemplate;
 
 // Everything one qemu command line depends on.
 struct QemuLaunch {
@@ -25,6 +34,15 @@ struct QemuLaunch {
     std::string tap;
     std::string mac;
     std::filesystem::path console_log;
+    // Snapshots: guest RAM in this file (`-object memory-backend-file`), mapped shared (a
+    // template, whose RAM the file keeps) or private (a clone: copy-on-write over the template's).
+    struct MemoryFile {
+        std::filesystem::path path;
+        bool shared = false;
+    };
+    std::optional<MemoryFile> memory_file;
+    std::filesystem::path qmp_socket;  // `-qmp unix:...` when not empty
+    bool incoming = false;             // `-incoming defer` (a clone waiting for its state)
 };
 
 // The argv of one instance (pure: unit-tested against the compat corpus).
@@ -34,16 +52,32 @@ class QemuBackend : public Backend {
   public:
     QemuBackend(VmEnvironment env, std::string binary, Accel accel);
 
+    ~QemuBackend() override;
+
     std::unique_ptr<Instance> start(const InstanceContext& ctx) override;
 
   private:
     std::string kernel_cmdline(const VmSpec& vm, const GuestAddressing& addressing) const;
+    std::unique_ptr<NetworkLease> lease_network();
+    std::unique_ptr<Instance> boot(const InstanceContext& ctx);
+    // A clone of `tpl`, up and acknowledged on its own address; nullptr (logged, counted against
+    // the template) when it did not come up in time.
+    std::unique_ptr<Instance> restore(const InstanceContext& ctx,
+                                      const std::shared_ptr<VmTemplate>& tpl);
+    // Builds the template `key` of `spec` on a thread of its own unless one is built already.
+    void build_template_later(std::shared_ptr<const FunctionSpec> spec, const std::string& key);
+    void build_template(const std::shared_ptr<const FunctionSpec>& spec, const std::string& key);
 
     VmEnvironment env_;
     std::string configured_binary_;
     std::string binary_;  // resolved path, "" when not installed
     Accel accel_;
     unsigned long tsc_khz_;
+
+    std::mutex builds_mu_;
+    std::condition_variable builds_changed_;
+    bool stopping_ = false;
+    std::vector<std::thread> builds_;  // joined by the destructor
 };
 
 }  // namespace unifaas

@@ -50,6 +50,8 @@ class Instance {
     virtual std::string output_tail() const = 0;
     // The systemd unit (transient scope) or cgroup holding the sandbox; "" when none.
     virtual std::string unit() const { return {}; }
+    // How the sandbox came up: "boot", or "restore" (a clone of a saved snapshot template).
+    virtual const char* start_kind() const { return "boot"; }
 };
 
 class Backend {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -16,7 +17,21 @@ class ExitWatcher;
 class ScopeManager;
 class Scope;
 class ConsoleForwarder;
+class VmTemplateStore;
 struct InstanceContext;
+
+// Readiness callbacks a backend waits for itself (a snapshot template booting), implemented by
+// the daemon's readiness registry.
+class CallbackRegistry {
+  public:
+    virtual ~CallbackRegistry() = default;
+    // A fresh token (128 random bits, hex): the URL is /ready/<token>.
+    virtual std::string issue() = 0;
+    // A callback with `token` from `address` runs on_ready once.
+    virtual void expect(const std::string& token, std::string address,
+                        std::function<void()> on_ready) = 0;
+    virtual void forget(const std::string& token) = 0;
+};
 
 // What the daemon hands to each VM backend; all owned by main and outliving the backends.
 struct VmEnvironment {
@@ -24,8 +39,10 @@ struct VmEnvironment {
     std::uint16_t callback_port = 0;    // readiness callbacks arrive here on every address
     Network* network = nullptr;
     ExitWatcher* exits = nullptr;
-    ScopeManager* scopes = nullptr;        // set: each hypervisor runs in a transient scope
-    ConsoleForwarder* consoles = nullptr;  // set: guest consoles are copied to the journal
+    ScopeManager* scopes = nullptr;         // set: each hypervisor runs in a transient scope
+    ConsoleForwarder* consoles = nullptr;   // set: guest consoles are copied to the journal
+    CallbackRegistry* callbacks = nullptr;  // set: snapshot templates can be built
+    VmTemplateStore* templates = nullptr;   // set: [vm] snapshot = true restores clones
 };
 
 // The transient scope holding an instance's hypervisor process (nullptr without `scopes`).

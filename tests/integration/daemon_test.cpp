@@ -349,7 +349,8 @@ TEST_F(DaemonTest, MetricsCountInvocationsColdStartsAndInstances) {
     EXPECT_EQ(res->status, 200);
     for (auto line : {"unifaas_invocations_total{function=\"hello\",code=\"200\"} 2\n",
                       "unifaas_invocations_total{function=\"hello\",code=\"404\"} 1\n",
-                      "unifaas_cold_starts_total{function=\"hello\"} 1\n",
+                      "unifaas_cold_starts_total{function=\"hello\",kind=\"boot\"} 1\n",
+                      "unifaas_cold_starts_total{function=\"hello\",kind=\"restore\"} 0\n",
                       "unifaas_cold_start_duration_seconds_count{function=\"hello\"} 1\n",
                       "unifaas_invocation_duration_seconds_count{function=\"hello\"} 3\n",
                       "unifaas_instances{function=\"hello\",state=\"ready\"} 1\n",

@@ -325,5 +325,14 @@ TEST_F(DaemonConfigTest, FleetKeysRefuseBadValues) {
     }
 }
 
+TEST_F(DaemonConfigTest, SnapshotKeys) {
+    DaemonConfig defaults = load("");
+    EXPECT_EQ(defaults.snapshot_dir, "/var/lib/unifaas/snapshots");
+    EXPECT_EQ(defaults.snapshot_max_mib, 8192u);
+    DaemonConfig config = load("snapshot-dir = \"/tmp/snaps\"\nsnapshot-max-size = 512\n");
+    EXPECT_EQ(config.snapshot_dir, "/tmp/snaps");
+    EXPECT_EQ(config.snapshot_max_mib, 512u);
+}
+
 }  // namespace
 }  // namespace unifaas

@@ -80,7 +80,7 @@ struct Fault {
     std::string message;
 };
 
-enum class Type { String, Bool, Unsigned, Object };
+enum class Type { String, Bool, Unsigned, Object, Array };
 
 struct Field {
     Type type;
@@ -99,6 +99,8 @@ const char* type_name(Type type) {
             return "an unsigned integer";
         case Type::Object:
             return "an object";
+        case Type::Array:
+            return "a sequence";
     }
     return "?";
 }
@@ -113,6 +115,8 @@ bool has_type(const json& value, Type type) {
             return value.is_number_unsigned();
         case Type::Object:
             return value.is_object();
+        case Type::Array:
+            return value.is_array();
     }
     return false;
 }
@@ -165,6 +169,20 @@ const Schema kNetworkInterface{{"iface_id", {Type::String, true}},
                                {"rx_rate_limiter", {Type::Object, false}},
                                {"tx_rate_limiter", {Type::Object, false}}};
 const Schema kAction{{"action_type", {Type::String, true}}};
+const Schema kVmState{{"state", {Type::String, true}}};
+const Schema kSnapshotCreate{{"snapshot_type", {Type::String, false}},
+                             {"snapshot_path", {Type::String, true}},
+                             {"mem_file_path", {Type::String, true}},
+                             {"version", {Type::String, false}}};
+const Schema kSnapshotLoad{
+    {"snapshot_path", {Type::String, true}},    {"mem_file_path", {Type::String, false}},
+    {"mem_backend", {Type::Object, false}},     {"enable_diff_snapshots", {Type::Bool, false}},
+    {"track_dirty_pages", {Type::Bool, false}}, {"resume_vm", {Type::Bool, false}},
+    {"network_overrides", {Type::Array, false}}};
+const Schema kMemBackend{{"backend_type", {Type::String, true}},
+                         {"backend_path", {Type::String, true}}};
+const Schema kNetworkOverride{{"iface_id", {Type::String, true}},
+                              {"host_dev_name", {Type::String, true}}};
 
 void check_id(const std::string& id) {
     static const std::regex kId("[A-Za-z0-9_]+");
@@ -228,6 +246,11 @@ class FakeFirecracker {
         return started_;
     }
 
+    bool paused() const {
+        std::lock_guard lock(mutex_);
+        return paused_;
+    }
+
   private:
     void serve(const httplib::Request& req, httplib::Response& res) {
         std::lock_guard lock(mutex_);
@@ -261,7 +284,11 @@ class FakeFirecracker {
         const std::string& path = req.path;
         static const std::regex kWithId(R"(/(drives|network-interfaces)/([^/]*))");
         bool known = path == "/machine-config" || path == "/boot-source" || path == "/actions" ||
+                     path == "/snapshot/create" || path == "/snapshot/load" ||
                      std::regex_match(path, m, kWithId);
+        if (req.method == "PATCH" && path == "/vm") {
+            return vm_state(json::parse(req.body, nullptr, false));
+        }
         if (req.method != "PUT" || !known) {
             std::string first = path.substr(std::min(path.find_first_not_of('/'), path.size()));
             first = first.substr(0, first.find('/'));
@@ -277,6 +304,13 @@ class FakeFirecracker {
         if (path == "/actions") {
             return action(body);
         }
+        if (path == "/snapshot/create") {
+            return snapshot_create(body);
+        }
+        if (path == "/snapshot/load") {
+            return snapshot_load(body);
+        }
+        configured_ = true;
         if (started_) {
             throw Fault{"The requested operation is not supported after starting the microVM."};
         }
@@ -343,6 +377,57 @@ class FakeFirecracker {
         started_ = true;
     }
 
+    void vm_state(const json& body) {
+        if (body.is_discarded()) {
+            throw Fault{deserialize_error("expected value")};
+        }
+        check_schema(body, kVmState);
+        const std::string state = body["state"].get<std::string>();
+        if (state != "Paused" && state != "Resumed") {
+            throw Fault{deserialize_error("unknown variant `" + state + "`")};
+        }
+        if (!started_) {
+            throw Fault{"The requested operation is not supported before starting the microVM."};
+        }
+        paused_ = state == "Paused";
+    }
+
+    void snapshot_create(const json& body) {
+        check_schema(body, kSnapshotCreate);
+        if (body.contains("snapshot_type") && body["snapshot_type"] != "Full" &&
+            body["snapshot_type"] != "Diff") {
+            throw Fault{deserialize_error("unknown variant `" +
+                                          body["snapshot_type"].get<std::string>() + "`")};
+        }
+        if (!started_ || !paused_) {
+            throw Fault{"Create snapshot error: the microVM must be paused"};
+        }
+    }
+
+    void snapshot_load(const json& body) {
+        check_schema(body, kSnapshotLoad);
+        if (body.contains("mem_backend") == body.contains("mem_file_path")) {
+            throw Fault{"Load snapshot error: exactly one of mem_backend and mem_file_path"};
+        }
+        if (body.contains("mem_backend")) {
+            check_schema(body["mem_backend"], kMemBackend);
+            auto type = body["mem_backend"]["backend_type"].get<std::string>();
+            if (type != "File" && type != "Uffd") {
+                throw Fault{deserialize_error("unknown variant `" + type + "`")};
+            }
+        }
+        for (const auto& o : body.value("network_overrides", json::array())) {
+            check_schema(o, kNetworkOverride);
+        }
+        if (configured_ || started_) {
+            throw Fault{
+                "Loading a microVM snapshot not allowed after configuring boot-specific "
+                "resources."};
+        }
+        started_ = true;
+        paused_ = !body.value("resume_vm", false);
+    }
+
     TempDir dir_;
     fs::path socket_;
     httplib::Server server_;
@@ -352,6 +437,8 @@ class FakeFirecracker {
     std::map<std::string, std::string> failures_;
     bool boot_source_ = false;
     bool started_ = false;
+    bool paused_ = false;
+    bool configured_ = false;  // a boot resource was set: no snapshot load any more
 };
 
 // A raw request to the fake, bypassing FirecrackerApi (to check the fake itself).
@@ -424,6 +511,70 @@ TEST(FirecrackerApi, BootConversationIsExactlyTheDocumentedOne) {
         EXPECT_EQ(conversation[i].content_type, "application/json");
     }
     EXPECT_TRUE(fake.started());
+}
+
+TEST(FirecrackerApi, TemplateIsPausedThenSavedFull) {
+    FakeFirecracker fake;
+    FirecrackerApi api(fake.socket());
+    boot_via_api(api, sample_plan());
+    api.pause_vm();
+    api.create_snapshot("/var/lib/unifaas/snapshots/k/state", "/var/lib/unifaas/snapshots/k/mem");
+
+    auto conversation = fake.conversation();
+    ASSERT_EQ(conversation.size(), 7u);
+    EXPECT_EQ(conversation[5].method, "PATCH");
+    EXPECT_EQ(conversation[5].path, "/vm");
+    EXPECT_EQ(conversation[5].body, (json{{"state", "Paused"}}));
+    EXPECT_EQ(conversation[5].status, 204);
+    EXPECT_EQ(conversation[6].method, "PUT");
+    EXPECT_EQ(conversation[6].path, "/snapshot/create");
+    EXPECT_EQ(conversation[6].body, (json{{"snapshot_type", "Full"},
+                                          {"snapshot_path", "/var/lib/unifaas/snapshots/k/state"},
+                                          {"mem_file_path", "/var/lib/unifaas/snapshots/k/mem"}}));
+    EXPECT_EQ(conversation[6].status, 204);
+    EXPECT_TRUE(fake.paused());
+}
+
+TEST(FirecrackerApi, CloneLoadsWithFileMemoryItsOwnTapAndResumes) {
+    FakeFirecracker fake;
+    FirecrackerApi api(fake.socket());
+    api.load_snapshot("/snap/state", "/snap/mem", kNetworkInterfaceId, "faas7");
+
+    auto conversation = fake.conversation();
+    ASSERT_EQ(conversation.size(), 1u);
+    EXPECT_EQ(conversation[0].method, "PUT");
+    EXPECT_EQ(conversation[0].path, "/snapshot/load");
+    EXPECT_EQ(conversation[0].body,
+              (json{{"snapshot_path", "/snap/state"},
+                    {"mem_backend", {{"backend_type", "File"}, {"backend_path", "/snap/mem"}}},
+                    {"resume_vm", true},
+                    {"network_overrides",
+                     json::array({{{"iface_id", "eth0"}, {"host_dev_name", "faas7"}}})}}));
+    EXPECT_EQ(conversation[0].status, 204);
+    EXPECT_TRUE(fake.started());
+    EXPECT_FALSE(fake.paused());
+}
+
+TEST(FirecrackerApi, SnapshotOfARunningVmIsRefusedWithTheFaultMessage) {
+    FakeFirecracker fake;
+    FirecrackerApi api(fake.socket());
+    boot_via_api(api, sample_plan());
+    try {
+        api.create_snapshot("/s", "/m");
+        FAIL() << "a running VM was snapshotted";
+    } catch (const FirecrackerApiError& e) {
+        EXPECT_EQ(e.request(), "PUT /snapshot/create");
+        EXPECT_EQ(e.status(), 400);
+        EXPECT_EQ(e.fault_message(), "Create snapshot error: the microVM must be paused");
+    }
+}
+
+TEST(FirecrackerApi, LoadAfterBootConfigurationIsRefused) {
+    FakeFirecracker fake;
+    FirecrackerApi api(fake.socket());
+    api.put_machine_config(1, 128);
+    EXPECT_THROW(api.load_snapshot("/s", "/m", "eth0", "faas1"), FirecrackerApiError);
+    EXPECT_THROW(api.load_snapshot("/s", "/m", "eth/0", "faas1"), std::invalid_argument);
 }
 
 TEST(FirecrackerApi, BootSourceWithoutInitrdHasNoInitrdField) {

@@ -654,5 +654,18 @@ TEST(FunctionNameTest, Invalid) {
     EXPECT_FALSE(is_valid_function_name(std::string_view("a\0b", 3)));
 }
 
+TEST_F(FunctionSpecTest, SnapshotDefaultsOffAndIsRefusedWithNineP) {
+    EXPECT_FALSE(load(vm_with("type = \"microvm\""))->vm().snapshot);
+    EXPECT_TRUE(load(vm_with("type = \"microvm\"", "snapshot = true\n"))->vm().snapshot);
+    EXPECT_TRUE(load(vm_with("type = \"firecracker\"", "snapshot = true\n"))->vm().snapshot);
+    expect_error(vm_with("type = \"qemu\"", "snapshot = \"yes\"\n"),
+                 "vm.snapshot: expected a boolean (true or false), got string");
+    expect_error(
+        "[vm]\nkernel = \"vmlinux\"\nimage = \"rootdir\"\nsnapshot = true\n"
+        "hypervisor = { type = \"qemu\", disk-type = \"9p\" }\n",
+        "vm.snapshot: not supported with disk-type 9p (QEMU cannot save a VM with a 9p share "
+        "mounted)");
+}
+
 }  // namespace
 }  // namespace unifaas

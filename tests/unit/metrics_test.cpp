@@ -30,8 +30,10 @@ TEST(MetricsEndpoint, RendersEveryFamilyWithFunctionLabels) {
     m.count_invocation(200);
     m.count_invocation(200);
     m.count_invocation(503);
-    m.cold_starts = 1;
+    m.cold_starts = 3;
+    m.restore_starts = 2;
     m.cold_start_seconds.observe(1500ms);
+    m.restore_seconds.observe(200ms);
     PoolSnapshot p;
     p.function = "he\"llo";
     p.queued = 2;
@@ -41,7 +43,9 @@ TEST(MetricsEndpoint, RendersEveryFamilyWithFunctionLabels) {
     std::string out = render_metrics({{p, &m}}, [](std::string& o) { o += "extra_sample 1\n"; });
     for (auto line : {"unifaas_invocations_total{function=\"he\\\"llo\",code=\"200\"} 2\n",
                       "unifaas_invocations_total{function=\"he\\\"llo\",code=\"503\"} 1\n",
-                      "unifaas_cold_starts_total{function=\"he\\\"llo\"} 1\n",
+                      "unifaas_cold_starts_total{function=\"he\\\"llo\",kind=\"boot\"} 1\n",
+                      "unifaas_cold_starts_total{function=\"he\\\"llo\",kind=\"restore\"} 2\n",
+                      "unifaas_restore_duration_seconds_count{function=\"he\\\"llo\"} 1\n",
                       "unifaas_queue_length{function=\"he\\\"llo\"} 2\n",
                       "unifaas_instances{function=\"he\\\"llo\",state=\"ready\"} 1\n",
                       "unifaas_instances{function=\"he\\\"llo\",state=\"booting\"} 0\n",

@@ -7,7 +7,9 @@
 #include <fstream>
 
 #include "sandbox/qemu_backend.h"
+#include "sandbox/restore_channel.h"
 #include "sandbox/vm_common.h"
+#include "sandbox/vm_template.h"
 
 namespace unifaas {
 namespace {
@@ -108,6 +110,87 @@ TEST(QemuCommandLine, QemuBlockUsesVirtioBlkPci) {
     vm.image = "/k/disk.img";
     auto argv = qemu_command_line(launch_for(vm));
     EXPECT_EQ(arg_after(argv, "-device", 1), "virtio-blk-pci,drive=rootfs");
+}
+
+TEST(QemuCommandLine, SnapshotTemplateSharesItsRamFileAndHasQmp) {
+    VmSpec vm;
+    vm.hypervisor = HypervisorType::Microvm;
+    vm.kernel = "/k/vmlinux";
+    vm.initrd = "/k/initrd.gz";
+    auto launch = launch_for(vm);
+    launch.memory_file = QemuLaunch::MemoryFile{"/snap/.partial-k/memory", true};
+    launch.qmp_socket = "/run/unifaas/instances/abc/qmp.sock";
+    auto argv = qemu_command_line(launch);
+    EXPECT_EQ(arg_after(argv, "-M"),
+              "microvm,pic=on,pit=on,rtc=on,acpi=on,auto-kernel-cmdline=on,memory-backend=mem");
+    EXPECT_EQ(arg_after(argv, "-object"),
+              "memory-backend-file,id=mem,mem-path=/snap/.partial-k/memory,size=128M,share=on");
+    EXPECT_EQ(arg_after(argv, "-qmp"),
+              "unix:/run/unifaas/instances/abc/qmp.sock,server=on,wait=off");
+    EXPECT_EQ(std::find(argv.begin(), argv.end(), "-incoming"), argv.end());
+}
+
+TEST(QemuCommandLine, SnapshotCloneMapsTheTemplatePrivateAndWaitsForItsState) {
+    VmSpec vm;
+    vm.hypervisor = HypervisorType::Qemu;
+    vm.kernel = "/k/bzImage";
+    vm.initrd = "/k/initrd.gz";
+    vm.memory_mib = 256;
+    auto launch = launch_for(vm);
+    launch.memory_file = QemuLaunch::MemoryFile{"/snap/k/memory", false};
+    launch.incoming = true;
+    auto argv = qemu_command_line(launch);
+    EXPECT_EQ(arg_after(argv, "-M"), "q35,memory-backend=mem");
+    EXPECT_EQ(arg_after(argv, "-object"),
+              "memory-backend-file,id=mem,mem-path=/snap/k/memory,size=256M,share=off");
+    EXPECT_EQ(arg_after(argv, "-incoming"), "defer");
+}
+
+TEST(RestoreChannel, MessageCarriesIdentityTimeAndFreshEntropy) {
+    RestoreMessage m{"10.100.0.6", "10.100.0.5", "255.255.255.252",
+                     "http://10.100.0.5:8124/ready/00ff", "abcd"};
+    std::string a = format_restore_message(m);
+    std::string b = format_restore_message(m);
+    EXPECT_EQ(a.rfind("unifaas-restore=1\nip=10.100.0.6\ngw=10.100.0.5\nmask=255.255.255.252\n"
+                      "callback=http://10.100.0.5:8124/ready/00ff\nnonce=abcd\ntime=",
+                      0),
+              0u)
+        << a;
+    auto entropy = [](const std::string& text) {
+        auto at = text.find("entropy=");
+        return text.substr(at + 8, text.find('\n', at) - at - 8);
+    };
+    EXPECT_EQ(entropy(a).size(), 64u);
+    EXPECT_NE(entropy(a), entropy(b)) << "every message carries new random bytes";
+    EXPECT_TRUE(is_restore_ack("unifaas-restored=1\nnonce=abcd\n", "abcd"));
+    EXPECT_FALSE(is_restore_ack("unifaas-restored=1\nnonce=abce\n", "abcd"));
+}
+
+TEST(TemplateKey, ChangesWithTheFunctionFileAndTheKernel) {
+    char tmpl[] = "/tmp/unifaas-key-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    fs::path dir = tmpl;
+    std::ofstream(dir / "vmlinux") << "kernel";
+    std::ofstream(dir / "function.toml") << "a";
+    FunctionSpec spec;
+    spec.name = "f";
+    spec.file = dir / "function.toml";
+    VmSpec vm;
+    vm.kernel = dir / "vmlinux";
+    spec.sandbox = vm;
+    std::string k1 = template_key(spec, "/usr/bin/qemu-system-x86_64", Accel::Tcg);
+    EXPECT_EQ(k1.size(), 32u);
+    EXPECT_EQ(template_key(spec, "/usr/bin/qemu-system-x86_64", Accel::Tcg), k1);
+    EXPECT_NE(template_key(spec, "/usr/bin/qemu-system-x86_64", Accel::Kvm), k1);
+    std::ofstream(dir / "function.toml") << "b";
+    std::string k2 = template_key(spec, "/usr/bin/qemu-system-x86_64", Accel::Tcg);
+    EXPECT_NE(k2, k1);
+    fs::last_write_time(dir / "vmlinux",
+                        fs::last_write_time(dir / "vmlinux") + std::chrono::seconds(1));
+    EXPECT_NE(template_key(spec, "/usr/bin/qemu-system-x86_64", Accel::Tcg), k2);
+    std::get<VmSpec>(spec.sandbox).memory_mib = 256;
+    EXPECT_NE(template_key(spec, "/usr/bin/qemu-system-x86_64", Accel::Tcg), k2);
+    fs::remove_all(dir);
 }
 
 TEST(SubstituteCmdline, ReplacesEveryPlaceholder) {

@@ -1,0 +1,361 @@
+// Snapshot cold starts through the whole daemon: real QEMU (microvm, TCG here) boots a template of
+// the hello guest, saves it, and later cold starts restore clones of it (RAM mapped copy-on-write
+// from the template's file, a new identity pushed over the guest restore protocol). Taps live in
+// the suite's private network namespace; templates in a temporary snapshot-dir.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/inotify.h>
+#include <unistd.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <regex>
+#include <set>
+
+#include "daemon_process.h"
+#include "docker_engine.h"
+
+namespace unifaas::test {
+
+PrivateDockerEngine& engine();
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+const fs::path kGuest = fs::path(UNIFAAS_BINARY_DIR) / "guest";
+
+std::string run_command(const std::string& cmd) {
+    std::string out;
+    FILE* p = popen(cmd.c_str(), "r");
+    if (!p) {
+        return out;
+    }
+    char buf[4096];
+    while (std::size_t n = fread(buf, 1, sizeof(buf), p)) {
+        out.append(buf, n);
+    }
+    pclose(p);
+    return out;
+}
+
+std::string sha256(const fs::path& file) {
+    std::string out = run_command("sha256sum '" + file.string() + "'");
+    return out.substr(0, out.find(' '));
+}
+
+unsigned count_taps() {
+    std::string out = run_command("ip -o link show");
+    std::regex re(R"(^\d+: faas\d+[:@])");
+    unsigned n = 0;
+    std::istringstream lines(out);
+    std::string line;
+    while (std::getline(lines, line)) {
+        n += std::regex_search(line, re) ? 1 : 0;
+    }
+    return n;
+}
+
+unsigned count_qemu(const std::string& marker) {
+    unsigned n = 0;
+    for (const auto& entry : fs::directory_iterator("/proc")) {
+        std::string name = entry.path().filename();
+        if (name.find_first_not_of("0123456789") != std::string::npos) {
+            continue;
+        }
+        std::ifstream in(entry.path() / "cmdline");
+        std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        if (cmdline.find("qemu-system") != std::string::npos &&
+            cmdline.find(marker) != std::string::npos) {
+            ++n;
+        }
+    }
+    return n;
+}
+
+// The complete templates in a snapshot dir (partial ones start with ".partial-").
+std::set<std::string> templates_in(const fs::path& dir) {
+    std::set<std::string> names;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+        std::string name = e.path().filename();
+        if (name.rfind(".partial-", 0) != 0) {
+            names.insert(name);
+        }
+    }
+    return names;
+}
+
+// Waits (inotify, no polling) until `dir` holds a complete template not in `known`; returns it.
+std::string wait_new_template(const fs::path& dir, const std::set<std::string>& known,
+                              std::chrono::seconds timeout) {
+    int fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+    inotify_add_watch(fd, dir.c_str(), IN_MOVED_TO | IN_CREATE);
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    std::string found;
+    for (;;) {
+        for (const auto& name : templates_in(dir)) {
+            if (known.count(name) == 0) {
+                found = name;
+            }
+        }
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now());
+        if (!found.empty() || left.count() <= 0) {
+            break;
+        }
+        pollfd p{fd, POLLIN, 0};
+        if (poll(&p, 1, static_cast<int>(left.count())) > 0) {
+            char buf[4096];
+            while (read(fd, buf, sizeof(buf)) > 0) {
+            }
+        }
+    }
+    close(fd);
+    return found;
+}
+
+double now_realtime() {
+    timespec ts{};
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
+class SnapshotTest : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        ASSERT_TRUE(fs::exists(kGuest / "kernel" / "vmlinux")) << "guest images not built";
+        char tmpl[] = "/tmp/unifaas-snap-XXXXXX";
+        ASSERT_NE(mkdtemp(tmpl), nullptr);
+        dir_ = tmpl;
+        fs::create_directories(dir_ / "registry");
+        marker_ =
+            "snt" + std::to_string(getpid()) + "x" +
+            std::to_string(std::chrono::steady_clock::now().time_since_epoch().count() % 100000);
+        ASSERT_EQ(count_taps(), 0u) << "taps left by an earlier test";
+    }
+
+    void TearDown() override {
+        if (daemon_ && daemon_->running()) {
+            EXPECT_EQ(daemon_->terminate(), 0) << daemon_->log();
+            fs::path work = daemon_->runtime_dir() / "instances";
+            EXPECT_TRUE(!fs::exists(work) || fs::is_empty(work)) << "working directories leaked";
+        }
+        daemon_.reset();
+        EXPECT_EQ(count_taps(), 0u) << "taps leaked";
+        EXPECT_EQ(count_qemu(marker_), 0u) << "qemu processes leaked";
+        EXPECT_TRUE(templates_partial().empty()) << "partial templates left";
+        fs::remove_all(dir_);
+    }
+
+    std::set<std::string> templates_partial() {
+        std::set<std::string> names;
+        std::error_code ec;
+        for (const auto& e : fs::directory_iterator(snapshots(), ec)) {
+            if (e.path().filename().string().rfind(".partial-", 0) == 0) {
+                names.insert(e.path().filename());
+            }
+        }
+        return names;
+    }
+
+    fs::path snapshots() const { return dir_ / "snapshots"; }
+
+    std::string write_vm(const std::string& base, const std::string& top,
+                         const fs::path& kernel = kGuest / "kernel" / "vmlinux",
+                         const std::string& hypervisor =
+                             "type = \"microvm\", pic = false, "
+                             "pit = false") {
+        std::string name = base + "-" + marker_;
+        fs::create_directories(dir_ / "registry" / name);
+        std::ofstream(dir_ / "registry" / name / "function.toml")
+            << top << "\n[vm]\nkernel = \"" << kernel.string() << "\"\ninitrd = \""
+            << (kGuest / "hello-initramfs.cpio.gz").string() << "\"\nmemory = 128\n"
+            << "snapshot = true\n"
+            << "cmdline = \"console=ttyS0 reboot=t panic=-1 cryptomgr.notests quiet "
+               "unifaas.ip=%ip unifaas.gw=%gateway unifaas.mask=%netmask "
+               "unifaas.callback=%callback\"\n"
+            << "hypervisor = { " << hypervisor << " }\n";
+        return name;
+    }
+
+    void start_daemon() {
+        DaemonProcess::Options o;
+        o.registry = dir_ / "registry";
+        o.docker_socket = engine().socket_path();
+        o.extra_config = "accel = \"tcg\"\nsnapshot-dir = \"" + snapshots().string() + "\"\n";
+        daemon_ = std::make_unique<DaemonProcess>(o);
+    }
+
+    httplib::Result get(const std::string& path) { return daemon_->client().Get(path); }
+
+    nlohmann::json instances(const std::string& function) {
+        auto res = get("/status");
+        if (!res) {
+            return nlohmann::json::array();
+        }
+        auto status = nlohmann::json::parse(res->body);
+        for (auto& f : status["functions"]) {
+            if (f["name"] == function) {
+                return f["instances"];
+            }
+        }
+        return nlohmann::json::array();
+    }
+
+    std::string metric(const std::string& line_start) {
+        auto res = get("/metrics");
+        if (!res) {
+            return {};
+        }
+        std::istringstream lines(res->body);
+        std::string line;
+        while (std::getline(lines, line)) {
+            if (line.rfind(line_start, 0) == 0) {
+                return line.substr(line_start.size());
+            }
+        }
+        return {};
+    }
+
+    fs::path dir_;
+    std::string marker_;
+    std::unique_ptr<DaemonProcess> daemon_;
+};
+
+TEST_F(SnapshotTest, ThreeConcurrentClonesOfOneTemplateEachHaveTheirOwnIdentity) {
+    auto fn = write_vm("clones", "max-instances = 4\nqueue-timeout = 60\nboot-timeout = 60");
+    start_daemon();
+    // The first cold start boots; the template is built beside it.
+    auto res = get("/invoke/" + fn + "/hello");
+    ASSERT_TRUE(res) << daemon_->log();
+    ASSERT_EQ(res->status, 200) << res->body;
+    std::string tpl = wait_new_template(snapshots(), {}, 120s);
+    ASSERT_FALSE(tpl.empty()) << "no template was saved\n" << daemon_->log();
+    fs::path memory = snapshots() / tpl / "memory";
+    std::string memory_hash = sha256(memory);
+    ASSERT_EQ(memory_hash.size(), 64u);
+
+    // Four requests that each hold an instance: one takes the booted one, three start clones.
+    auto started = std::chrono::steady_clock::now();
+    std::vector<std::future<int>> calls;
+    for (int i = 0; i < 4; ++i) {
+        calls.push_back(std::async(std::launch::async, [&] {
+            auto r = daemon_->client().Get("/invoke/" + fn + "/sleep?ms=1500");
+            return r ? r->status : -1;
+        }));
+    }
+    for (auto& c : calls) {
+        EXPECT_EQ(c.get(), 200) << daemon_->log();
+    }
+    std::cout << "[ timing ] 3 restores + 1.5 s requests: "
+              << std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count()
+              << " s\n";
+
+    auto list = instances(fn);
+    std::set<std::string> addresses, uuids;
+    unsigned restored = 0;
+    for (const auto& i : list) {
+        addresses.insert(i["address"].get<std::string>());
+        if (i["start"] != "restore") {
+            continue;
+        }
+        ++restored;
+        EXPECT_EQ(i["state"], "ready");
+        // Each clone answers on its own address (the test runs in the daemon's namespace).
+        httplib::Client direct(i["address"].get<std::string>(), 8080);
+        direct.set_read_timeout(10s);
+        auto uuid = direct.Get("/uuid");
+        ASSERT_TRUE(uuid) << i.dump();
+        EXPECT_EQ(uuid->status, 200);
+        uuids.insert(uuid->body);
+    }
+    EXPECT_EQ(restored, 3u) << get("/status")->body << daemon_->log();
+    EXPECT_EQ(addresses.size(), list.size()) << "two instances share an address";
+    EXPECT_EQ(uuids.size(), restored) << "clones drew the same random UUID";
+    EXPECT_EQ(metric("unifaas_cold_starts_total{function=\"" + fn + "\",kind=\"restore\"} "), "3");
+    EXPECT_EQ(metric("unifaas_cold_starts_total{function=\"" + fn + "\",kind=\"boot\"} "), "1");
+    EXPECT_EQ(metric("unifaas_restore_duration_seconds_count{function=\"" + fn + "\"} "), "3");
+
+    EXPECT_EQ(daemon_->terminate(), 0) << daemon_->log();
+    EXPECT_EQ(sha256(memory), memory_hash) << "a clone wrote to the template's memory file";
+}
+
+TEST_F(SnapshotTest, SingleUseRestoresAndEditsOrANewKernelMakeANewTemplate) {
+    fs::path kernel = dir_ / "vmlinux";
+    fs::copy_file(kGuest / "kernel" / "vmlinux", kernel);
+    auto fn = write_vm("edits", "single-use = true\nboot-timeout = 60", kernel);
+    start_daemon();
+    ASSERT_EQ(get("/invoke/" + fn + "/hello")->status, 200) << daemon_->log();
+    std::string first = wait_new_template(snapshots(), {}, 120s);
+    ASSERT_FALSE(first.empty()) << daemon_->log();
+
+    // single-use: every request is a cold start, now a restore. The clone's clock was set from
+    // the host's when it was restored (the template's stopped when it was saved). A TCG guest's
+    // clock falls behind on a loaded host, so it is read right after the restore.
+    auto res = get("/invoke/" + fn + "/time");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200) << res->body;
+    EXPECT_NEAR(std::stod(res->body), now_realtime(), 1.0) << "clone clock off";
+    EXPECT_EQ(metric("unifaas_cold_starts_total{function=\"" + fn + "\",kind=\"restore\"} "), "1")
+        << daemon_->log();
+
+    // An edit of function.toml: the next cold start boots and a new template replaces the old.
+    std::ofstream(dir_ / "registry" / fn / "function.toml", std::ios::app) << "# edited\n";
+    ASSERT_EQ(get("/invoke/" + fn + "/hello")->status, 200);
+    EXPECT_EQ(metric("unifaas_cold_starts_total{function=\"" + fn + "\",kind=\"boot\"} "), "2");
+    std::string second = wait_new_template(snapshots(), {first}, 120s);
+    ASSERT_FALSE(second.empty()) << daemon_->log();
+
+    // A touched kernel: the same.
+    fs::last_write_time(kernel, fs::file_time_type::clock::now());
+    ASSERT_EQ(get("/invoke/" + fn + "/hello")->status, 200);
+    EXPECT_EQ(metric("unifaas_cold_starts_total{function=\"" + fn + "\",kind=\"boot\"} "), "3");
+    std::string third = wait_new_template(snapshots(), {first, second}, 120s);
+    ASSERT_FALSE(third.empty()) << daemon_->log();
+    EXPECT_EQ(templates_in(snapshots()), std::set<std::string>{third})
+        << "replaced templates are deleted";
+}
+
+TEST_F(SnapshotTest, Q35MachineRestoresToo) {
+    auto fn = write_vm("q35", "single-use = true\nboot-timeout = 90", kGuest / "kernel" / "bzImage",
+                       "type = \"qemu\"");
+    start_daemon();
+    ASSERT_EQ(get("/invoke/" + fn + "/hello")->status, 200) << daemon_->log();
+    ASSERT_FALSE(wait_new_template(snapshots(), {}, 180s).empty()) << daemon_->log();
+    auto res = get("/invoke/" + fn + "/uuid");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200) << res->body;
+    EXPECT_EQ(metric("unifaas_cold_starts_total{function=\"" + fn + "\",kind=\"restore\"} "), "1")
+        << daemon_->log();
+}
+
+TEST_F(SnapshotTest, GuestWithoutRestoreListenerFallsBackToBoot) {
+    auto fn = write_vm("deaf", "single-use = true\nboot-timeout = 60");
+    // unifaas.restore=off: the guest never answers the restore message.
+    std::string toml;
+    {
+        std::ifstream in(dir_ / "registry" / fn / "function.toml");
+        toml.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    }
+    toml = std::regex_replace(toml, std::regex("unifaas.callback=%callback"),
+                              "unifaas.callback=%callback unifaas.restore=off");
+    std::ofstream(dir_ / "registry" / fn / "function.toml") << toml;
+    start_daemon();
+    ASSERT_EQ(get("/invoke/" + fn + "/hello")->status, 200) << daemon_->log();
+    ASSERT_FALSE(wait_new_template(snapshots(), {}, 120s).empty()) << daemon_->log();
+    auto res = get("/invoke/" + fn + "/hello");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200) << res->body;
+    EXPECT_EQ(metric("unifaas_cold_starts_total{function=\"" + fn + "\",kind=\"boot\"} "), "2");
+    EXPECT_NE(daemon_->log().find("booting instead"), std::string::npos) << daemon_->log();
+}
+
+}  // namespace
+}  // namespace unifaas::test
