@@ -179,6 +179,8 @@ DaemonConfig load_daemon_config(const fs::path& file) {
     set(config.qemu_binary, reader.string("qemu-binary"));
     set(config.accel, accel(reader, "accel"));
     set(config.firecracker_binary, reader.string("firecracker-binary"));
+    set(config.stream_watermark,
+        reader.integer<std::size_t>("stream-watermark", 4096, 64 * 1024 * 1024));
     reader.finish();
     return config;
 }

@@ -40,6 +40,8 @@ struct DaemonConfig {
     std::string qemu_binary = "qemu-system-x86_64";  // a path, or a name looked up in PATH
     std::string accel = "auto";      // auto (KVM if it runs guests, else TCG)|kvm|tcg
     std::string firecracker_binary;  // "" = $FIRECRACKER_EXE, then PATH
+    // Streamed response bytes a client connection may have pending before the instance waits.
+    std::size_t stream_watermark = 256 * 1024;
 };
 
 // Reads a unifaas.toml. Unknown keys and wrong types are ConfigErrors naming file and key.

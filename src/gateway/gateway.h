@@ -14,6 +14,7 @@
 #include "config/daemon_config.h"
 #include "gateway/http_server.h"
 #include "gateway/listening_server.h"
+#include "gateway/stream_relay.h"
 #include "gateway/upstream_call.h"
 #include "pool/function_table.h"
 #include "pool/readiness.h"
@@ -56,6 +57,8 @@ class Gateway {
                   std::optional<PoolError> error);
     void on_reply(const std::shared_ptr<Invocation>& call, std::shared_ptr<Lease> lease,
                   UpstreamReply reply);
+    static StreamLimits stream_limits(const FunctionSpec& spec);
+    static void client_left(Invocation& call);
     std::string status_json() const;
     void ready(const httplib::Request& req, httplib::Response& res);
 

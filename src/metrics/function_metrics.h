@@ -29,6 +29,8 @@ struct FunctionMetrics {
     // Invocations by status code (100..599; anything else is counted as 0).
     std::array<std::atomic<std::uint64_t>, 600> invocations{};
     std::atomic<std::uint64_t> cold_starts{0};
+    // Streamed responses cut off after their head was sent (instance error, stream timeouts).
+    std::atomic<std::uint64_t> truncated_responses{0};
     Histogram cold_start_seconds;  // instance created -> ready
     Histogram invocation_seconds;  // request accepted -> response ready
     Histogram queue_wait_seconds;  // time spent waiting for a slot (queued requests only)
