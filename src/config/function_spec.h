@@ -70,6 +70,8 @@ struct FunctionSpec {
     // byte from the instance, or when the whole exchange exceeds the cap (none when empty).
     Seconds stream_idle_timeout{60};
     std::optional<Seconds> stream_max_duration;
+    // Largest request body for this function (413 above); unset: the daemon's max-body-size.
+    std::optional<std::size_t> max_body_size;
     std::map<std::string, std::string> env;
 
     std::variant<ContainerSpec, VmSpec> sandbox;

@@ -128,6 +128,7 @@ HttpServer::Options Gateway::invoke_options() const {
     o.max_connections = config_.max_connections;
     o.max_body_bytes = config_.max_body_bytes;
     o.stream_watermark = config_.stream_watermark;
+    o.body_limit = [this](const http::RequestHead& head) { return body_limit(head.target); };
     return o;
 }
 
@@ -137,7 +138,7 @@ std::string Gateway::error_text(std::string_view target, int status,
     auto invoked = parse_invoke_target(target);
     std::string who = invoked ? "function " + invoked->function + ": " : std::string();
     if (status == 413) {
-        return who + "request body exceeds the limit of " + human_size(config_.max_body_bytes);
+        return who + "request body exceeds the limit of " + human_size(body_limit(target));
     }
     std::string reason(http::reason_phrase(status));
     std::transform(reason.begin(), reason.end(), reason.begin(),
@@ -304,6 +305,19 @@ void Gateway::on_reply(const std::shared_ptr<Invocation>& call, std::shared_ptr<
     lease.reset();
     call->ex->respond(std::move(reply.head), std::move(reply.storage), reply.body_offset,
                       reply.body_length, call->in_flight);
+}
+
+// The invoked function's max-body-size, else the daemon's.
+std::size_t Gateway::body_limit(std::string_view target) const {
+    auto invoked = parse_invoke_target(target);
+    if (!invoked) {
+        return config_.max_body_bytes;
+    }
+    auto fn = functions_.resolve(invoked->function);
+    if (fn.kind != ResolvedFunction::Kind::Ok || !fn.spec->max_body_size) {
+        return config_.max_body_bytes;
+    }
+    return *fn.spec->max_body_size;
 }
 
 StreamLimits Gateway::stream_limits(const FunctionSpec& spec) {

@@ -58,6 +58,7 @@ class Gateway {
     void on_reply(const std::shared_ptr<Invocation>& call, std::shared_ptr<Lease> lease,
                   UpstreamReply reply);
     static StreamLimits stream_limits(const FunctionSpec& spec);
+    std::size_t body_limit(std::string_view target) const;
     static void client_left(Invocation& call);
     std::string status_json() const;
     void ready(const httplib::Request& req, httplib::Response& res);

@@ -388,10 +388,14 @@ class ClientConnection : public HttpExchange,
         if (!head_complete_) {
             head_complete_ = true;  // and the body within io_timeout after it
             set_deadline(o.io_timeout);
+            body_limit_ = request_body_limit();
+            if (body_limit_ != o.max_body_bytes) {
+                decoder_.reset(body_limit_);
+            }
         }
         switch (head_.framing) {
             case http::BodyFraming::Length:
-                if (head_.content_length > o.max_body_bytes) {
+                if (head_.content_length > body_limit_) {
                     refuse(413, "request body too large", head_.target);
                     return true;
                 }
@@ -424,6 +428,13 @@ class ClientConnection : public HttpExchange,
         }
         dispatch();
         return true;
+    }
+
+    std::size_t request_body_limit() const {
+        const auto& o = shared_.options;
+        bool has_body = head_.framing == http::BodyFraming::Chunked ||
+                        (head_.framing == http::BodyFraming::Length && head_.content_length > 0);
+        return has_body && o.body_limit ? o.body_limit(head_) : o.max_body_bytes;
     }
 
     std::size_t request_bytes_wanted() const {
@@ -713,6 +724,7 @@ class ClientConnection : public HttpExchange,
     bool continue_sent_ = false;
     std::size_t request_bytes_ = 0;
     http::ChunkedDecoder decoder_;
+    std::size_t body_limit_ = 0;  // of the request being read
     std::size_t chunked_consumed_ = 0;
     std::string chunked_body_;
 

@@ -98,6 +98,9 @@ class HttpServer {
         std::chrono::milliseconds idle_timeout{60'000};  // keep-alive without a request
         std::chrono::milliseconds linger{2'000};    // reading what a closing client still sends
         std::size_t stream_watermark = 256 * 1024;  // pending output of a streamed response
+        // The body limit of one request (e.g. its function's), asked once its head is read and
+        // only when it has a body; empty: max_body_bytes for every request.
+        std::function<std::size_t(const http::RequestHead&)> body_limit;
     };
 
     HttpServer(Options options, RequestHandler handler, ErrorText error_text);

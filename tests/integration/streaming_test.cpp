@@ -506,5 +506,54 @@ TEST_F(Streaming, NewConnectionPerRequestReusesTheOneInstance) {
         << metrics();
 }
 
+// max-body-size in function.toml overrides the daemon's for that function only, also for
+// chunked bodies and for a client that waits for 100 Continue (refused with 413 instead).
+TEST_F(Streaming, FunctionBodyLimitOverridesTheDaemons) {
+    add_hello("small", "max-body-size = 1000");
+    add_hello("large", "max-body-size = 8388608");
+    add_hello("plain");
+    start_daemon("max-body-size = 4096");
+    // The status line's start ("HTTP/1.1 200") of the answer to a POST of `size` bytes; with
+    // `expect`, the body is sent only after a 100 Continue.
+    auto post = [&](const std::string& fn, std::size_t size, bool expect = false) {
+        StreamClient c(port());
+        std::string head = "POST /invoke/" + fn + "/echo HTTP/1.1\r\nHost: t\r\n" +
+                           (expect ? "Expect: 100-continue\r\n" : "") +
+                           "Content-Length: " + std::to_string(size) + "\r\n\r\n";
+        std::string body(size, 'b');
+        if (!expect) {
+            EXPECT_TRUE(c.send(head + body));
+            return c.read_head().substr(0, 12);
+        }
+        EXPECT_TRUE(c.send(head));
+        std::string first = c.read_head();
+        if (first.rfind("HTTP/1.1 100 ", 0) == 0) {
+            EXPECT_TRUE(c.send(body));
+            first = c.read_head();
+        }
+        return first.substr(0, 12);
+    };
+    EXPECT_EQ(post("small", 1000), "HTTP/1.1 200");
+    EXPECT_EQ(post("small", 1001), "HTTP/1.1 413");
+    EXPECT_EQ(post("small", 2000, true), "HTTP/1.1 413");
+    EXPECT_EQ(post("plain", 4096), "HTTP/1.1 200");
+    EXPECT_EQ(post("plain", 5000), "HTTP/1.1 413");
+    EXPECT_EQ(post("large", 5 * kMiB, true), "HTTP/1.1 200");
+    // Chunked: the limit applies to the decoded size.
+    StreamClient c(port());
+    std::string chunk(1500, 'c');
+    ASSERT_TRUE(
+        c.send("POST /invoke/small/echo HTTP/1.1\r\nHost: t\r\n"
+               "Transfer-Encoding: chunked\r\n\r\n5dc\r\n" +
+               chunk + "\r\n0\r\n\r\n"));
+    std::string head = c.read_head();
+    EXPECT_EQ(head.rfind("HTTP/1.1 413 ", 0), 0u) << head;
+    auto text = c.read_to_close();
+    ASSERT_TRUE(text);
+    EXPECT_NE(text->find("function small: request body exceeds the limit of 1000 bytes"),
+              std::string::npos)
+        << *text;
+}
+
 }  // namespace
 }  // namespace unifaas::test

@@ -85,6 +85,7 @@ TEST_F(FunctionSpecTest, TopLevelDefaults) {
     EXPECT_EQ(spec->request_timeout, Seconds(60));
     EXPECT_EQ(spec->stream_idle_timeout, Seconds(60));
     EXPECT_FALSE(spec->stream_max_duration);
+    EXPECT_FALSE(spec->max_body_size);
     EXPECT_TRUE(spec->env.empty());
 }
 
@@ -96,6 +97,8 @@ TEST_F(FunctionSpecTest, StreamTimeouts) {
                  "stream-idle-timeout: must be greater than 0 (got 0)");
     expect_error("stream-max-duration = \"1h\"\n" + kContainer,
                  "stream-max-duration: expected a number of seconds, got string");
+    EXPECT_EQ(load("max-body-size = 1000\n" + kContainer)->max_body_size, 1000u);
+    expect_error("max-body-size = 0\n" + kContainer, "max-body-size: must be at least 1 (got 0)");
 }
 
 TEST_F(FunctionSpecTest, TopLevelExplicit) {
