@@ -261,6 +261,15 @@ http {
       proxy_set_header Connection "";
     }
   }
+  server {  # streaming (bench/lib/stream.py): each read passed on at once
+    listen 127.0.0.1:8181;
+    location / {
+      proxy_pass http://fn;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
 }
 NGINX
 nsenter --net="/run/netns/$ns" "$nginx_bin" -e "$work/logs/nginx-error.log" -p "$work/nginx" \
@@ -322,6 +331,11 @@ if [ -n "${BENCH_PERF:-}" ]; then  # BENCH_PERF=1: where the daemon's time goes 
   echo "profile: $out/perf-report.txt"
 fi
 echo "hello has $(pyin "$lib/status.py" count hello) instance(s) after the warm runs"
+log "streaming: download throughput and SSE time to first event (bench/lib/stream.py)"
+stream_args=(--bytes $((1 << 30)) --rounds 3 --sse 500)
+$smoke && stream_args=(--bytes $((64 << 20)) --rounds 1 --sse 50)
+pyin "$lib/stream.py" "$raw" "$work/stream.md" "${stream_args[@]}" --target "direct=$addr:8080/" \
+  --target unifaas=127.0.0.1:8123/invoke/hello/ --target nginx=127.0.0.1:8181/
 stop_pid "$nginx_pid" QUIT 10
 nginx_pid=""
 log "HAProxy hop (bench/lib/haproxy_hop.py, examples/fleet/haproxy.cfg)"
@@ -433,6 +447,7 @@ cp "$raw" "$out/raw.jsonl"
 cp "$work/machine.json" "$out/machine.json"
 cp "$work/metrics-main.txt" "$out/logs/metrics-main.txt"
 [ ! -f "$work/perf-report.txt" ] || cp "$work/perf-report.txt" "$out/perf-report.txt"
+[ ! -f "$work/stream.md" ] || cp "$work/stream.md" "$out/stream.md"
 "$py" "$lib/report.py" "$raw" "$work/machine.json" "$out" --metrics "$work/metrics-main.txt"
 echo
 echo "results: $out/results.md, $out/results.json ($(($(date +%s) - started)) s)"

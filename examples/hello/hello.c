@@ -7,6 +7,16 @@
 //
 // Routes: /hello, /echo[/...], /sleep?ms=N, /uuid (a fresh random UUID from the kernel), /time
 // (CLOCK_REALTIME as SECONDS.NANOSECONDS), /; everything else is 404.
+// Streaming routes (the answer leaves piece by piece as it is made):
+//   /sse?n=N[&ms=M][&gate=1]  N server-sent events "data: <i>" in a chunked response; between
+//                             events a pause of M ms, or with gate=1 a wait until /sse-ack is
+//                             called (a test sees each event before the next one is made)
+//   /sse-ack                  lets one gated /sse send its next event
+//   /bytes?n=N[&mode=length|chunked|close][&stall=K]  N bytes of 'x' in 64 KiB writes, with
+//                             Content-Length, chunked, or until close; stall=K: after K bytes
+//                             stop writing and hold the connection until the peer closes it
+//   /status?code=C            an answer with status C and no body (e.g. 204, 304)
+//   /chunked-echo             the request body back as a chunked response of up to 3 chunks
 // Test hooks: HELLO_EXIT_BEFORE_READY=1 exits with status 3 before listening;
 //             HELLO_NO_CALLBACK=1 never calls back;
 //             HELLO_ALLOCATE_MIB=N touches N MiB of memory before listening (memory limits).
@@ -333,6 +343,10 @@ static const char* reason(int status) {
             return "Bad Request";
         case 404:
             return "Not Found";
+        case 204:
+            return "No Content";
+        case 304:
+            return "Not Modified";
         default:
             return "Error";
     }
@@ -411,7 +425,7 @@ static void route_time(struct response* res) {
 }
 
 static void route(const struct request* r, struct response* res) {
-    if (strcmp(r->path, "/hello") == 0) {
+    if (strcmp(r->path, "/hello") == 0 || strcmp(r->path, "/sse-ack") == 0) {
         res->status = 200;
         buf_printf(&res->body, "hello from unifaas\n");
     } else if (path_is(r->path, "/echo")) {
@@ -455,6 +469,166 @@ static void send_bad_request(int fd) {
     write_all(fd, msg, sizeof msg - 1);
 }
 
+// Streaming routes.
+
+static pthread_mutex_t sse_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t sse_cv = PTHREAD_COND_INITIALIZER;
+static long sse_tokens;  // /sse-ack calls not yet used by a gated /sse
+
+enum { SSE_GATE_WAIT_S = 60, BYTES_WRITE = 64 * 1024 };
+
+static int sse_wait_for_ack(void) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += SSE_GATE_WAIT_S;
+    pthread_mutex_lock(&sse_mu);
+    int rc = 0;
+    while (sse_tokens == 0 && rc == 0)
+        rc = pthread_cond_timedwait(&sse_cv, &sse_mu, &until);
+    if (sse_tokens > 0)
+        sse_tokens--;
+    pthread_mutex_unlock(&sse_mu);
+    return rc == 0 ? 0 : -1;
+}
+
+static long query_long(const struct request* r, const char* key, long fallback) {
+    char value[32];
+    if (query_param(r->query, key, value, sizeof value) != 0)
+        return fallback;
+    return strtol(value, NULL, 10);
+}
+
+static int write_head(int fd, const struct request* r, int status, const char* type,
+                      const char* framing) {
+    struct buf head = {0};
+    int rc = buf_printf(&head, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s%s\r\n", status,
+                        reason(status), type, framing,
+                        r->keep_alive ? "" : "Connection: close\r\n");
+    if (rc == 0)
+        rc = write_all(fd, head.data, head.len);
+    free(head.data);
+    return rc;
+}
+
+// One chunk (size line, data, CRLF) in one write; len 0 writes the last chunk.
+static int write_chunk(int fd, const char* data, size_t len) {
+    struct buf out = {0};
+    int rc = buf_printf(&out, "%zx\r\n", len);
+    if (rc == 0 && len)
+        rc = buf_append(&out, data, len);
+    if (rc == 0)
+        rc = buf_append(&out, "\r\n", 2);
+    if (rc == 0)
+        rc = write_all(fd, out.data, out.len);
+    free(out.data);
+    return rc;
+}
+
+static int stream_sse(int fd, const struct request* r) {
+    long n = query_long(r, "n", 3), ms = query_long(r, "ms", 0), gate = query_long(r, "gate", 0);
+    if (n < 0 || ms < 0 || ms > MAX_SLEEP_MS)
+        return -1;
+    if (write_head(fd, r, 200, "text/event-stream", "Transfer-Encoding: chunked\r\n") != 0)
+        return -1;
+    for (long i = 1; i <= n; i++) {
+        char event[64];
+        int len = snprintf(event, sizeof event, "data: %ld\n\n", i);
+        if (write_chunk(fd, event, (size_t)len) != 0)
+            return -1;
+        if (i == n)
+            break;
+        if (gate && sse_wait_for_ack() != 0)
+            return -1;
+        if (!gate)
+            sleep_ms(ms);
+    }
+    return write_chunk(fd, NULL, 0);
+}
+
+static int stream_bytes(int fd, const struct request* r, int* keep_alive) {
+    static char block[BYTES_WRITE];
+    long long n = 0, stall = -1;
+    char value[32];
+    if (query_param(r->query, "n", value, sizeof value) == 0)
+        n = strtoll(value, NULL, 10);
+    if (query_param(r->query, "stall", value, sizeof value) == 0)
+        stall = strtoll(value, NULL, 10);
+    char mode[16] = "length";
+    query_param(r->query, "mode", mode, sizeof mode);
+    if (n < 0)
+        return -1;
+    memset(block, 'x', sizeof block);
+    int chunked = strcmp(mode, "chunked") == 0, until_close = strcmp(mode, "close") == 0;
+    char framing[64];
+    if (chunked)
+        snprintf(framing, sizeof framing, "Transfer-Encoding: chunked\r\n");
+    else if (until_close)
+        snprintf(framing, sizeof framing, "Connection: close\r\n");
+    else
+        snprintf(framing, sizeof framing, "Content-Length: %lld\r\n", n);
+    if (until_close)
+        *keep_alive = 0;
+    if (write_head(fd, r, 200, "application/octet-stream", framing) != 0)
+        return -1;
+    if (strcmp(r->method, "HEAD") == 0)
+        return 0;
+    for (long long sent = 0; sent < n;) {
+        size_t len = n - sent < BYTES_WRITE ? (size_t)(n - sent) : BYTES_WRITE;
+        if (stall >= 0 && sent + (long long)len > stall)
+            len = (size_t)(stall - sent);
+        if (len == 0) {
+            char c;
+            while (recv(fd, &c, 1, 0) > 0) {  // hold until the peer gives up
+            }
+            return -1;
+        }
+        if ((chunked ? write_chunk(fd, block, len) : write_all(fd, block, len)) != 0)
+            return -1;
+        sent += (long long)len;
+    }
+    return chunked ? write_chunk(fd, NULL, 0) : 0;
+}
+
+static int stream_chunked_echo(int fd, const struct request* r) {
+    if (write_head(fd, r, 200, "application/octet-stream", "Transfer-Encoding: chunked\r\n") != 0)
+        return -1;
+    size_t len = r->body.len, part = len / 3 + 1;
+    for (size_t at = 0; at < len; at += part) {
+        size_t n = len - at < part ? len - at : part;
+        if (write_chunk(fd, r->body.data + at, n) != 0)
+            return -1;
+    }
+    return write_chunk(fd, NULL, 0);
+}
+
+// Serves the streaming routes; 0 when `r` is not one of them, 1 when answered, -1 on an error
+// (the connection ends). *keep_alive is cleared when the answer ends with the connection.
+static int serve_streaming(int fd, const struct request* r, int* keep_alive) {
+    if (strcmp(r->path, "/sse") == 0)
+        return stream_sse(fd, r) == 0 ? 1 : -1;
+    if (strcmp(r->path, "/sse-ack") == 0) {
+        pthread_mutex_lock(&sse_mu);
+        sse_tokens++;
+        pthread_cond_signal(&sse_cv);
+        pthread_mutex_unlock(&sse_mu);
+        return 0;  // answered like /hello by the ordinary routes
+    }
+    if (strcmp(r->path, "/bytes") == 0)
+        return stream_bytes(fd, r, keep_alive) == 0 ? 1 : -1;
+    if (strcmp(r->path, "/chunked-echo") == 0)
+        return stream_chunked_echo(fd, r) == 0 ? 1 : -1;
+    if (strcmp(r->path, "/status") == 0) {
+        long code = query_long(r, "code", 204);
+        if (code < 200 || code > 599)
+            return -1;
+        char head[128];
+        int len = snprintf(head, sizeof head, "HTTP/1.1 %ld %s\r\n%s\r\n", code, reason((int)code),
+                           r->keep_alive ? "" : "Connection: close\r\n");
+        return write_all(fd, head, (size_t)len) == 0 ? 1 : -1;
+    }
+    return 0;
+}
+
 static void* serve_connection(void* arg) {
     int fd = (int)(long)arg;
     struct buf in = {0};
@@ -466,6 +640,14 @@ static void* serve_connection(void* arg) {
                 send_bad_request(fd);
             free(req.body.data);
             break;
+        }
+        int keep_alive = req.keep_alive;
+        int streamed = serve_streaming(fd, &req, &keep_alive);
+        if (streamed != 0) {
+            free(req.body.data);
+            if (streamed < 0 || !keep_alive)
+                break;
+            continue;
         }
         struct response res = {0};
         route(&req, &res);

@@ -51,6 +51,8 @@ struct DaemonConfig {
     // Snapshot templates of functions with [vm] snapshot = true.
     std::filesystem::path snapshot_dir = "/var/lib/unifaas/snapshots";
     std::uint64_t snapshot_max_mib = 8192;  // all templates together
+    // Streamed response bytes a client connection may have pending before the instance waits.
+    std::size_t stream_watermark = 256 * 1024;
 };
 
 // Reads a unifaas.toml. Unknown keys and wrong types are ConfigErrors naming file and key.

@@ -311,6 +311,10 @@ void parse_function(TableReader top, FunctionSpec& spec) {
         top.seconds("boot-timeout", SecondsMin::AboveZero).value_or(spec.boot_timeout);
     spec.request_timeout =
         top.seconds("request-timeout", SecondsMin::AboveZero).value_or(spec.request_timeout);
+    spec.stream_idle_timeout = top.seconds("stream-idle-timeout", SecondsMin::AboveZero)
+                                   .value_or(spec.stream_idle_timeout);
+    spec.stream_max_duration = top.seconds("stream-max-duration", SecondsMin::AboveZero);
+    spec.max_body_size = top.integer<std::size_t>("max-body-size", 1);
     if (auto env = top.table("env")) {
         spec.env = parse_env(*env);
     }

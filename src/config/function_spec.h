@@ -79,6 +79,12 @@ struct FunctionSpec {
     Seconds queue_timeout{10};       // wait for capacity before 503
     Seconds boot_timeout{25};        // start to readiness callback before 504
     Seconds request_timeout{60};     // upstream response before 504
+    // Streaming (issue 14): a response body in progress is cut off after this long without a
+    // byte from the instance, or when the whole exchange exceeds the cap (none when empty).
+    Seconds stream_idle_timeout{60};
+    std::optional<Seconds> stream_max_duration;
+    // Largest request body for this function (413 above); unset: the daemon's max-body-size.
+    std::optional<std::size_t> max_body_size;
     std::map<std::string, std::string> env;
 
     std::variant<ContainerSpec, VmSpec> sandbox;

@@ -8,6 +8,7 @@
 
 #include "gateway/invoke_target.h"
 #include "gateway/metrics_endpoint.h"
+#include "gateway/stream_relay.h"
 #include "http/forwarding.h"
 #include "version.h"
 
@@ -94,6 +95,9 @@ struct Gateway::Invocation {
     std::shared_ptr<Pool> pool;  // keeps `metrics` alive
     FunctionMetrics* metrics = nullptr;
     Seconds request_timeout{};
+    StreamLimits stream_limits;
+    bool client_gone = false;               // the connection closed before the answer
+    std::function<void()> cancel_upstream;  // while the instance works on the request
     std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 };
 
@@ -123,6 +127,8 @@ HttpServer::Options Gateway::invoke_options() const {
     o.threads = config_.http_threads;
     o.max_connections = config_.max_connections;
     o.max_body_bytes = config_.max_body_bytes;
+    o.stream_watermark = config_.stream_watermark;
+    o.body_limit = [this](const http::RequestHead& head) { return body_limit(head.target); };
     return o;
 }
 
@@ -132,7 +138,7 @@ std::string Gateway::error_text(std::string_view target, int status,
     auto invoked = parse_invoke_target(target);
     std::string who = invoked ? "function " + invoked->function + ": " : std::string();
     if (status == 413) {
-        return who + "request body exceeds the limit of " + human_size(config_.max_body_bytes);
+        return who + "request body exceeds the limit of " + human_size(body_limit(target));
     }
     std::string reason(http::reason_phrase(status));
     std::transform(reason.begin(), reason.end(), reason.begin(),
@@ -232,6 +238,12 @@ void Gateway::invoke(const std::shared_ptr<HttpExchange>& ex) {
     call->pool = fn.pool;
     call->metrics = &fn.pool->metrics();
     call->request_timeout = fn.spec->request_timeout;
+    call->stream_limits = stream_limits(*fn.spec);
+    ex->on_client_gone([weak = std::weak_ptr<Invocation>(call)] {
+        if (auto c = weak.lock()) {
+            client_left(*c);
+        }
+    });
     fn.pool->acquire_async(fn.spec, [this, call](AcquireResult result) {
         // A free slot is handed over at once, on this loop; otherwise from another thread.
         EventLoop& loop = call->ex->loop();
@@ -252,6 +264,9 @@ void Gateway::on_lease(const std::shared_ptr<Invocation>& call, std::shared_ptr<
         call->fail(error->status(), error->what(), error->retry_after_s());
         return;
     }
+    if (call->client_gone) {
+        return;  // the lease is given back at once
+    }
     auto& ex = *call->ex;
     const auto& req = ex.request();
     UpstreamRequest up;
@@ -261,10 +276,13 @@ void Gateway::on_lease(const std::shared_ptr<Invocation>& call, std::shared_ptr<
     up.body = ex.body();
     up.method = std::string(req.method);
     up.client_keep_alive = ex.keep_alive();
+    up.client_http11 = req.minor_version == 1;
     up.timeout = call->request_timeout;
-    call_upstream(ex.loop(), lease, std::move(up), [this, call, lease](UpstreamReply reply) {
-        on_reply(call, lease, std::move(reply));
-    });
+    call->cancel_upstream = call_upstream(ex.loop(), lease, std::move(up),
+                                          [this, call, lease](UpstreamReply reply) mutable {
+                                              call->cancel_upstream = nullptr;
+                                              on_reply(call, std::move(lease), std::move(reply));
+                                          });
 }
 
 void Gateway::on_reply(const std::shared_ptr<Invocation>& call, std::shared_ptr<Lease> lease,
@@ -274,14 +292,57 @@ void Gateway::on_reply(const std::shared_ptr<Invocation>& call, std::shared_ptr<
         return;
     }
     call->count(reply.status);
-    // The slot (and the in-flight count) are held until the response has been written.
-    struct Hold {
-        std::shared_ptr<Lease> lease;
-        std::shared_ptr<InFlight> in_flight;
-    };
-    auto hold = std::make_shared<Hold>(Hold{std::move(lease), call->in_flight});
+    if (reply.body) {
+        relay_stream(call->ex, std::move(lease), std::move(reply), call->stream_limits,
+                     call->in_flight, [call](StreamOutcome outcome) {
+                         if (outcome.kind == StreamOutcome::Kind::Truncated) {
+                             call->metrics->truncated_responses.fetch_add(
+                                 1, std::memory_order_relaxed);
+                             spdlog::warn("function {}: response truncated: {}", call->function,
+                                          outcome.why);
+                         }
+                     });
+        return;
+    }
+    // The instance is done with the request: its slot is free before the answer is written (a
+    // client that sends its next request the moment it has this answer finds the slot free).
+    // The in-flight count is held until the response has been written.
+    lease.reset();
     call->ex->respond(std::move(reply.head), std::move(reply.storage), reply.body_offset,
-                      reply.body_length, std::move(hold));
+                      reply.body_length, call->in_flight);
+}
+
+// The invoked function's max-body-size, else the daemon's.
+std::size_t Gateway::body_limit(std::string_view target) const {
+    auto invoked = parse_invoke_target(target);
+    if (!invoked) {
+        return config_.max_body_bytes;
+    }
+    auto fn = functions_.resolve(invoked->function);
+    if (fn.kind != ResolvedFunction::Kind::Ok || !fn.spec->max_body_size) {
+        return config_.max_body_bytes;
+    }
+    return *fn.spec->max_body_size;
+}
+
+StreamLimits Gateway::stream_limits(const FunctionSpec& spec) {
+    auto ms = [](Seconds s) { return std::chrono::ceil<std::chrono::milliseconds>(s); };
+    StreamLimits limits;
+    limits.idle = ms(spec.stream_idle_timeout);
+    if (spec.stream_max_duration) {
+        limits.max_duration = ms(*spec.stream_max_duration);
+    }
+    return limits;
+}
+
+// The client's connection closed while its request waited for a slot or the instance's answer:
+// the upstream exchange ends now and the slot (or the one still to come) is given back.
+void Gateway::client_left(Invocation& call) {
+    call.client_gone = true;
+    call.count(499);  // nginx's "client closed request"
+    if (auto cancel = std::move(call.cancel_upstream)) {
+        cancel();
+    }
 }
 
 std::string Gateway::status_json() const {

@@ -15,6 +15,7 @@
 #include "fleet/drain_switch.h"
 #include "gateway/http_server.h"
 #include "gateway/listening_server.h"
+#include "gateway/stream_relay.h"
 #include "gateway/upstream_call.h"
 #include "pool/function_table.h"
 #include "pool/readiness.h"
@@ -60,6 +61,9 @@ class Gateway {
                   std::optional<PoolError> error);
     void on_reply(const std::shared_ptr<Invocation>& call, std::shared_ptr<Lease> lease,
                   UpstreamReply reply);
+    static StreamLimits stream_limits(const FunctionSpec& spec);
+    std::size_t body_limit(std::string_view target) const;
+    static void client_left(Invocation& call);
     std::string status_json() const;
     void ready(const httplib::Request& req, httplib::Response& res);
 

@@ -160,6 +160,7 @@ class ClientConnection : public HttpExchange,
         if (state_ != State::Handling) {
             return;  // the connection is gone (hold is dropped here)
         }
+        on_gone_ = nullptr;
         out_head_ = std::move(head);
         out_body_ = std::move(body);
         body_offset_ = body_offset;
@@ -174,8 +175,92 @@ class ClientConnection : public HttpExchange,
         }
     }
 
+    bool respond_streaming(std::string head, std::shared_ptr<BodyProducer> producer,
+                           std::shared_ptr<void> hold, bool close_after) override {
+        if (state_ != State::Handling) {
+            return false;
+        }
+        on_gone_ = nullptr;
+        stream_out_ = std::move(head);  // goes out with the first body bytes
+        stream_sent_ = 0;
+        stream_ended_ = false;
+        producer_paused_ = false;
+        producer_ = std::move(producer);
+        hold_ = std::move(hold);
+        close_after_ = close_after || !keep_alive();
+        state_ = State::Streaming;
+        return true;
+    }
+
+    bool write_body(std::span<const std::string_view> pieces) override {
+        if (state_ != State::Streaming) {
+            return false;
+        }
+        std::size_t sent = 0;
+        if (writable_) {
+            sent = send_direct(pieces);
+            if (state_ != State::Streaming) {
+                return false;  // the write failed: closed
+            }
+        }
+        for (std::string_view piece : pieces) {  // what the socket did not take
+            std::size_t skip = std::min(sent, piece.size());
+            sent -= skip;
+            stream_out_.append(piece.substr(skip));
+        }
+        if (!in_progress_ && pending_stream_bytes() > 0 && writable_) {
+            progress();
+            if (state_ != State::Streaming) {
+                return false;
+            }
+        }
+        if (pending_stream_bytes() > 0) {
+            set_deadline(shared_.options.io_timeout);  // the client must take it in time
+        }
+        if (pending_stream_bytes() >= shared_.options.stream_watermark) {
+            producer_paused_ = true;
+            return false;
+        }
+        return true;
+    }
+
+    void end_body() override {
+        if (state_ != State::Streaming) {
+            return;
+        }
+        stream_ended_ = true;
+        producer_.reset();
+        if (!in_progress_) {
+            progress();
+        }
+    }
+
+    void abort_body() override {
+        if (state_ != State::Streaming) {
+            return;
+        }
+        producer_.reset();  // it is the one aborting
+        close();
+    }
+
+    void on_client_gone(std::function<void()> fn) override {
+        if (state_ == State::Closed) {
+            fn();
+            return;
+        }
+        on_gone_ = std::move(fn);
+    }
+
     // EventLoop::Handler
     void on_events(std::uint32_t events) override {
+        if ((events & (EPOLLHUP | EPOLLERR)) &&
+            (state_ == State::Handling || state_ == State::Streaming)) {
+            // Reset (or closed both ways) while its answer is still being made: nobody will read
+            // it, so the instance's slot is given back now.
+            auto self = shared_from_this();
+            close();
+            return;
+        }
         if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
             readable_ = true;
         }
@@ -200,10 +285,18 @@ class ClientConnection : public HttpExchange,
         auto self = shared_from_this();
         loop_.release_later(self);
         set_.forget(this);
+        auto producer = std::move(producer_);
+        auto gone = std::move(on_gone_);
+        if (producer) {
+            producer->cancel();
+        }
+        if (gone) {
+            gone();
+        }
     }
 
   private:
-    enum class State { Reading, Handling, Writing, Lingering, Closed };
+    enum class State { Reading, Handling, Writing, Streaming, Lingering, Closed };
 
     // Advances as far as the socket allows.
     void progress() {
@@ -217,6 +310,9 @@ class ClientConnection : public HttpExchange,
                     break;
                 case State::Writing:
                     more = flush();
+                    break;
+                case State::Streaming:
+                    more = flush_stream();
                     break;
                 case State::Lingering:
                     more = linger();
@@ -292,10 +388,14 @@ class ClientConnection : public HttpExchange,
         if (!head_complete_) {
             head_complete_ = true;  // and the body within io_timeout after it
             set_deadline(o.io_timeout);
+            body_limit_ = request_body_limit();
+            if (body_limit_ != o.max_body_bytes) {
+                decoder_.reset(body_limit_);
+            }
         }
         switch (head_.framing) {
             case http::BodyFraming::Length:
-                if (head_.content_length > o.max_body_bytes) {
+                if (head_.content_length > body_limit_) {
                     refuse(413, "request body too large", head_.target);
                     return true;
                 }
@@ -328,6 +428,13 @@ class ClientConnection : public HttpExchange,
         }
         dispatch();
         return true;
+    }
+
+    std::size_t request_body_limit() const {
+        const auto& o = shared_.options;
+        bool has_body = head_.framing == http::BodyFraming::Chunked ||
+                        (head_.framing == http::BodyFraming::Length && head_.content_length > 0);
+        return has_body && o.body_limit ? o.body_limit(head_) : o.max_body_bytes;
     }
 
     std::size_t request_bytes_wanted() const {
@@ -411,8 +518,115 @@ class ClientConnection : public HttpExchange,
         return true;
     }
 
+    std::size_t pending_stream_bytes() const { return stream_out_.size() - stream_sent_; }
+
+    // The pending bytes and then `pieces` in one sendmsg, when nothing is pending or the socket
+    // takes everything. Returns how many of the pieces' bytes went out; closes on an error.
+    std::size_t send_direct(std::span<const std::string_view> pieces) {
+        constexpr std::size_t kMaxPieces = 8;
+        iovec iov[kMaxPieces + 1];
+        int n = 0;
+        std::size_t pending = pending_stream_bytes();
+        if (pending > 0) {
+            iov[n++] = {stream_out_.data() + stream_sent_, pending};
+        }
+        for (std::string_view piece : pieces.first(std::min(pieces.size(), kMaxPieces))) {
+            if (!piece.empty()) {
+                iov[n++] = {const_cast<char*>(piece.data()), piece.size()};
+            }
+        }
+        if (pieces.size() > kMaxPieces) {
+            return 0;  // (never: the relay writes at most three pieces)
+        }
+        msghdr msg{};
+        msg.msg_iov = iov;
+        msg.msg_iovlen = static_cast<std::size_t>(n);
+        while (true) {
+            ssize_t sent = sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
+            if (sent >= 0) {
+                auto done = static_cast<std::size_t>(sent);
+                std::size_t from_pending = std::min(done, pending);
+                stream_sent_ += from_pending;
+                compact_stream();
+                if (done > 0) {
+                    set_deadline(shared_.options.io_timeout);  // progress
+                }
+                return done - from_pending;
+            }
+            if (would_block(errno)) {
+                writable_ = false;
+                return 0;
+            }
+            if (errno != EINTR) {
+                close();
+                return 0;
+            }
+        }
+    }
+
+    void compact_stream() {
+        if (stream_sent_ == stream_out_.size()) {
+            stream_out_.clear();
+            stream_sent_ = 0;
+        } else if (stream_sent_ >= kReadChunk && stream_sent_ * 2 >= stream_out_.size()) {
+            stream_out_.erase(0, stream_sent_);
+            stream_sent_ = 0;
+        }
+    }
+
+    // Writes the pending bytes of a streamed response. True when the state changed (the
+    // response ended) or the producer was resumed and may have written more.
+    bool flush_stream() {
+        while (pending_stream_bytes() > 0) {
+            if (!writable_) {
+                return false;
+            }
+            ssize_t sent = send(fd_.get(), stream_out_.data() + stream_sent_,
+                                pending_stream_bytes(), MSG_NOSIGNAL);
+            if (sent < 0) {
+                if (would_block(errno)) {
+                    writable_ = false;
+                    return false;
+                }
+                if (errno == EINTR) {
+                    continue;
+                }
+                close();
+                return false;
+            }
+            stream_sent_ += static_cast<std::size_t>(sent);
+            set_deadline(shared_.options.io_timeout);  // writes that progress are activity
+            compact_stream();
+            if (producer_paused_ && pending_stream_bytes() < shared_.options.stream_watermark / 2) {
+                producer_paused_ = false;
+                auto producer = producer_;
+                producer->resume();  // may write more, end or abort the body
+                return state_ == State::Streaming;
+            }
+        }
+        clear_deadline();  // waiting for the producer, which keeps its own idle time
+        if (stream_ended_) {
+            finish_exchange();
+            return true;
+        }
+        if (producer_paused_) {
+            producer_paused_ = false;
+            auto producer = producer_;
+            producer->resume();
+            return state_ == State::Streaming;
+        }
+        return false;
+    }
+
     void finish_exchange() {
         hold_.reset();  // e.g. gives the instance slot back
+        producer_.reset();
+        on_gone_ = nullptr;
+        if (stream_out_.capacity() > kReadAhead) {
+            std::string().swap(stream_out_);  // a finished stream keeps no buffer
+        }
+        stream_out_.clear();
+        stream_sent_ = 0;
         out_head_.clear();
         out_body_.clear();
         in_.consume(request_bytes_);
@@ -510,6 +724,7 @@ class ClientConnection : public HttpExchange,
     bool continue_sent_ = false;
     std::size_t request_bytes_ = 0;
     http::ChunkedDecoder decoder_;
+    std::size_t body_limit_ = 0;  // of the request being read
     std::size_t chunked_consumed_ = 0;
     std::string chunked_body_;
 
@@ -520,6 +735,14 @@ class ClientConnection : public HttpExchange,
     std::size_t written_ = 0;
     std::shared_ptr<void> hold_;
     bool close_after_ = false;
+
+    // A streamed response: bytes not yet written are stream_out_[stream_sent_, size).
+    std::string stream_out_;
+    std::size_t stream_sent_ = 0;
+    std::shared_ptr<BodyProducer> producer_;
+    bool producer_paused_ = false;
+    bool stream_ended_ = false;
+    std::function<void()> on_gone_;
 
     Clock::time_point deadline_ = Clock::time_point::max();
     EventLoop::TimerId deadline_timer_;

@@ -28,6 +28,17 @@
 
 namespace unifaas {
 
+// The source of a streamed response body (gateway/stream_relay): the connection asks it for more
+// once its output drained, and tells it when the client is gone. Both on the connection's loop.
+class BodyProducer {
+  public:
+    virtual ~BodyProducer() = default;
+    // The connection's pending output fell below half the watermark: produce again.
+    virtual void resume() = 0;
+    // The connection closed (client reset or left, timeout, shutdown): stop, release everything.
+    virtual void cancel() = 0;
+};
+
 // One request and its response.
 class HttpExchange {
   public:
@@ -46,6 +57,23 @@ class HttpExchange {
     // the connection is gone (e.g. the lease of an instance slot).
     virtual void respond(std::string head, std::string body, std::size_t body_offset,
                          std::size_t body_length, std::shared_ptr<void> hold) = 0;
+
+    // A streamed response: writes `head` with the first write_body() and then body bytes as the
+    // producer hands them over (already framed: chunk sizes are the producer's). False when the
+    // connection is gone (then nothing is written and the producer is not called). After the
+    // body the connection closes when `close_after` or the head said so.
+    virtual bool respond_streaming(std::string head, std::shared_ptr<BodyProducer> producer,
+                                   std::shared_ptr<void> hold, bool close_after) = 0;
+    // Queues bytes for the client, writing at once what the socket takes. False when the pending
+    // output is above the watermark (stop producing until resume()) or the connection is gone.
+    virtual bool write_body(std::span<const std::string_view> pieces) = 0;
+    // The body is complete: the exchange ends once the pending bytes are written.
+    virtual void end_body() = 0;
+    // The body cannot be completed: the connection closes now, the client sees it truncated.
+    virtual void abort_body() = 0;
+    // Called (once, on loop()) when the connection closes before the response was given, e.g.
+    // the client reset it while the instance was still working.
+    virtual void on_client_gone(std::function<void()> fn) = 0;
 
     // A response made by the daemon itself.
     void respond_simple(int status, std::string_view content_type, std::string_view body,
@@ -68,7 +96,11 @@ class HttpServer {
         std::size_t max_body_bytes = 6 * 1024 * 1024;
         std::chrono::milliseconds io_timeout{30'000};    // receiving a request, sending a response
         std::chrono::milliseconds idle_timeout{60'000};  // keep-alive without a request
-        std::chrono::milliseconds linger{2'000};  // reading what a closing client still sends
+        std::chrono::milliseconds linger{2'000};    // reading what a closing client still sends
+        std::size_t stream_watermark = 256 * 1024;  // pending output of a streamed response
+        // The body limit of one request (e.g. its function's), asked once its head is read and
+        // only when it has a body; empty: max_body_bytes for every request.
+        std::function<std::size_t(const http::RequestHead&)> body_limit;
     };
 
     HttpServer(Options options, RequestHandler handler, ErrorText error_text);

@@ -44,6 +44,12 @@ std::string render_metrics(
         out += fmt::format("unifaas_cold_starts_total{{{},kind=\"restore\"}} {}\n",
                            function_label(p), restored);
     }
+    header(out, "unifaas_truncated_responses_total", "counter",
+           "Streamed responses cut off after their head was sent.");
+    for (const auto& [p, m] : pools) {
+        out += fmt::format("unifaas_truncated_responses_total{{{}}} {}\n", function_label(p),
+                           m->truncated_responses.load(std::memory_order_relaxed));
+    }
     header(out, "unifaas_cold_start_duration_seconds", "histogram",
            "Time from starting an instance to its readiness callback.");
     for (const auto& [p, m] : pools) {

@@ -18,6 +18,35 @@
 
 namespace unifaas {
 
+UpstreamConnection::UpstreamConnection(const std::string& address, std::uint16_t port) {
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    if (inet_pton(AF_INET, address.c_str(), &addr.sin_addr) != 1) {
+        throw std::system_error(EINVAL, std::generic_category(), "address " + address);
+    }
+    fd_.reset(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!fd_) {
+        throw std::system_error(errno, std::generic_category(), "socket");
+    }
+    int one = 1;
+    setsockopt(fd_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    // Closed with a reset: the instance is often gone by then (single-use, stopped), and a FIN to
+    // a guest that never acknowledges it would be retransmitted to its address while the next
+    // guest boots there.
+    linger abortive{1, 0};
+    setsockopt(fd_.get(), SOL_SOCKET, SO_LINGER, &abortive, sizeof(abortive));
+    if (connect(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+        connected = true;
+    } else if (errno != EINPROGRESS) {
+        throw std::system_error(errno, std::generic_category(), "connect");
+    }
+}
+
+void UpstreamConnection::abort() {
+    shutdown(fd_.get(), SHUT_RDWR);
+}
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -27,46 +56,6 @@ constexpr std::size_t kReadChunk = 64 * 1024;
 // An instance that does not accept within this is broken (its address is local: a live guest
 // answers in well under a millisecond).
 constexpr auto kConnectTimeout = std::chrono::seconds(5);
-
-// The connection to one slot of an instance. Its fd never changes: a broken connection is
-// replaced by a new object (Lease::drop_cache), so abort() from another thread cannot hit a
-// reused descriptor (both run under the instance's cache lock).
-class UpstreamConnection : public SlotCache {
-  public:
-    UpstreamConnection(const std::string& address, std::uint16_t port) {
-        sockaddr_in addr{};
-        addr.sin_family = AF_INET;
-        addr.sin_port = htons(port);
-        if (inet_pton(AF_INET, address.c_str(), &addr.sin_addr) != 1) {
-            throw std::system_error(EINVAL, std::generic_category(), "address " + address);
-        }
-        fd_.reset(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-        if (!fd_) {
-            throw std::system_error(errno, std::generic_category(), "socket");
-        }
-        int one = 1;
-        setsockopt(fd_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        // Closed with a reset: the instance is often gone by then (single-use, stopped), and a
-        // FIN to a guest that never acknowledges it would be retransmitted to its address while
-        // the next guest boots there.
-        linger abortive{1, 0};
-        setsockopt(fd_.get(), SOL_SOCKET, SO_LINGER, &abortive, sizeof(abortive));
-        if (connect(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-            connected = true;
-        } else if (errno != EINPROGRESS) {
-            throw std::system_error(errno, std::generic_category(), "connect");
-        }
-    }
-    // Makes a request in progress fail now: the loop sees the shutdown as an error or EOF.
-    void abort() override { shutdown(fd_.get(), SHUT_RDWR); }
-    int fd() const { return fd_.get(); }
-
-    bool connected = false;
-    bool used = false;  // has answered a request before
-
-  private:
-    UniqueFd fd_;
-};
 
 class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_this<UpstreamCall> {
   public:
@@ -78,7 +67,7 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
           done_(std::move(done)),
           timer_(loop.no_timer()),
           connect_timer_(loop.no_timer()),
-          decoder_(kMaxUpstreamResponseBytes) {}
+          decoder_(UINT64_MAX) {}
 
     void start() {
         auto self = shared_from_this();
@@ -89,6 +78,16 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
                                       req_.timeout.count()));
             });
         open();
+    }
+
+    // The client left: nothing more is done for it.
+    void cancel() {
+        if (state_ == State::Done) {
+            return;
+        }
+        auto self = shared_from_this();
+        done_ = nullptr;
+        finish({}, Fate::Drop);
     }
 
     void on_events(std::uint32_t events) override {
@@ -249,12 +248,6 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
             }
             head_done_ = true;
             body_start_ = head_start_ + head_.size;
-            if (head_.framing == http::BodyFraming::Length &&
-                head_.content_length > kMaxUpstreamResponseBytes) {
-                fail(502, fmt::format("response body of {} bytes exceeds the daemon's limit",
-                                      head_.content_length));
-                return false;
-            }
         }
         std::size_t have = buffer_.size() - body_start_;
         switch (head_.framing) {
@@ -263,8 +256,8 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
                 return false;
             case http::BodyFraming::Length:
                 if (have < head_.content_length) {
-                    buffer_.reserve(body_start_ + head_.content_length);
-                    return true;
+                    stream_body();
+                    return false;
                 }
                 complete(body_start_, head_.content_length, have != head_.content_length);
                 return false;
@@ -276,26 +269,20 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
                     return false;
                 }
                 if (!decoder_.done()) {
-                    return true;
+                    stream_body();
+                    return false;
                 }
                 complete_chunked(body_start_ + chunked_consumed_ != buffer_.size());
                 return false;
             }
             case http::BodyFraming::UntilClose:
-                if (have > kMaxUpstreamResponseBytes) {
-                    fail(502, "response body exceeds the daemon's limit");
-                    return false;
-                }
-                return true;
+                stream_body();
+                return false;
         }
         return true;
     }
 
     void end_of_stream() {
-        if (head_done_ && head_.framing == http::BodyFraming::UntilClose) {
-            complete(body_start_, buffer_.size() - body_start_, true);
-            return;
-        }
         if (buffer_.empty() && retry()) {
             return;
         }
@@ -344,10 +331,45 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
         reply.status = head_.status;
         http::append_downstream_response_head(reply.head, head_, length, req_.client_keep_alive);
         bool reusable = head_.keep_alive && !trailing_garbage;
+        reply.close_after = !req_.client_keep_alive;
         reply.storage = std::move(buffer_);  // after the head: its views point into buffer_
         reply.body_offset = offset;
         reply.body_length = length;
-        finish(std::move(reply), reusable);
+        finish(std::move(reply), reusable ? Fate::Reuse : Fate::Drop);
+    }
+
+    // The head is here, the body goes on: the reply hands the connection to a relay.
+    void stream_body() {
+        reparse_head();
+        auto body = std::make_unique<UpstreamBody>();
+        body->connection = conn_;
+        body->framing = head_.framing;
+        bool keep_alive = req_.client_keep_alive;
+        if (head_.framing == http::BodyFraming::Length) {
+            body->downstream = http::DownstreamFraming::Length;
+        } else if (req_.client_http11) {
+            body->downstream = http::DownstreamFraming::Chunked;
+        } else {
+            body->downstream = http::DownstreamFraming::UntilClose;
+            keep_alive = false;
+        }
+        body->reusable = head_.keep_alive && head_.framing != http::BodyFraming::UntilClose;
+        if (head_.framing == http::BodyFraming::Chunked) {
+            body->first = std::move(body_);
+            body->decoder = decoder_;
+        } else {
+            body->first = buffer_.substr(body_start_);
+            if (head_.framing == http::BodyFraming::Length) {
+                body->remaining = head_.content_length - body->first.size();
+            }
+        }
+        UpstreamReply reply;
+        reply.status = head_.status;
+        http::append_streamed_response_head(reply.head, head_, body->downstream,
+                                            head_.content_length, keep_alive);
+        reply.close_after = !keep_alive;
+        reply.body = std::move(body);
+        finish(std::move(reply), Fate::HandOver);
     }
 
     void complete_chunked(bool trailing_garbage) {
@@ -357,9 +379,10 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
         http::append_downstream_response_head(reply.head, head_, body_.size(),
                                               req_.client_keep_alive);
         bool reusable = head_.keep_alive && !trailing_garbage;
+        reply.close_after = !req_.client_keep_alive;
         reply.body_length = body_.size();
         reply.storage = std::move(body_);
-        finish(std::move(reply), reusable);
+        finish(std::move(reply), reusable ? Fate::Reuse : Fate::Drop);
     }
 
     void fail(int status, std::string message) {
@@ -379,24 +402,32 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
             reply.error = fmt::format("instance {} at {}:{}: {}", lease_->instance_id(),
                                       lease_->address(), lease_->port(), message);
         }
-        finish(std::move(reply), false);
+        finish(std::move(reply), Fate::Drop);
     }
 
-    void finish(UpstreamReply reply, bool reusable) {
+    // What becomes of the connection when the call ends.
+    enum class Fate { Reuse, Drop, HandOver };
+
+    void finish(UpstreamReply reply, Fate fate) {
         auto self = shared_from_this();  // the timer may hold the last other reference
         state_ = State::Done;
         loop_.cancel_timer(timer_);
         loop_.cancel_timer(connect_timer_);
         unregister();
-        if (conn_ && reusable) {
+        if (conn_ && fate == Fate::Reuse) {
             conn_->used = true;
-        } else if (conn_) {
+        } else if (conn_ && fate == Fate::Drop) {
             lease_->drop_cache();  // never reuse a connection in an unknown state
         }
         conn_ = nullptr;
+        // The caller holds its own reference: the slot is free the moment it lets go, not when
+        // the loop gets round to releasing this call.
+        lease_.reset();
         loop_.release_later(self);
         auto done = std::move(done_);
-        done(std::move(reply));
+        if (done) {
+            done(std::move(reply));
+        }
     }
 
     // Finishing while armed (timeout, abort, error): the registration must not report to this
@@ -434,11 +465,17 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
 
 }  // namespace
 
-void call_upstream(EventLoop& loop, std::shared_ptr<Lease> lease, UpstreamRequest request,
-                   std::function<void(UpstreamReply)> done) {
+std::function<void()> call_upstream(EventLoop& loop, std::shared_ptr<Lease> lease,
+                                    UpstreamRequest request,
+                                    std::function<void(UpstreamReply)> done) {
     auto call =
         std::make_shared<UpstreamCall>(loop, std::move(lease), std::move(request), std::move(done));
     call->start();
+    return [weak = std::weak_ptr<UpstreamCall>(call)] {
+        if (auto c = weak.lock()) {
+            c->cancel();
+        }
+    };
 }
 
 }  // namespace unifaas

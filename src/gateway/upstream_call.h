@@ -1,7 +1,9 @@
 // UpstreamCall: one request to an instance, on an event loop, over the keep-alive connection kept
 // in the lease's slot (made on first use, dropped after any error). A connection the instance
 // closed while it sat idle is detected by the retry: a request that got no byte back on a reused
-// connection is sent once more on a fresh one.
+// connection is sent once more on a fresh one. The call ends with the response head: a body that
+// arrived with it is returned whole; the rest of a longer one is relayed by a StreamRelay
+// (gateway/stream_relay) from the connection the reply hands over.
 #pragma once
 
 #include <functional>
@@ -10,10 +12,42 @@
 #include <string_view>
 
 #include "config/function_spec.h"
+#include "http/chunked.h"
+#include "http/forwarding.h"
 #include "pool/pool.h"
 #include "util/event_loop.h"
+#include "util/unique_fd.h"
 
 namespace unifaas {
+
+// The connection to one slot of an instance. Its fd never changes: a broken connection is
+// replaced by a new object (Lease::drop_cache), so abort() from another thread cannot hit a
+// reused descriptor (both run under the instance's cache lock).
+class UpstreamConnection : public SlotCache {
+  public:
+    UpstreamConnection(const std::string& address, std::uint16_t port);
+    // Makes a request in progress fail now: the loop sees the shutdown as an error or EOF.
+    void abort() override;
+    int fd() const { return fd_.get(); }
+
+    bool connected = false;
+    bool used = false;  // has answered a request before
+
+  private:
+    UniqueFd fd_;
+};
+
+// The part of a response body still to come when the head (and maybe some body bytes) arrived.
+struct UpstreamBody {
+    UpstreamConnection* connection = nullptr;               // in the lease's slot cache
+    http::BodyFraming framing = http::BodyFraming::Length;  // from the instance: Length,
+                                                            // Chunked or UntilClose
+    http::DownstreamFraming downstream = http::DownstreamFraming::Length;  // to the client
+    std::uint64_t remaining = 0;  // Length: body bytes still to come from the instance
+    bool reusable = false;        // the connection may serve the next request after the body
+    std::string first;            // decoded body bytes that came with the head
+    http::ChunkedDecoder decoder{UINT64_MAX};  // Chunked: its state after `first`
+};
 
 struct UpstreamReply {
     int error_status = 0;  // 502 or 504 when the instance gave no (valid) answer
@@ -23,6 +57,10 @@ struct UpstreamReply {
     std::string storage;   // holds the body at [body_offset, body_offset + body_length)
     std::size_t body_offset = 0;
     std::size_t body_length = 0;
+    bool close_after = false;  // the client connection ends after this response
+    // Set when the body goes on after the head: the head (above) is ready to send, the rest is
+    // to be relayed from body->connection.
+    std::unique_ptr<UpstreamBody> body;
 };
 
 struct UpstreamRequest {
@@ -30,14 +68,15 @@ struct UpstreamRequest {
     std::string_view body;  // must stay valid until `done` has run
     std::string method;
     bool client_keep_alive = true;  // written into the response head
-    Seconds timeout{30};            // request-timeout: 504 after it
+    bool client_http11 = true;      // may get a chunked body
+    Seconds timeout{30};            // request-timeout: 504 when no response head came in time
 };
 
-// Largest response the daemon buffers for a client (502 beyond).
-inline constexpr std::size_t kMaxUpstreamResponseBytes = 256 * 1024 * 1024;
-
-// Runs the request on `loop` (call it there); `done` runs there too, exactly once.
-void call_upstream(EventLoop& loop, std::shared_ptr<Lease> lease, UpstreamRequest request,
-                   std::function<void(UpstreamReply)> done);
+// Runs the request on `loop` (call it there); `done` runs there too, exactly once - unless the
+// returned function is called first (on `loop`): it abandons the call (the client left), drops the
+// connection and lets go of the lease.
+std::function<void()> call_upstream(EventLoop& loop, std::shared_ptr<Lease> lease,
+                                    UpstreamRequest request,
+                                    std::function<void(UpstreamReply)> done);
 
 }  // namespace unifaas

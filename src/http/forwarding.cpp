@@ -111,6 +111,12 @@ void append_upstream_request_head(std::string& out, const RequestHead& in,
 
 void append_downstream_response_head(std::string& out, const ResponseHead& in,
                                      std::uint64_t body_length, bool keep_alive) {
+    append_streamed_response_head(out, in, DownstreamFraming::Length, body_length, keep_alive);
+}
+
+void append_streamed_response_head(std::string& out, const ResponseHead& in,
+                                   DownstreamFraming framing, std::uint64_t body_length,
+                                   bool keep_alive) {
     ConnectionOptions connection(in.headers);
     bool bodiless = in.framing == BodyFraming::None;
     out.append("HTTP/1.1 ");
@@ -126,9 +132,19 @@ void append_downstream_response_head(std::string& out, const ResponseHead& in,
         append_field(out, field.name, field.value);
     }
     if (!bodiless) {
-        out.append("Content-Length: ");
-        append_number(out, body_length);
-        out.append("\r\n");
+        switch (framing) {
+            case DownstreamFraming::Length:
+                out.append("Content-Length: ");
+                append_number(out, body_length);
+                out.append("\r\n");
+                break;
+            case DownstreamFraming::Chunked:
+                out.append("Transfer-Encoding: chunked\r\n");
+                break;
+            case DownstreamFraming::UntilClose:
+                keep_alive = false;
+                break;
+        }
     }
     if (!keep_alive) {
         out.append("Connection: close\r\n");

@@ -37,6 +37,16 @@ void append_upstream_request_head(std::string& out, const RequestHead& in,
 void append_downstream_response_head(std::string& out, const ResponseHead& in,
                                      std::uint64_t body_length, bool keep_alive);
 
+// How a streamed response's body is delimited towards the client.
+enum class DownstreamFraming { Length, Chunked, UntilClose };
+
+// As append_downstream_response_head for a body that is relayed while it arrives: Length writes
+// "Content-Length: <body_length>", Chunked "Transfer-Encoding: chunked", UntilClose neither (and
+// "Connection: close" whatever keep_alive says: the end of the body is the end of the connection).
+void append_streamed_response_head(std::string& out, const ResponseHead& in,
+                                   DownstreamFraming framing, std::uint64_t body_length,
+                                   bool keep_alive);
+
 // A response the daemon makes itself: status line, "Content-Type: <content_type>" (unless empty),
 // "Content-Length: <body size>", the `extra` headers (e.g. Retry-After), "Connection: close" when
 // !keep_alive, blank line, body. For 1xx and 204 neither Content-Length nor body is written, so

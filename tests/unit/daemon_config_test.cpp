@@ -86,6 +86,7 @@ TEST_F(DaemonConfigTest, BoundsAccepted) {
     EXPECT_EQ(load("http-threads = 256\n").http_threads, 256u);
     EXPECT_EQ(load("max-connections = 1\n").max_connections, 1u);
     EXPECT_EQ(load("max-body-size = 1\n").max_body_bytes, 1u);
+    EXPECT_EQ(load("stream-watermark = 4096\n").stream_watermark, 4096u);
     EXPECT_EQ(load("shutdown-grace = 0\n").shutdown_grace, Seconds(0));
 }
 
@@ -116,6 +117,8 @@ TEST_F(DaemonConfigTest, Errors) {
                  "log-level: unknown log level \"verbose\" (expected error, warn, info, debug, "
                  "trace)");
     expect_error("max-body-size = 0\n", "max-body-size: must be at least 1 (got 0)");
+    expect_error("stream-watermark = 100\n",
+                 "stream-watermark: must be between 4096 and 67108864 (got 100)");
     expect_error("max-body-size = \"6M\"\n", "max-body-size: expected an integer, got string");
     expect_error("http-threads = -1\n", "http-threads: must be between 0 and 256 (got -1)");
     expect_error("http-threads = 257\n", "http-threads: must be between 0 and 256 (got 257)");

@@ -83,7 +83,22 @@ TEST_F(FunctionSpecTest, TopLevelDefaults) {
     EXPECT_EQ(spec->queue_timeout, Seconds(10));
     EXPECT_EQ(spec->boot_timeout, Seconds(25));
     EXPECT_EQ(spec->request_timeout, Seconds(60));
+    EXPECT_EQ(spec->stream_idle_timeout, Seconds(60));
+    EXPECT_FALSE(spec->stream_max_duration);
+    EXPECT_FALSE(spec->max_body_size);
     EXPECT_TRUE(spec->env.empty());
+}
+
+TEST_F(FunctionSpecTest, StreamTimeouts) {
+    auto spec = load("stream-idle-timeout = 2.5\nstream-max-duration = 3600\n" + kContainer);
+    EXPECT_EQ(spec->stream_idle_timeout, Seconds(2.5));
+    EXPECT_EQ(spec->stream_max_duration, Seconds(3600));
+    expect_error("stream-idle-timeout = 0\n" + kContainer,
+                 "stream-idle-timeout: must be greater than 0 (got 0)");
+    expect_error("stream-max-duration = \"1h\"\n" + kContainer,
+                 "stream-max-duration: expected a number of seconds, got string");
+    EXPECT_EQ(load("max-body-size = 1000\n" + kContainer)->max_body_size, 1000u);
+    expect_error("max-body-size = 0\n" + kContainer, "max-body-size: must be at least 1 (got 0)");
 }
 
 TEST_F(FunctionSpecTest, TopLevelExplicit) {

@@ -284,3 +284,39 @@ TEST(HttpForwarding, DroppedFieldList) {
 
 }  // namespace
 }  // namespace unifaas::http
+
+namespace unifaas::http {
+namespace {
+
+std::string streamed(std::string_view text, DownstreamFraming framing, std::uint64_t length,
+                     bool keep_alive) {
+    ResponseHead head = response(text);
+    std::string out;
+    append_streamed_response_head(out, head, framing, length, keep_alive);
+    return out;
+}
+
+TEST(HttpForwarding, StreamedHeadSaysHowTheBodyIsDelimited) {
+    // Length passed through.
+    EXPECT_EQ(streamed("HTTP/1.1 200 OK\r\nContent-Length: 9\r\nX-A: b\r\n\r\n",
+                       DownstreamFraming::Length, 9, true),
+              "HTTP/1.1 200 OK\r\nX-A: b\r\nContent-Length: 9\r\n\r\n");
+    // The instance's chunking is its own hop: the client gets a chunking of ours.
+    EXPECT_EQ(streamed("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: "
+                       "text/event-stream\r\n\r\n",
+                       DownstreamFraming::Chunked, 0, false),
+              "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: "
+              "chunked\r\nConnection: close\r\n\r\n");
+    // Until close: no length, and the connection ends whatever keep_alive says.
+    EXPECT_EQ(
+        streamed("HTTP/1.0 200 OK\r\nServer: f\r\n\r\n", DownstreamFraming::UntilClose, 0, true),
+        "HTTP/1.1 200 OK\r\nServer: f\r\nConnection: close\r\n\r\n");
+    // A streamed head parses back with the framing it announces.
+    ResponseHead back =
+        response(streamed("HTTP/1.1 200 OK\r\n\r\n", DownstreamFraming::Chunked, 0, true));
+    EXPECT_EQ(back.framing, BodyFraming::Chunked);
+    EXPECT_TRUE(back.keep_alive);
+}
+
+}  // namespace
+}  // namespace unifaas::http

@@ -1006,3 +1006,142 @@ TEST_F(HttpServerTest, ConnectionsUseTcpNodelay) {
 
 }  // namespace
 }  // namespace unifaas
+
+// ---- Streamed responses (BodyProducer) ---------------------------------------------------------
+
+namespace unifaas {
+namespace {
+
+// Writes `total` bytes of 'x' in blocks while the connection takes them; counts what it did.
+class CountingProducer : public BodyProducer {
+  public:
+    CountingProducer(std::shared_ptr<HttpExchange> ex, std::size_t total)
+        : ex_(std::move(ex)), total_(total) {}
+
+    void resume() override {
+        ++resumes;
+        produce();
+    }
+    void cancel() override { cancelled.fire(); }
+
+    void produce() {
+        static const std::string block(16 * 1024, 'x');
+        while (produced < total_) {
+            std::string_view piece(block.data(), std::min(block.size(), total_ - produced));
+            std::string_view pieces[] = {piece};
+            bool room = ex_->write_body(pieces);
+            produced += piece.size();
+            if (!room) {
+                return;  // resume() comes when the client has taken enough
+            }
+        }
+        ex_->end_body();
+        ex_.reset();
+    }
+
+    std::atomic<std::size_t> produced{0};
+    std::atomic<int> resumes{0};
+    Signal cancelled;
+
+  private:
+    std::shared_ptr<HttpExchange> ex_;
+    std::size_t total_;
+};
+
+TEST_F(HttpServerTest, StreamedBodyStopsAboveTheWatermarkAndResumesAsTheClientReads) {
+    auto o = options();
+    o.stream_watermark = 64 * 1024;
+    start_queued(o);
+    RawClient c(port);
+    ASSERT_TRUE(c.send_all(get("/big") + get("/after")));
+    auto ex = queue.pop();
+    ASSERT_TRUE(ex);
+    constexpr std::size_t kTotal = 64 * 1024 * 1024;
+    auto producer = std::make_shared<CountingProducer>(ex, kTotal);
+    ex->loop().post([ex, producer] {
+        std::string head =
+            "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(kTotal) + "\r\n\r\n";
+        ASSERT_TRUE(ex->respond_streaming(std::move(head), producer, {}, false));
+        producer->produce();
+    });
+    ex.reset();
+    // The client reads nothing: production stops once the socket buffers and the watermark are
+    // full, far below the body's size.
+    ASSERT_TRUE(eventually([&] { return producer->produced > 0; }));
+    std::size_t before;
+    do {
+        before = producer->produced;
+        std::this_thread::sleep_for(50ms);
+    } while (producer->produced != before);
+    EXPECT_LT(producer->produced, 16u * 1024 * 1024) << "no back-pressure";
+    auto r = c.read_response(20s);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->body.size(), kTotal);
+    EXPECT_EQ(r->body.find_first_not_of('x'), std::string::npos);
+    EXPECT_GT(producer->resumes, 0);
+    auto next = queue.pop();  // the pipelined request after the stream
+    ASSERT_TRUE(next);
+    EXPECT_EQ(next->request().target, "/after");
+    respond_later(next, 200, "after");
+    auto after = c.read_response();
+    ASSERT_TRUE(after);
+    EXPECT_EQ(after->body, "after");
+}
+
+TEST_F(HttpServerTest, AbortedStreamEndsTheConnectionWithATruncatedBody) {
+    start_queued();
+    RawClient c(port);
+    ASSERT_TRUE(c.send_all(get("/cut")));
+    auto ex = queue.pop();
+    ASSERT_TRUE(ex);
+    auto producer = std::make_shared<CountingProducer>(nullptr, 0);
+    ex->loop().post([ex, producer] {
+        ASSERT_TRUE(ex->respond_streaming("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
+                                          producer, {}, false));
+        std::string_view pieces[] = {"0123456789"};
+        ex->write_body(pieces);
+        ex->abort_body();
+    });
+    ASSERT_TRUE(c.wait_closed());
+    EXPECT_TRUE(c.buffer().ends_with("\r\n\r\n0123456789")) << c.buffer();
+    EXPECT_FALSE(producer->cancelled.wait(100ms)) << "the producer that aborted was cancelled";
+    ex.reset();
+    EXPECT_TRUE(eventually([&] { return server->connections() == 0; }));
+}
+
+TEST_F(HttpServerTest, ClientResetReachesTheHandlerAndTheProducer) {
+    start_queued();
+    {  // while the answer is being made
+        RawClient c(port);
+        ASSERT_TRUE(c.send_all(get("/slow")));
+        auto ex = queue.pop();
+        ASSERT_TRUE(ex);
+        auto gone = std::make_shared<Signal>();
+        ex->loop().post([ex, gone] { ex->on_client_gone([gone] { gone->fire(); }); });
+        c.abort();
+        EXPECT_TRUE(gone->wait(3s)) << "a reset client went unnoticed";
+    }
+    {  // while a stream waits for its producer
+        RawClient c(port);
+        ASSERT_TRUE(c.send_all(get("/stream")));
+        auto ex = queue.pop();
+        ASSERT_TRUE(ex);
+        auto producer = std::make_shared<CountingProducer>(nullptr, 0);
+        Signal head_sent;
+        ex->loop().post([ex, producer, &head_sent] {
+            std::string head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+            ASSERT_TRUE(ex->respond_streaming(std::move(head), producer, {}, false));
+            std::string_view none[] = {""};
+            ex->write_body(none);
+            head_sent.fire();
+        });
+        ASSERT_TRUE(head_sent.wait(3s));
+        ASSERT_EQ(c.read_more(Clock::now() + 3s), RawClient::Read::Data);
+        c.abort();
+        EXPECT_TRUE(producer->cancelled.wait(3s)) << "a reset client went unnoticed mid-stream";
+    }
+    EXPECT_TRUE(eventually([&] { return server->connections() == 0; }));
+}
+
+}  // namespace
+}  // namespace unifaas
