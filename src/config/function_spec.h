@@ -11,6 +11,8 @@
 #include <string>
 #include <variant>
 
+#include "net/network_policy.h"
+
 namespace unifaas {
 
 using Seconds = std::chrono::duration<double>;
@@ -67,6 +69,7 @@ struct FunctionSpec {
     Seconds boot_timeout{25};        // start to readiness callback before 504
     Seconds request_timeout{60};     // upstream response before 504
     std::map<std::string, std::string> env;
+    NetworkPolicy network;  // [network]: what the instances may reach (default: the callback)
 
     std::variant<ContainerSpec, VmSpec> sandbox;
 

@@ -9,6 +9,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "net/firewall.h"
 #include "net/tap_device.h"
 
 namespace unifaas {
@@ -269,7 +270,12 @@ NetworkLease::NetworkLease(std::shared_ptr<net_detail::NetworkCore> core,
       addresses_(addresses) {}
 
 NetworkLease::~NetworkLease() {
+    rules_.reset();
     core_->give_back(block_, std::move(device_));
+}
+
+void NetworkLease::hold(std::unique_ptr<FirewallAttachment> rules) {
+    rules_ = std::move(rules);
 }
 
 std::string NetworkLease::host_ip() const {

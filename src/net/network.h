@@ -30,6 +30,7 @@ class NetworkCore;
 }
 
 class TapDevice;
+class FirewallAttachment;
 
 // One tap and its /30, held by one sandbox. Destroying it gives both back to the Network (the tap
 // is reset and kept for the next lease, or deleted). May outlive the Network: then it deletes its
@@ -47,6 +48,9 @@ class NetworkLease {
     std::string netmask() const;  // "255.255.255.252"
     std::string mac() const;      // guest_mac(guest address)
     std::uint32_t guest_address() const { return addresses_.guest(); }
+    // Keeps the tap's firewall element for as long as the lease: removed before the tap is
+    // given back, so a reused tap never carries an earlier function's policy.
+    void hold(std::unique_ptr<FirewallAttachment> rules);
 
   private:
     friend class net_detail::NetworkCore;
@@ -58,6 +62,7 @@ class NetworkLease {
     std::string tap_;
     unsigned block_;
     Block30 addresses_;
+    std::unique_ptr<FirewallAttachment> rules_;
 };
 
 class Network {

@@ -176,6 +176,7 @@ std::unique_ptr<Instance> QemuBackend::start(const InstanceContext& ctx) {
     } catch (const NetworkExhausted& e) {
         throw SandboxError(503, e.what());
     }
+    apply_network_policy(env_, *lease, spec);
     auto workdir = std::make_unique<WorkDir>(env_.runtime_dir, ctx.instance_id);
     GuestAddressing addressing{
         lease->guest_ip(), lease->host_ip(), lease->netmask(),

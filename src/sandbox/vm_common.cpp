@@ -10,6 +10,9 @@
 #include <system_error>
 #include <vector>
 
+#include "config/function_spec.h"
+#include "net/firewall.h"
+#include "net/network.h"
 #include "sandbox/sandbox.h"
 #include "systemd/scope_manager.h"
 
@@ -153,6 +156,22 @@ unsigned long host_tsc_khz() {
         }
     }
     return 0;
+}
+
+void apply_network_policy(const VmEnvironment& env, NetworkLease& lease, const FunctionSpec& spec) {
+    if (env.firewall == nullptr) {
+        return;
+    }
+    if (spec.network.egress && env.firewall->config().egress_interface.empty()) {
+        throw SandboxError(500, spec.file.string() +
+                                    ": network.egress: the daemon has no egress-interface "
+                                    "configured (unifaas.toml)");
+    }
+    try {
+        lease.hold(env.firewall->attach(lease.tap(), spec.network));
+    } catch (const FirewallError& e) {
+        throw SandboxError(502, e.what());
+    }
 }
 
 std::unique_ptr<Scope> start_instance_scope(ScopeManager* scopes, const InstanceContext& ctx,
