@@ -7,7 +7,9 @@
 //
 // Routes: /hello, /echo[/...], /sleep?ms=N, /; everything else is 404.
 // Test hooks: HELLO_EXIT_BEFORE_READY=1 exits with status 3 before listening;
-//             HELLO_NO_CALLBACK=1 never calls back.
+//             HELLO_NO_CALLBACK=1 never calls back;
+//             HELLO_EXIT_AFTER_CALLBACK=1 exits with status 4 once the callback was answered;
+//             HELLO_GARBAGE=1 answers every request with bytes that are not HTTP.
 //
 // Each response leaves in one write() on a TCP_NODELAY socket: a header write followed by a body
 // write costs 40 ms per request (Nagle + delayed ACK).
@@ -92,6 +94,8 @@ static void buf_consume(struct buf* b, size_t n) {
 
 // ---------------------------------------------------------------------------------------------
 // Socket helpers.
+
+static int env_is(const char* name, const char* value);
 
 static int write_all(int fd, const char* data, size_t len) {
     while (len > 0) {
@@ -439,6 +443,12 @@ static void* serve_connection(void* arg) {
             free(req.body.data);
             break;
         }
+        if (env_is("HELLO_GARBAGE", "1")) {
+            static const char garbage[] = "this is not HTTP\r\n\r\n";
+            write_all(fd, garbage, sizeof garbage - 1);
+            free(req.body.data);
+            break;
+        }
         struct response res = {0};
         route(&req, &res);
         int ok = send_response(fd, &req, &res) == 0 && req.keep_alive;
@@ -612,6 +622,11 @@ int main(int argc, char** argv) {
     }
     fprintf(stderr, "hello: listening on 0.0.0.0:%d, callback %s\n", port,
             callback ? callback : "(none)");
+    if (callback && env_is("HELLO_EXIT_AFTER_CALLBACK", "1")) {
+        call_back((void*)callback);  // ready, and gone before serving anything
+        fprintf(stderr, "hello: HELLO_EXIT_AFTER_CALLBACK=1, exiting with status 4\n");
+        _exit(4);
+    }
     if (callback)
         spawn_detached(call_back, (void*)callback);
 
