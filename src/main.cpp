@@ -18,6 +18,7 @@
 #include "fleet/drain_switch.h"
 #include "fleet/load_report.h"
 #include "gateway/gateway.h"
+#include "net/firewall.h"
 #include "net/network.h"
 #include "net/tap_device.h"
 #include "net/veth_namespace.h"
@@ -238,6 +239,18 @@ void drain_before_stopping(int sig, const DaemonConfig& config, DrainSwitch& dra
 // The guest network for microVMs. Without the privilege to make taps, the daemon still serves
 // containers and says once why microVMs are off; a subnet that overlaps the host's addresses
 // stops it.
+bool ip_forwarding_enabled() {
+    std::FILE* f = std::fopen("/proc/sys/net/ipv4/ip_forward", "r");
+    int value = 0;
+    if (f != nullptr) {
+        if (std::fscanf(f, "%d", &value) != 1) {
+            value = 0;
+        }
+        std::fclose(f);
+    }
+    return value != 0;
+}
+
 std::unique_ptr<Network> open_network(const NetworkConfig& config) {
     try {
         auto network = std::make_unique<Network>(config);
@@ -246,6 +259,43 @@ std::unique_ptr<Network> open_network(const NetworkConfig& config) {
         return network;
     } catch (const std::system_error& e) {
         spdlog::warn("microVM functions are disabled: cannot manage taps: {}", e.what());
+        return nullptr;
+    }
+}
+
+// The guest firewall (nftables table inet unifaas) over the taps and the containers' veths.
+// MicroVMs and OCI containers run only behind it: when it cannot be installed they are
+// disabled, as without taps.
+std::unique_ptr<Firewall> open_firewall(const DaemonConfig& config,
+                                        std::unique_ptr<Network>& network,
+                                        std::uint16_t callback_port, std::uint16_t invoke_port) {
+    if (!network) {
+        return nullptr;
+    }
+    FirewallConfig rules{callback_port,
+                         invoke_port,
+                         config.egress_interface,
+                         {config.network.tap_prefix},
+                         {config.network.subnet}};
+    try {
+        auto firewall = std::make_unique<Firewall>(std::move(rules));
+        spdlog::info(
+            "guest firewall: table inet unifaas (callback port {}, invoke port {}, egress "
+            "{})",
+            callback_port, invoke_port,
+            config.egress_interface.empty() ? "off" : config.egress_interface);
+        if (!config.egress_interface.empty() && !ip_forwarding_enabled()) {
+            spdlog::warn(
+                "egress-interface {} is set but net.ipv4.ip_forward is 0: functions "
+                "with egress = true reach nothing outside",
+                config.egress_interface);
+        }
+        return firewall;
+    } catch (const std::exception& e) {
+        spdlog::warn(
+            "microVM and OCI functions are disabled: cannot install the guest firewall: {}",
+            e.what());
+        network.reset();
         return nullptr;
     }
 }
@@ -403,6 +453,14 @@ int cleanup_taps(const DaemonConfig& config) {
         remove_veth_namespaces(config.network.tap_prefix, network_config(config).netns_dir);
     std::cout << "removed " << removed << " tap" << (removed == 1 ? "" : "s") << " named "
               << config.network.tap_prefix << "N\n";
+    try {
+        if (remove_firewall_table()) {
+            std::cout << "removed nftables table inet unifaas\n";
+        }
+    } catch (const std::exception& e) {
+        std::cerr << "unifaas: " << e.what() << "\n";
+        return 1;
+    }
     return 0;
 }
 
@@ -419,11 +477,14 @@ int run(const DaemonConfig& config) {
 
     ExitWatcher exits;
     std::unique_ptr<Network> network = open_network(network_config(config));
+    std::unique_ptr<Firewall> firewall =
+        open_firewall(config, network, callback_port, local_port(listeners.http_fd));
     std::unique_ptr<ScopeManager> scopes = open_scopes();
     std::unique_ptr<ConsoleForwarder> consoles = open_consoles();
     remove_stale_workdirs(config.runtime_dir);
     VmEnvironment vm_env{config.runtime_dir, callback_port, network.get(), &exits};
     vm_env.scopes = scopes.get();
+    vm_env.firewall = firewall.get();
     vm_env.consoles = consoles.get();
     std::unique_ptr<VmTemplateStore> templates = open_snapshot_templates(config);
     vm_env.callbacks = &readiness;

@@ -20,6 +20,8 @@
 // Test hooks: HELLO_EXIT_BEFORE_READY=1 exits with status 3 before listening;
 //             HELLO_NO_CALLBACK=1 never calls back;
 //             HELLO_ALLOCATE_MIB=N touches N MiB of memory before listening (memory limits).
+//             HELLO_EXIT_AFTER_CALLBACK=1 exits with status 4 once the callback was answered;
+//             HELLO_GARBAGE=1 answers every request with bytes that are not HTTP.
 //
 // Each response leaves in one write() on a TCP_NODELAY socket: a header write followed by a body
 // write costs 40 ms per request (Nagle + delayed ACK).
@@ -104,6 +106,8 @@ static void buf_consume(struct buf* b, size_t n) {
 
 // ---------------------------------------------------------------------------------------------
 // Socket helpers.
+
+static int env_is(const char* name, const char* value);
 
 static int write_all(int fd, const char* data, size_t len) {
     while (len > 0) {
@@ -501,9 +505,9 @@ static long query_long(const struct request* r, const char* key, long fallback) 
 static int write_head(int fd, const struct request* r, int status, const char* type,
                       const char* framing) {
     struct buf head = {0};
-    int rc = buf_printf(&head, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s%s\r\n", status,
-                        reason(status), type, framing,
-                        r->keep_alive ? "" : "Connection: close\r\n");
+    int rc =
+        buf_printf(&head, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s%s\r\n", status, reason(status),
+                   type, framing, r->keep_alive ? "" : "Connection: close\r\n");
     if (rc == 0)
         rc = write_all(fd, head.data, head.len);
     free(head.data);
@@ -638,6 +642,12 @@ static void* serve_connection(void* arg) {
         if (rc <= 0) {
             if (rc < 0 && in.len > 0)
                 send_bad_request(fd);
+            free(req.body.data);
+            break;
+        }
+        if (env_is("HELLO_GARBAGE", "1")) {
+            static const char garbage[] = "this is not HTTP\r\n\r\n";
+            write_all(fd, garbage, sizeof garbage - 1);
             free(req.body.data);
             break;
         }
@@ -830,6 +840,11 @@ int main(int argc, char** argv) {
     }
     fprintf(stderr, "hello: listening on 0.0.0.0:%d, callback %s\n", port,
             callback ? callback : "(none)");
+    if (callback && env_is("HELLO_EXIT_AFTER_CALLBACK", "1")) {
+        call_back((void*)callback);  // ready, and gone before serving anything
+        fprintf(stderr, "hello: HELLO_EXIT_AFTER_CALLBACK=1, exiting with status 4\n");
+        _exit(4);
+    }
     if (callback)
         spawn_detached(call_back, (void*)callback);
 

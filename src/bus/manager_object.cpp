@@ -185,7 +185,7 @@ std::vector<ManagerObject::FunctionEntry> ManagerObject::list_functions() {
     std::vector<FunctionEntry> out;
     out.reserve(names.size());
     for (const auto& name : names) {
-        std::string backend, error;
+        std::string backend, error, network;
         std::uint32_t concurrent = 0;
         bool single_use = false;
         std::uint64_t keepalive_usec = 0;
@@ -198,12 +198,13 @@ std::vector<ManagerObject::FunctionEntry> ManagerObject::list_functions() {
             backend = spec.backend_name();
             concurrent = spec.concurrent_requests;
             single_use = spec.single_use;
+            network = spec.network.describe();
             keepalive_usec = static_cast<std::uint64_t>(
                 std::chrono::duration_cast<std::chrono::microseconds>(spec.keepalive).count());
         }
         StateCounts c = counts.count(name) ? counts[name] : StateCounts{};
         out.push_back(sdbus::make_struct(name, backend, error, concurrent, single_use,
-                                         keepalive_usec, c.starting, c.booting, c.ready));
+                                         keepalive_usec, c.starting, c.booting, c.ready, network));
     }
     return out;
 }

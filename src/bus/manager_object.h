@@ -61,8 +61,9 @@ class ManagerObject final : public sdbus::AdaptorInterfaces<org::unifaas::Manage
     void draining_changed();
 
   private:
-    using FunctionEntry = sdbus::Struct<std::string, std::string, std::string, std::uint32_t, bool,
-                                        std::uint64_t, std::uint32_t, std::uint32_t, std::uint32_t>;
+    using FunctionEntry =
+        sdbus::Struct<std::string, std::string, std::string, std::uint32_t, bool, std::uint64_t,
+                      std::uint32_t, std::uint32_t, std::uint32_t, std::string>;
     using InstanceEntry =
         sdbus::Struct<std::string, std::string, std::string, std::string, std::string,
                       std::uint64_t, std::uint64_t, sdbus::ObjectPath>;

@@ -153,6 +153,20 @@ std::optional<std::string> node_name(TableReader& reader, std::string_view key) 
     return name;
 }
 
+// An interface name as the kernel takes it: 1..15 characters, no '/', ':', quotes or blanks.
+std::optional<std::string> egress_interface(TableReader& reader, std::string_view key) {
+    auto name = reader.string(key);
+    if (name && !name->empty()) {
+        bool bad_char = std::any_of(name->begin(), name->end(), [](unsigned char c) {
+            return c <= ' ' || c >= 0x7f || c == '/' || c == ':' || c == '"' || c == '\\';
+        });
+        if (name->size() > kMaxInterfaceName || bad_char || *name == "." || *name == "..") {
+            reader.fail(key, "not an interface name " + in_quotes(*name));
+        }
+    }
+    return name;
+}
+
 }  // namespace
 
 std::string host_name() {
@@ -197,6 +211,7 @@ DaemonConfig load_daemon_config(const fs::path& file) {
     set(config.network.subnet, subnet(reader, "subnet"));
     set(config.network.tap_prefix, tap_prefix(reader, "tap-prefix", config.network.subnet));
     set(config.network.prealloc, reader.integer<unsigned>("tap-prealloc", 0, kMaxTapPrealloc));
+    set(config.egress_interface, egress_interface(reader, "egress-interface"));
     set(config.qemu_binary, reader.string("qemu-binary"));
     set(config.accel, accel(reader, "accel"));
     set(config.firecracker_binary, reader.string("firecracker-binary"));

@@ -40,6 +40,8 @@ struct DaemonConfig {
     std::string docker_socket = "/var/run/docker.sock";  // DOCKER_HOST=unix://... overrides default
     // Guest network (keys subnet, tap-prefix, tap-prealloc): one tap and /30 per microVM.
     NetworkConfig network;
+    // Interface functions with `[network] egress = true` are NATed through ("": no egress).
+    std::string egress_interface;
     // microVM hypervisors.
     std::string qemu_binary = "qemu-system-x86_64";  // a path, or a name looked up in PATH
     std::string accel = "auto";      // auto (KVM if it runs guests, else TCG)|kvm|tcg

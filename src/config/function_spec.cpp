@@ -318,6 +318,11 @@ void parse_function(TableReader top, FunctionSpec& spec) {
     if (auto env = top.table("env")) {
         spec.env = parse_env(*env);
     }
+    if (auto network = top.table("network")) {
+        spec.network.egress = network->boolean("egress").value_or(false);
+        spec.network.allow_invoke = network->boolean("allow-invoke").value_or(false);
+        network->finish();
+    }
 
     auto vm = top.table("vm");
     auto container = top.table("container");

@@ -12,6 +12,8 @@
 #include <variant>
 #include <vector>
 
+#include "net/network_policy.h"
+
 namespace unifaas {
 
 using Seconds = std::chrono::duration<double>;
@@ -86,6 +88,7 @@ struct FunctionSpec {
     // Largest request body for this function (413 above); unset: the daemon's max-body-size.
     std::optional<std::size_t> max_body_size;
     std::map<std::string, std::string> env;
+    NetworkPolicy network;  // [network]: what the instances may reach (default: the callback)
 
     std::variant<ContainerSpec, VmSpec> sandbox;
 

@@ -9,6 +9,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "net/firewall.h"
 #include "net/tap_device.h"
 #include "net/veth_namespace.h"
 
@@ -405,6 +406,7 @@ NetworkLease::NetworkLease(std::shared_ptr<net_detail::NetworkCore> core,
       addresses_(addresses) {}
 
 NetworkLease::~NetworkLease() {
+    rules_.reset();
     if (!mac_override_.empty()) {
         try {
             device_->set_guest_mac(guest_mac(addresses_.guest()));
@@ -413,6 +415,10 @@ NetworkLease::~NetworkLease() {
         }
     }
     core_->give_back(block_, std::move(device_));
+}
+
+void NetworkLease::hold(std::unique_ptr<FirewallAttachment> rules) {
+    rules_ = std::move(rules);
 }
 
 std::string NetworkLease::host_ip() const {
@@ -440,7 +446,12 @@ NetnsLease::NetnsLease(std::shared_ptr<net_detail::NetworkCore> core,
     : core_(std::move(core)), device_(std::move(device)), block_(block), addresses_(addresses) {}
 
 NetnsLease::~NetnsLease() {
+    rules_.reset();
     core_->give_back_netns(block_, std::move(device_));
+}
+
+void NetnsLease::hold(std::unique_ptr<FirewallAttachment> rules) {
+    rules_ = std::move(rules);
 }
 
 const std::string& NetnsLease::host_interface() const {

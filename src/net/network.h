@@ -31,6 +31,7 @@ class NetworkCore;
 }
 
 class TapDevice;
+class FirewallAttachment;
 
 // One tap and its /30, held by one sandbox. Destroying it gives both back to the Network (the tap
 // is reset and kept for the next lease, or deleted). May outlive the Network: then it deletes its
@@ -52,6 +53,9 @@ class NetworkLease {
     // lease ends. Throws std::system_error.
     void use_guest_mac(const std::string& mac);
     std::uint32_t guest_address() const { return addresses_.guest(); }
+    // Keeps the tap's firewall element for as long as the lease: removed before the tap is
+    // given back, so a reused tap never carries an earlier function's policy.
+    void hold(std::unique_ptr<FirewallAttachment> rules);
 
   private:
     friend class net_detail::NetworkCore;
@@ -64,13 +68,15 @@ class NetworkLease {
     unsigned block_;
     Block30 addresses_;
     std::string mac_override_;
+    std::unique_ptr<FirewallAttachment> rules_;
 };
 
 class VethNamespace;
 
 // A container's network: a network namespace holding `eth0` with the guest address of a /30 of
 // the same subnet as the taps, the veth's host end <prefix>v<block> with the host address.
-// Destroying it deletes both (a namespace is never reused); it may outlive the Network.
+// Destroying it gives both back to the Network (kept for a next lease, up to twice the pool
+// size, or deleted); it may outlive the Network.
 class NetnsLease {
   public:
     ~NetnsLease();
@@ -82,6 +88,8 @@ class NetnsLease {
     unsigned block() const { return block_; }
     std::string host_ip() const;   // the container's gateway and callback address
     std::string guest_ip() const;  // eth0 inside
+    // Keeps the veth's firewall element for as long as the lease (see NetworkLease::hold).
+    void hold(std::unique_ptr<FirewallAttachment> rules);
 
   private:
     friend class net_detail::NetworkCore;
@@ -92,6 +100,7 @@ class NetnsLease {
     std::unique_ptr<VethNamespace> device_;
     unsigned block_;
     Block30 addresses_;
+    std::unique_ptr<FirewallAttachment> rules_;
 };
 
 class Network {

@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <string_view>
 #include <thread>
 #include <vector>
@@ -121,6 +122,17 @@ class ExitWatcher {
         return entries_.count(id) != 0;
     }
 
+    // A container of an instance that is gone but could not be removed (engine unreachable):
+    // removed after the next (re)subscription, so an engine restart leaves no container behind.
+    void remove_later(const std::string& id) {
+        {
+            std::lock_guard lock(mutex_);
+            orphans_.insert(id);
+            retry_now_ = true;
+        }
+        cv_.notify_all();
+    }
+
   private:
     struct Entry {
         OnExit on_exit;
@@ -192,8 +204,27 @@ class ExitWatcher {
         report(id, status, "container exited with status " + (code.empty() ? "?" : code));
     }
 
-    // Containers that ended while no subscription was live.
+    void remove_orphans() {
+        std::set<std::string> orphans;
+        {
+            std::lock_guard lock(mutex_);
+            orphans.swap(orphans_);
+        }
+        for (const auto& id : orphans) {
+            try {
+                client_->remove_container(id);
+                spdlog::info("docker: removed container {} of a stopped instance",
+                             id.substr(0, 12));
+            } catch (const std::exception& e) {
+                spdlog::warn("docker: still cannot remove container {}: {}", id.substr(0, 12),
+                             e.what());
+            }
+        }
+    }
+
+    // Containers that ended while no subscription was live; containers left to remove.
     void reconcile() {
+        remove_orphans();
         std::vector<std::string> ids;
         {
             std::lock_guard lock(mutex_);
@@ -267,7 +298,8 @@ class ExitWatcher {
     mutable std::mutex mutex_;
     std::condition_variable cv_;
     std::map<std::string, Entry> entries_;
-    std::string calling_;  // container whose on_exit runs right now
+    std::set<std::string> orphans_;  // see remove_later()
+    std::string calling_;            // container whose on_exit runs right now
     bool connected_ = false;
     bool stopping_ = false;
     bool retry_now_ = false;
@@ -394,8 +426,11 @@ class ContainerGuard {
         try {
             client_.remove_container(id_);
         } catch (const std::exception& e) {
-            spdlog::warn("docker: cannot remove container {} after a failed start: {}",
-                         id_.substr(0, 12), e.what());
+            spdlog::warn(
+                "docker: cannot remove container {} after a failed start (retried once "
+                "the engine answers): {}",
+                id_.substr(0, 12), e.what());
+            watcher_.remove_later(id_);
         }
     }
     ContainerGuard(const ContainerGuard&) = delete;
@@ -424,7 +459,9 @@ class DockerInstance : public Instance {
         try {
             client_->remove_container(id_);
         } catch (const std::exception& e) {
-            spdlog::warn("docker: cannot remove container {}: {}", id_.substr(0, 12), e.what());
+            spdlog::warn("docker: cannot remove container {} (retried once the engine answers): {}",
+                         id_.substr(0, 12), e.what());
+            watcher_->remove_later(id_);
         }
     }
 

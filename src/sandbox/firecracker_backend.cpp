@@ -477,6 +477,7 @@ std::unique_ptr<Instance> FirecrackerBackend::start(const InstanceContext& ctx) 
     // Declared in release order: on any failure the process dies first, then the working
     // directory (with a private rootfs copy) goes, then the tap.
     std::unique_ptr<NetworkLease> lease = lease_tap(*env_.network);
+    apply_network_policy(env_, *lease, spec);
     auto dir = std::make_unique<WorkDir>(env_.runtime_dir, ctx.instance_id);
     Rootfs rootfs = prepare_rootfs(vm, dir->path());
     GuestAddressing addressing{lease->guest_ip(), lease->host_ip(), lease->netmask(),

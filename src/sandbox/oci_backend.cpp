@@ -242,6 +242,7 @@ std::unique_ptr<Instance> OciBackend::start(const InstanceContext& ctx) {
         throw SandboxError(
             502, fmt::format("function \"{}\": container network: {}", spec.name, e.what()));
     }
+    apply_network_policy(env_, *lease, spec);
     OciLaunch launch;
     fill_process(
         {&spec, image.process ? &*image.process : nullptr, ctx.instance_id,

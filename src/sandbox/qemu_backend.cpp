@@ -261,6 +261,7 @@ std::unique_ptr<Instance> QemuBackend::boot(const InstanceContext& ctx) {
     const FunctionSpec& spec = *ctx.spec;
     const VmSpec& vm = spec.vm();
     std::unique_ptr<NetworkLease> lease = lease_network();
+    apply_network_policy(env_, *lease, spec);
     auto workdir = std::make_unique<WorkDir>(env_.runtime_dir, ctx.instance_id);
     GuestAddressing addressing{
         lease->guest_ip(), lease->host_ip(), lease->netmask(),

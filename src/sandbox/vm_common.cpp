@@ -10,6 +10,9 @@
 #include <system_error>
 #include <vector>
 
+#include "config/function_spec.h"
+#include "net/firewall.h"
+#include "net/network.h"
 #include "sandbox/sandbox.h"
 #include "systemd/scope_manager.h"
 
@@ -153,6 +156,37 @@ unsigned long host_tsc_khz() {
         }
     }
     return 0;
+}
+
+namespace {
+
+// The element that puts `ifname` under the function's policy; nullptr without a firewall.
+std::unique_ptr<FirewallAttachment> policy_rules(const VmEnvironment& env,
+                                                 const std::string& ifname,
+                                                 const FunctionSpec& spec) {
+    if (env.firewall == nullptr) {
+        return nullptr;
+    }
+    if (spec.network.egress && env.firewall->config().egress_interface.empty()) {
+        throw SandboxError(500, spec.file.string() +
+                                    ": network.egress: the daemon has no egress-interface "
+                                    "configured (unifaas.toml)");
+    }
+    try {
+        return env.firewall->attach(ifname, spec.network);
+    } catch (const FirewallError& e) {
+        throw SandboxError(502, e.what());
+    }
+}
+
+}  // namespace
+
+void apply_network_policy(const VmEnvironment& env, NetworkLease& lease, const FunctionSpec& spec) {
+    lease.hold(policy_rules(env, lease.tap(), spec));
+}
+
+void apply_network_policy(const VmEnvironment& env, NetnsLease& lease, const FunctionSpec& spec) {
+    lease.hold(policy_rules(env, lease.host_interface(), spec));
 }
 
 std::unique_ptr<Scope> start_instance_scope(ScopeManager* scopes, const InstanceContext& ctx,

@@ -13,6 +13,10 @@
 namespace unifaas {
 
 class Network;
+class NetworkLease;
+class NetnsLease;
+class Firewall;
+struct FunctionSpec;
 class ExitWatcher;
 class ScopeManager;
 class Scope;
@@ -43,12 +47,19 @@ struct VmEnvironment {
     ConsoleForwarder* consoles = nullptr;   // set: guest consoles are copied to the journal
     CallbackRegistry* callbacks = nullptr;  // set: snapshot templates can be built
     VmTemplateStore* templates = nullptr;   // set: [vm] snapshot = true restores clones
+    Firewall* firewall = nullptr;  // main always sets it with `network`; unset: no guest rules
 };
 
 // The transient scope holding an instance's hypervisor process (nullptr without `scopes`).
 // Throws SandboxError 502 naming the unit when systemd does not start it.
 std::unique_ptr<Scope> start_instance_scope(ScopeManager* scopes, const InstanceContext& ctx,
                                             pid_t pid, std::uint64_t memory_max_bytes);
+
+// Puts the lease's interface (a microVM's tap, a container's veth host end) under the function's
+// [network] policy for as long as the lease lives. Throws SandboxError 500 when the policy cannot
+// be honoured (egress without egress-interface), 502 when nftables refuses.
+void apply_network_policy(const VmEnvironment& env, NetworkLease& lease, const FunctionSpec& spec);
+void apply_network_policy(const VmEnvironment& env, NetnsLease& lease, const FunctionSpec& spec);
 
 // <runtime_dir>/instances/<id>, created empty (mode 0700), removed recursively on destruction.
 class WorkDir {

@@ -357,7 +357,7 @@ TEST_F(BusTest, ManagerProperties) {
 
 TEST_F(BusTest, ListFunctionsShowsSettingsErrorsAndCounts) {
     add_hello("hello", "concurrent-requests = 3\nkeepalive = 30.5");
-    add_hello("once", "single-use = true");
+    add_hello("once", "single-use = true\n[network]\nallow-invoke = true\negress = true");
     write_function("broken", "concurrent-requests = 0\n");
     start_daemon();
 
@@ -369,12 +369,12 @@ TEST_F(BusTest, ListFunctionsShowsSettingsErrorsAndCounts) {
     EXPECT_EQ(broken[1], "");
     EXPECT_NE(broken[2].get<std::string>().find("concurrent-requests"), std::string::npos)
         << broken.dump();
-    EXPECT_EQ(functions[0][1], json::parse(R"(["hello","container","",3,false,30500000,0,0,0])"));
-    EXPECT_EQ(functions[0][2], json::parse(R"(["once","container","",1,true,60000000,0,0,0])"));
+    EXPECT_EQ(functions[0][1], json::parse(R"(["hello","container","",3,false,30500000,0,0,0,"callback-only"])"));
+    EXPECT_EQ(functions[0][2], json::parse(R"(["once","container","",1,true,60000000,0,0,0,"callback+invoke+egress"])"));
 
     invoke_and_wait("hello");
     functions = call("ListFunctions");
-    EXPECT_EQ(functions[0][1], json::parse(R"(["hello","container","",3,false,30500000,0,0,1])"));
+    EXPECT_EQ(functions[0][1], json::parse(R"(["hello","container","",3,false,30500000,0,0,1,"callback-only"])"));
 }
 
 TEST_F(BusTest, CountsOfABusyInstanceArePublishedCoalesced) {

@@ -51,6 +51,12 @@ class PrivateDockerEngine {
     // Stops dockerd (which stops the running containers) and starts it again on the same data,
     // for tests of what survives an engine restart.
     void restart_dockerd();
+    // The two halves of restart_dockerd(), for tests of what clients see while it is down.
+    void stop_engine() { stop_dockerd(); }
+    void start_engine() {
+        start_dockerd();
+        wait_until_ready();
+    }
     // The last lines of dockerd's own log, for failure messages.
     std::string dockerd_log_tail(std::size_t lines = 30) const;
 

@@ -14,6 +14,7 @@
 #include <fstream>
 #include <future>
 #include <regex>
+#include <thread>
 
 #include "daemon_process.h"
 #include "docker_engine.h"
@@ -58,6 +59,12 @@ std::vector<std::string> taps() {
         }
     }
     return names;
+}
+
+// `nft list ...` of the daemon's table in the test namespace ("" when there is no such object).
+std::string nft_list(const std::string& what) {
+    return run_command("nsenter --net=" + engine().netns_path() + " nft list " + what +
+                       " inet unifaas" + (what == "map" ? " guests" : "") + " 2>/dev/null");
 }
 
 // qemu processes started for this test's functions (their -name is "<function>-<id>").
@@ -121,6 +128,7 @@ class MicroVmTest : public ::testing::Test {
         }
         daemon_.reset();
         EXPECT_TRUE(taps().empty()) << "taps leaked";
+        EXPECT_EQ(nft_list("table"), "") << "nftables table inet unifaas leaked";
         EXPECT_TRUE(qemu_processes(marker_).empty()) << "qemu processes leaked";
         fs::remove_all(registry_);
     }
@@ -352,6 +360,40 @@ TEST_F(MicroVmTest, Kill9ThenRestartRemovesStaleTapsAndCleanupTapsRemovesAll) {
     std::string out = run_command(std::string(UNIFAAS_DAEMON_PATH) + " --cleanup-taps 2>&1");
     EXPECT_NE(out.find("removed 3 taps"), std::string::npos) << out;
     EXPECT_TRUE(taps().empty());
+    EXPECT_NE(out.find("table inet unifaas"), std::string::npos) << out;
+    EXPECT_EQ(nft_list("table"), "");
+}
+
+// The guest firewall as the daemon drives it: one map element per running VM (its tap under the
+// function's policy), removed when the VM stops; the table stays through a crash (guests left
+// running stay shut in), is rebuilt empty at restart and removed at stop (TearDown).
+TEST_F(MicroVmTest, FirewallElementPerVmTableRebuiltAfterKill9RemovedAtStop) {
+    auto fn = add_vm("fw", "[network]\nallow-invoke = true");
+    auto once = add_vm("once", "single-use = true");
+    start_daemon("tap-prealloc = 0");
+    EXPECT_NE(nft_list("table").find("chain callback_invoke"), std::string::npos);
+    EXPECT_EQ(nft_list("map").find("\"faas"), std::string::npos) << nft_list("map");
+
+    ASSERT_EQ(get("/invoke/" + fn + "/hello")->status, 200);
+    EXPECT_NE(nft_list("map").find("\"faas0\" : jump callback_invoke"), std::string::npos)
+        << nft_list("map");
+    daemon_->kill9();
+    EXPECT_NE(nft_list("map").find("\"faas0\""), std::string::npos)
+        << "the table went with the crashed daemon";
+
+    start_daemon("tap-prealloc = 0");
+    EXPECT_EQ(nft_list("map").find("\"faas"), std::string::npos)
+        << "restart kept stale elements: " << nft_list("map");
+    ASSERT_EQ(get("/invoke/" + once + "/hello")->status, 200);
+    // The single-use VM is stopped right after its response; its element goes with its tap.
+    bool removed = false;
+    for (int i = 0; i < 200 && !removed; ++i) {
+        removed = nft_list("map").find("\"faas") == std::string::npos && taps().empty();
+        if (!removed) {
+            std::this_thread::sleep_for(50ms);
+        }
+    }
+    EXPECT_TRUE(removed) << nft_list("map");
 }
 
 }  // namespace

@@ -8,6 +8,8 @@ packages=(
   build-essential cmake pkg-config git
   libcpp-httplib-dev libtomlplusplus-dev nlohmann-json3-dev libspdlog-dev libgtest-dev
   libsystemd-dev libsdbus-c++-dev libsdbus-c++-bin
+  libnftables-dev nftables  # guest firewall (net/firewall); nft for tests and operators
+  clang  # libFuzzer targets (tests/fuzz, UNIFAAS_FUZZ)
   # real components the daemon drives and the tests exercise
   docker.io runc crun iproute2 curl systemd
   lz4 cpio qemu-system-x86

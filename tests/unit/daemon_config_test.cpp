@@ -339,3 +339,18 @@ TEST_F(DaemonConfigTest, SnapshotKeys) {
 
 }  // namespace
 }  // namespace unifaas
+
+namespace unifaas {
+namespace {
+
+TEST_F(DaemonConfigTest, EgressInterface) {
+    EXPECT_EQ(load("").egress_interface, "");
+    EXPECT_EQ(load("egress-interface = \"eth0\"").egress_interface, "eth0");
+    expect_error("egress-interface = \"eth0; flush\"",
+                 "egress-interface: not an interface name \"eth0; flush\"");
+    expect_error("egress-interface = \"abcdefghijklmnop\"",
+                 "egress-interface: not an interface name \"abcdefghijklmnop\"");
+}
+
+}  // namespace
+}  // namespace unifaas

@@ -684,3 +684,32 @@ TEST_F(FunctionSpecTest, SnapshotDefaultsOffAndIsRefusedWithNineP) {
 
 }  // namespace
 }  // namespace unifaas
+
+// --- [network] ---
+
+namespace unifaas {
+namespace {
+
+TEST_F(FunctionSpecTest, NetworkPolicyDefaultsToCallbackOnly) {
+    auto spec = load(kContainer);
+    EXPECT_EQ(spec->network, NetworkPolicy{});
+    EXPECT_EQ(spec->network.describe(), "callback-only");
+}
+
+TEST_F(FunctionSpecTest, NetworkTableOptIns) {
+    auto spec = load("[network]\negress = true\nallow-invoke = true\n" + kContainer);
+    EXPECT_TRUE(spec->network.egress);
+    EXPECT_TRUE(spec->network.allow_invoke);
+    EXPECT_EQ(spec->network.describe(), "callback+invoke+egress");
+    EXPECT_EQ(load("[network]\nallow-invoke = true\n" + kContainer)->network.describe(),
+              "callback+invoke");
+}
+
+TEST_F(FunctionSpecTest, NetworkTableUnknownKeysAndTypesAreErrors) {
+    expect_error("[network]\negres = true\n" + kContainer, "network.egres: unknown key");
+    EXPECT_NE(error("[network]\negress = \"yes\"\n" + kContainer).find("network.egress"),
+              std::string::npos);
+}
+
+}  // namespace
+}  // namespace unifaas
