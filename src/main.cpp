@@ -33,6 +33,7 @@
 #include "sandbox/oci_backend.h"
 #include "sandbox/qemu_backend.h"
 #include "sandbox/vm_template.h"
+#include "sandbox/restore_channel.h"
 #include "systemd/console_forwarder.h"
 #include "systemd/journal_sink.h"
 #include "systemd/listen_fds.h"
@@ -276,7 +277,8 @@ std::unique_ptr<Firewall> open_firewall(const DaemonConfig& config,
                          invoke_port,
                          config.egress_interface,
                          {config.network.tap_prefix},
-                         {config.network.subnet}};
+                         {config.network.subnet},
+                         kRestorePort};
     try {
         auto firewall = std::make_unique<Firewall>(std::move(rules));
         spdlog::info(

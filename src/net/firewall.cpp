@@ -44,6 +44,10 @@ std::string policy_chain(const FirewallConfig& config, NetworkPolicy policy) {
         "        ct state established,related accept\n"
         "        fib daddr . iif type local tcp dport {} accept\n",
         firewall_chain(policy), ports);
+    if (config.restore_port != 0) {
+        rules += fmt::format("        fib daddr . iif type local udp dport {} accept\n",
+                             config.restore_port);
+    }
     if (policy.egress && !config.egress_interface.empty()) {
         rules += "        fib daddr type local reject with icmpx admin-prohibited\n";
         rules += fmt::format("        oifname \"{}\" accept\n", config.egress_interface);

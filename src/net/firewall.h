@@ -42,6 +42,7 @@ struct FirewallConfig {
     std::string egress_interface;                 // "" : egress policies are refused
     std::vector<std::string> interface_prefixes;  // instance interfaces: "<prefix>*" (e.g. faas)
     std::vector<Ipv4Net> guest_subnets;           // masqueraded when leaving egress_interface
+    std::uint16_t restore_port = 0;  // UDP acks of restored snapshot clones (always); 0: none
 };
 
 namespace net_detail {

@@ -226,15 +226,18 @@ QemuBackend::~QemuBackend() {
     }
 }
 
-std::unique_ptr<NetworkLease> QemuBackend::lease_network() {
+std::unique_ptr<NetworkLease> QemuBackend::lease_network(const FunctionSpec& spec) {
     if (!env_.network) {
         throw SandboxError(501, "microVMs are not available: the daemon cannot manage taps");
     }
+    std::unique_ptr<NetworkLease> lease;
     try {
-        return env_.network->lease();
+        lease = env_.network->lease();
     } catch (const NetworkExhausted& e) {
         throw SandboxError(503, e.what());
     }
+    apply_network_policy(env_, *lease, spec);
+    return lease;
 }
 
 std::unique_ptr<Instance> QemuBackend::start(const InstanceContext& ctx) {
@@ -260,8 +263,7 @@ std::unique_ptr<Instance> QemuBackend::start(const InstanceContext& ctx) {
 std::unique_ptr<Instance> QemuBackend::boot(const InstanceContext& ctx) {
     const FunctionSpec& spec = *ctx.spec;
     const VmSpec& vm = spec.vm();
-    std::unique_ptr<NetworkLease> lease = lease_network();
-    apply_network_policy(env_, *lease, spec);
+    std::unique_ptr<NetworkLease> lease = lease_network(spec);
     auto workdir = std::make_unique<WorkDir>(env_.runtime_dir, ctx.instance_id);
     GuestAddressing addressing{
         lease->guest_ip(), lease->host_ip(), lease->netmask(),
@@ -297,7 +299,7 @@ std::unique_ptr<Instance> QemuBackend::restore(const InstanceContext& ctx,
     auto deadline = std::chrono::steady_clock::now() + limit;
     std::unique_ptr<QemuInstance> clone;
     try {
-        std::unique_ptr<NetworkLease> lease = lease_network();
+        std::unique_ptr<NetworkLease> lease = lease_network(spec);
         lease->use_guest_mac(tpl->mac());  // virtio-net comes back with the template's MAC
         auto workdir = std::make_unique<WorkDir>(env_.runtime_dir, ctx.instance_id);
         RestoreMessage message{
@@ -373,7 +375,7 @@ void QemuBackend::build_template(const std::shared_ptr<const FunctionSpec>& spec
     std::string token;
     try {
         std::filesystem::create_directories(partial);
-        std::unique_ptr<NetworkLease> lease = lease_network();
+        std::unique_ptr<NetworkLease> lease = lease_network(*spec);
         WorkDir workdir(env_.runtime_dir, "template-" + random_hex(6));
         token = env_.callbacks->issue();
         GuestAddressing addressing{

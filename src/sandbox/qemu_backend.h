@@ -58,7 +58,8 @@ class QemuBackend : public Backend {
 
   private:
     std::string kernel_cmdline(const VmSpec& vm, const GuestAddressing& addressing) const;
-    std::unique_ptr<NetworkLease> lease_network();
+    // A tap under the function's [network] policy (every VM: booted, clone or template).
+    std::unique_ptr<NetworkLease> lease_network(const FunctionSpec& spec);
     std::unique_ptr<Instance> boot(const InstanceContext& ctx);
     // A clone of `tpl`, up and acknowledged on its own address; nullptr (logged, counted against
     // the template) when it did not come up in time.

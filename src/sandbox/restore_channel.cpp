@@ -23,12 +23,20 @@ namespace {
 constexpr auto kResendInterval = std::chrono::milliseconds(50);
 constexpr std::size_t kEntropyBytes = 32;
 
+// Bound to the tap and to kRestorePort, so the guest's acknowledgement comes to a port the guest
+// firewall lets in (sockets bound to different taps share the port).
 UniqueFd broadcast_socket(const std::string& tap) {
     UniqueFd fd(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
     int on = 1;
+    sockaddr_in local{};
+    local.sin_family = AF_INET;
+    local.sin_port = htons(kRestorePort);
+    local.sin_addr.s_addr = htonl(INADDR_ANY);
     if (!fd || ::setsockopt(fd.get(), SOL_SOCKET, SO_BROADCAST, &on, sizeof(on)) != 0 ||
+        ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
         ::setsockopt(fd.get(), SOL_SOCKET, SO_BINDTODEVICE, tap.c_str(),
-                     static_cast<socklen_t>(tap.size())) != 0) {
+                     static_cast<socklen_t>(tap.size())) != 0 ||
+        ::bind(fd.get(), reinterpret_cast<const sockaddr*>(&local), sizeof(local)) != 0) {
         throw std::system_error(errno, std::generic_category(), "restore channel on tap " + tap);
     }
     return fd;

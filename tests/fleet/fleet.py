@@ -150,10 +150,9 @@ class Node:
 
 
 def metric(text, name, labels):
-    """The value of one sample, 0 when absent."""
-    pattern = re.escape(name + "{" + labels + "}") + r" (\S+)"
-    m = re.search(pattern, text)
-    return float(m.group(1)) if m else 0.0
+    """The sum of the samples of `name` whose labels start with `labels`, 0 when absent."""
+    pattern = re.escape(name + "{" + labels) + r"(?:,[^}]*)?\} (\S+)"
+    return sum(float(v) for v in re.findall(pattern, text))
 
 
 # --- HAProxy ------------------------------------------------------------------------------------

@@ -501,7 +501,7 @@ TEST_F(Streaming, NewConnectionPerRequestReusesTheOneInstance) {
         }
     }
     EXPECT_EQ(instances, 1) << kRequests << " sequential requests started more than one instance";
-    EXPECT_NE(metrics().find("unifaas_cold_starts_total{function=\"percall\"} 1\n"),
+    EXPECT_NE(metrics().find("unifaas_cold_starts_total{function=\"percall\",kind=\"boot\"} 1\n"),
               std::string::npos)
         << metrics();
 }
