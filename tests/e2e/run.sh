@@ -100,8 +100,10 @@ have_units=false
 sockets=()
 if has_file /usr/lib/systemd/system/unifaas.socket && has_file /usr/lib/systemd/system/unifaas.service; then
   have_units=true
-  # unifaas.socket, unifaas-callback.socket: the socket units the package ships.
-  mapfile -t sockets < <(sed -n 's|^/usr/lib/systemd/system/\(unifaas[^/]*\.socket\)$|\1|p' <<<"$deb_files")
+  # unifaas.socket, unifaas-callback.socket: the socket units the package ships and starts;
+  # unifaas-agent.socket (HAProxy agent-check, docs/FLEET.md) ships disabled and stays off.
+  mapfile -t sockets < <(sed -n 's|^/usr/lib/systemd/system/\(unifaas[^/]*\.socket\)$|\1|p' <<<"$deb_files" |
+    grep -vx 'unifaas-agent.socket')
 fi
 # Enabling and starting unifaas.socket is all it takes: it pulls in the other socket units
 # (unifaas-callback.socket); those are static.
@@ -112,6 +114,10 @@ socket_state() {
   [ "$state" = "$1" ]
 }
 # every socket unit is active (systemctl is-active with several units tests "any")
+agent_socket_off() {
+  grep -qx /usr/lib/systemd/system/unifaas-agent.socket <<<"$deb_files" &&
+    ! in_ct systemctl is-active --quiet unifaas-agent.socket
+}
 all_sockets_active() {
   local unit
   for unit in "${sockets[@]}"; do
@@ -299,6 +305,7 @@ rm -f "$root/root/all-keys.toml"
 if $have_units; then
   check "unifaas.socket is enabled on first installation" socket_state enabled
   check "${sockets[*]} listening after installation" all_sockets_active
+  check "unifaas-agent.socket is shipped but not started" agent_socket_off
   check "unifaas.service is not running after installation (socket activation)" \
     not in_ct systemctl is-active --quiet unifaas.service
 else
