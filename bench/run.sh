@@ -207,10 +207,12 @@ mkdir -p "$main_reg/hello-oci-once"
 sed -e "s|\.\./\.\./\.\./build/|$build/|" \
     -e 's/^concurrent-requests = .*/concurrent-requests = 1\nsingle-use = true/' \
     examples/registry/hello-oci/function.toml >"$main_reg/hello-oci-once/function.toml"
-# The microVM example (examples/registry/hello-vm), single-use.
+# The microVM example (examples/registry/hello-vm), single-use, booted every time: this section
+# measures a boot against the bare QEMU (restores have their own section, bench/snapshot.sh).
 mkdir -p "$main_reg/hello-vm-once"
 sed -e "s|\.\./\.\./\.\./build/|$build/|" \
     -e 's/^concurrent-requests = .*/concurrent-requests = 1\nsingle-use = true/' \
+    -e 's/^snapshot = true/snapshot = false/' \
     examples/registry/hello-vm/function.toml >"$main_reg/hello-vm-once/function.toml"
 
 start_daemon() {  # start_daemon REGISTRY LOGNAME
