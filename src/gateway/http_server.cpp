@@ -502,14 +502,9 @@ class ClientConnection : public HttpExchange,
             msg.msg_iovlen = n;
             ssize_t sent = sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
             if (sent < 0) {
-                if (would_block(errno)) {
-                    writable_ = false;
-                    return false;
-                }
-                if (errno == EINTR) {
+                if (retry_after_send_error(errno)) {
                     continue;
                 }
-                close();
                 return false;
             }
             written_ += static_cast<std::size_t>(sent);
@@ -574,6 +569,20 @@ class ClientConnection : public HttpExchange,
         }
     }
 
+    // A send on the client socket failed with `err`: true when it is worth trying again
+    // (EINTR); otherwise the connection waits for EPOLLOUT (would block) or is closed (error).
+    bool retry_after_send_error(int err) {
+        if (err == EINTR) {
+            return true;
+        }
+        if (would_block(err)) {
+            writable_ = false;
+        } else {
+            close();
+        }
+        return false;
+    }
+
     // Writes the pending bytes of a streamed response. True when the state changed (the
     // response ended) or the producer was resumed and may have written more.
     bool flush_stream() {
@@ -584,14 +593,9 @@ class ClientConnection : public HttpExchange,
             ssize_t sent = send(fd_.get(), stream_out_.data() + stream_sent_,
                                 pending_stream_bytes(), MSG_NOSIGNAL);
             if (sent < 0) {
-                if (would_block(errno)) {
-                    writable_ = false;
-                    return false;
-                }
-                if (errno == EINTR) {
+                if (retry_after_send_error(errno)) {
                     continue;
                 }
-                close();
                 return false;
             }
             stream_sent_ += static_cast<std::size_t>(sent);
