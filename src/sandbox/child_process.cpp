@@ -1,13 +1,17 @@
 #include "sandbox/child_process.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <pthread.h>
 
 #include <condition_variable>
 #include <cstring>
@@ -52,96 +56,163 @@ std::string find_executable(const std::string& name) {
     return {};
 }
 
+namespace {
+
+constexpr std::size_t kCloneStack = 64 * 1024;
+
+// What the child needs until it has exec'd. The child shares the daemon's memory (CLONE_VM: no
+// copy of the daemon's page tables, which made fork() + exec cost milliseconds per start), so
+// all of it stays alive and unchanged until the exec result is known.
+struct SpawnPlan {
+    std::string exe;
+    std::vector<std::string> arg_strings;
+    std::vector<std::string> env_strings;
+    std::vector<char*> args;
+    std::vector<char*> envp;
+    int out = -1;
+    int null = -1;
+    int exec_pipe = -1;  // write end, CLOEXEC: an exec error is written here
+    int gate = -1;       // read end of the held child's gate, or -1
+    pid_t parent = 0;
+};
+
+// Runs in the child on its own stack with every signal blocked, and calls only system calls:
+// nothing here may touch the daemon's heap or locks.
+int spawn_child(void* arg) {
+    auto* plan = static_cast<SpawnPlan*>(arg);
+    // Handlers are the daemon's code: back to the default before anything is unblocked (exec
+    // resets caught signals anyway; an ignored SIGPIPE would stay ignored).
+    for (int sig = 1; sig < NSIG; ++sig) {
+        struct sigaction sa {};
+        // glibc's own signals (32, 33) are refused: skipped, so no call fails and writes errno,
+        // which belongs to the daemon's thread here.
+        bool reserved = sig >= 32 && sig < SIGRTMIN;
+        if (sig == SIGKILL || sig == SIGSTOP || reserved || sigaction(sig, nullptr, &sa) != 0) {
+            continue;
+        }
+        if (sa.sa_handler != SIG_DFL) {
+            sa = {};
+            sa.sa_handler = SIG_DFL;
+            sigaction(sig, &sa, nullptr);
+        }
+    }
+    dup2(plan->null, 0);
+    dup2(plan->out, 1);
+    dup2(plan->out, 2);
+    setsid();
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != plan->parent) {
+        _exit(127);  // the daemon died before prctl()
+    }
+    if (plan->gate >= 0) {
+        char go = 0;
+        if (read(plan->gate, &go, 1) != 1) {
+            _exit(127);  // the daemon gave up on this start
+        }
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    execve(plan->exe.c_str(), plan->args.data(), plan->envp.data());
+    int err = errno;
+    (void)!write(plan->exec_pipe, &err, sizeof(err));
+    _exit(127);
+}
+
+}  // namespace
+
+struct ChildProcess::Spawn {
+    SpawnPlan plan;
+    void* stack = MAP_FAILED;
+    ~Spawn() {
+        for (int fd : {plan.out, plan.null, plan.exec_pipe, plan.gate}) {
+            if (fd >= 0) {
+                close(fd);
+            }
+        }
+        if (stack != MAP_FAILED) {
+            munmap(stack, kCloneStack);
+        }
+    }
+};
+
 ChildProcess::ChildProcess(const std::vector<std::string>& argv,
                            const std::filesystem::path& output,
-                           const std::vector<std::string>& extra_env, bool held) {
-    std::string exe = find_executable(argv.at(0));
-    exe_ = exe;
-    if (exe.empty()) {
+                           const std::vector<std::string>& extra_env, bool held)
+    : spawn_(std::make_unique<Spawn>()) {
+    SpawnPlan& plan = spawn_->plan;
+    plan.exe = find_executable(argv.at(0));
+    exe_ = plan.exe;
+    if (plan.exe.empty()) {
         errno = ENOENT;
         throw_errno("cannot run " + argv[0]);
     }
-    int out = open(output.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-    if (out < 0) {
+    plan.out = open(output.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (plan.out < 0) {
         throw_errno("cannot open " + output.string());
     }
-    std::vector<char*> args;
-    for (const auto& a : argv) {
-        args.push_back(const_cast<char*>(a.c_str()));
+    plan.null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (plan.null < 0) {
+        throw_errno("cannot open /dev/null");
     }
-    args.push_back(nullptr);
-    std::vector<std::string> env_strings;
+    plan.arg_strings = argv;
+    for (auto& a : plan.arg_strings) {
+        plan.args.push_back(a.data());
+    }
+    plan.args.push_back(nullptr);
     for (char** e = environ; *e; ++e) {
-        env_strings.emplace_back(*e);
+        plan.env_strings.emplace_back(*e);
     }
-    env_strings.insert(env_strings.end(), extra_env.begin(), extra_env.end());
-    std::vector<char*> envp;
-    for (auto& e : env_strings) {
-        envp.push_back(e.data());
+    plan.env_strings.insert(plan.env_strings.end(), extra_env.begin(), extra_env.end());
+    for (auto& e : plan.env_strings) {
+        plan.envp.push_back(e.data());
     }
-    envp.push_back(nullptr);
-    // Errors between fork and exec come back through a CLOEXEC pipe.
+    plan.envp.push_back(nullptr);
+    // Errors between clone and exec come back through a CLOEXEC pipe.
     int pipefd[2];
     if (pipe2(pipefd, O_CLOEXEC) != 0) {
-        close(out);
         throw_errno("pipe");
     }
-    int gate[2] = {-1, -1};
-    if (held && pipe2(gate, O_CLOEXEC) != 0) {
-        close(out);
-        close(pipefd[0]);
-        close(pipefd[1]);
-        throw_errno("pipe");
-    }
-    pid_t parent = getpid();
-    pid_ = fork();
-    if (pid_ == 0) {
-        int null = open("/dev/null", O_RDONLY);
-        dup2(null, 0);
-        dup2(out, 1);
-        dup2(out, 2);
-        setsid();
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent) {
-            _exit(127);  // the daemon died before prctl()
-        }
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, nullptr);
-        ::signal(SIGPIPE, SIG_DFL);
-        if (held) {
-            close(gate[1]);
-            char go = 0;
-            if (read(gate[0], &go, 1) != 1) {
-                _exit(127);  // the daemon gave up on this start
-            }
-        }
-        execve(exe.c_str(), args.data(), envp.data());
-        int err = errno;
-        (void)!write(pipefd[1], &err, sizeof(err));
-        _exit(127);
-    }
-    int fork_errno = errno;
-    close(out);
-    close(pipefd[1]);
+    plan.exec_pipe = pipefd[1];
+    int exec_read = pipefd[0];
     if (held) {
-        close(gate[0]);
+        int gate[2];
+        if (pipe2(gate, O_CLOEXEC) != 0) {
+            close(exec_read);
+            throw_errno("pipe");
+        }
+        plan.gate = gate[0];
         gate_fd_ = gate[1];
-        if (pid_ < 0) {
-            close(gate_fd_);
-            gate_fd_ = -1;
-        }
     }
+    spawn_->stack = mmap(nullptr, kCloneStack, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (spawn_->stack == MAP_FAILED) {
+        close(exec_read);
+        throw_errno("mmap");
+    }
+    plan.parent = getpid();
+    // Not held: CLONE_VFORK, this thread waits until the child has exec'd (or failed to). Held:
+    // the child waits at its gate and this thread goes on; the plan stays until release().
+    sigset_t all;
+    sigset_t old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int flags = CLONE_VM | SIGCHLD | (held ? 0 : CLONE_VFORK);
+    pid_ = clone(spawn_child, static_cast<char*>(spawn_->stack) + kCloneStack, flags, &plan);
+    int clone_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
     if (pid_ < 0) {
-        close(pipefd[0]);
-        errno = fork_errno;
-        throw_errno("fork");
+        close(exec_read);
+        errno = clone_errno;
+        throw_errno("clone");
     }
+    close(std::exchange(plan.exec_pipe, -1));
     if (held) {
-        // The exec result comes after release(); the pidfd is needed before.
-        exec_pipe_ = pipefd[0];
+        close(std::exchange(plan.gate, -1));
+        exec_pipe_ = exec_read;  // the exec result comes after release()
     } else {
-        check_exec(pipefd[0], exe);
+        check_exec(exec_read, plan.exe);
+        spawn_.reset();
     }
     open_pidfd();
 }
@@ -156,6 +227,7 @@ void ChildProcess::release() {
     gate_fd_ = -1;
     int exec_pipe = std::exchange(exec_pipe_, -1);
     check_exec(exec_pipe, exe_);
+    spawn_.reset();  // exec'd (or failed): the child no longer uses the plan or its stack
 }
 
 void ChildProcess::check_exec(int exec_pipe, const std::string& exe) {
@@ -194,6 +266,7 @@ ChildProcess::~ChildProcess() {
         while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
         }
     }
+    spawn_.reset();  // a held child that never exec'd is gone: its stack may go
     if (pidfd_ >= 0) {
         close(pidfd_);
     }

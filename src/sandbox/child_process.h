@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -25,6 +26,8 @@ class ChildProcess {
     // `extra_env` ("NAME=value") is added to the daemon's environment.
     // With `held`, the child waits before exec until release() (or the ChildProcess's end): the
     // caller can move it into a cgroup first, so nothing it forks starts outside.
+    // The child is a clone sharing the daemon's memory until exec (as posix_spawn does, but
+    // able to wait at the gate): starting it costs no copy of the daemon's page tables.
     ChildProcess(const std::vector<std::string>& argv, const std::filesystem::path& output,
                  const std::vector<std::string>& extra_env = {}, bool held = false);
     ~ChildProcess();  // SIGKILL if still running, then reaps
@@ -49,6 +52,8 @@ class ChildProcess {
     int gate_fd_ = -1;    // write end of the held child's gate pipe
     int exec_pipe_ = -1;  // a held child's exec result, read at release()
     std::string exe_;
+    struct Spawn;
+    std::unique_ptr<Spawn> spawn_;  // until the child has exec'd: what it reads, its stack
 
     void check_exec(int exec_pipe, const std::string& exe);
     void open_pidfd();

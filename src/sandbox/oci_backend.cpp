@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <sys/wait.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstring>
 
@@ -58,11 +59,35 @@ std::string exit_reason(int status, std::uint64_t memory_mib) {
     return fmt::format("exited with status {}", status);
 }
 
+// Where a cold start's time goes: each phase of OciBackend::start, logged at debug level as one
+// line ("runtime 0.1 image 0.0 netns 0.2 ... total 9.8 ms"). The rest of the cold start (the
+// runtime's own work, the function's start-up, its callback) is the pool's "ready in" minus total.
+class StartTimeline {
+  public:
+    void mark(const char* phase) {
+        auto now = Clock::now();
+        text_ += fmt::format("{} {:.1f} ", phase, ms(now - last_));
+        last_ = now;
+    }
+    std::string summary() const {
+        return fmt::format("{}total {:.1f} ms", text_, ms(Clock::now() - begin_));
+    }
+
+  private:
+    using Clock = std::chrono::steady_clock;
+    static double ms(Clock::duration d) {
+        return std::chrono::duration<double, std::milli>(d).count();
+    }
+    Clock::time_point begin_ = Clock::now();
+    Clock::time_point last_ = begin_;
+    std::string text_;
+};
+
 class OciInstance : public Instance {
   public:
     OciInstance(const InstanceContext& ctx, std::string runtime, std::unique_ptr<NetnsLease> lease,
                 std::unique_ptr<WorkDir> workdir, const fs::path& state_root,
-                const VmEnvironment& env)
+                const VmEnvironment& env, StartTimeline& timeline)
         : lease_(std::move(lease)),
           workdir_(std::move(workdir)),
           runtime_(std::move(runtime)),
@@ -75,13 +100,17 @@ class OciInstance : public Instance {
           console_(env.consoles, workdir_->path() / "output.log", ctx.spec->name, ctx.instance_id),
           child_(runtime_argv(runtime_, state_root_, cgroups_disabled_,
                               {"run", "--bundle", workdir_->path().string(), id_}),
-                 workdir_->path() / "output.log", {}, /*held=*/true) {
-        // In its scope before it execs: the container it forks is in the scope too.
+                 workdir_->path() / "output.log", {}, /*held=*/cgroups_disabled_) {
+        timeline.mark("fork");
+        // Under systemd it is held: in its scope before it execs, so the container it forks is
+        // in the scope too. Otherwise it has exec'd already (its own cgroup comes from crun).
         if (cgroups_disabled_) {
             scope_ = start_instance_scope(env.scopes, ctx, child_.pid(),
                                           ctx.spec->container().memory_mib << 20);
+            timeline.mark("scope");
         }
         child_.release();
+        timeline.mark("exec");
         auto on_exit = ctx.on_exit;
         watch_ = exits_.watch(child_.pidfd(), [this, on_exit] {
             on_exit(fmt::format("container {} ({})", exit_text(), runtime_name()));
@@ -217,6 +246,7 @@ OciBackend::OciBackend(VmEnvironment env)
       images_(env_.runtime_dir / "images") {}
 
 std::unique_ptr<Instance> OciBackend::start(const InstanceContext& ctx) {
+    StartTimeline timeline;
     const FunctionSpec& spec = *ctx.spec;
     const ContainerSpec& container = spec.container();
     std::string runtime_name = container.runtime.value_or(kDefaultRuntime);
@@ -231,7 +261,9 @@ std::unique_ptr<Instance> OciBackend::start(const InstanceContext& ctx) {
                            "OCI containers are not available: the daemon cannot manage "
                            "network namespaces");
     }
+    timeline.mark("runtime");
     OciImage image = images_.prepare(spec);
+    timeline.mark("image");
 
     std::unique_ptr<NetnsLease> lease;
     try {
@@ -242,7 +274,9 @@ std::unique_ptr<Instance> OciBackend::start(const InstanceContext& ctx) {
         throw SandboxError(
             502, fmt::format("function \"{}\": container network: {}", spec.name, e.what()));
     }
+    timeline.mark("netns");
     apply_network_policy(env_, *lease, spec);
+    timeline.mark("policy");
     OciLaunch launch;
     fill_process(
         {&spec, image.process ? &*image.process : nullptr, ctx.instance_id,
@@ -261,10 +295,12 @@ std::unique_ptr<Instance> OciBackend::start(const InstanceContext& ctx) {
     try {
         fs::create_directories(state_root_);
         write_file(workdir->path() / "config.json", oci_config(launch).dump(2));
-        spdlog::debug("function {} instance {}: {} run in {}", spec.name, ctx.instance_id, runtime,
-                      workdir->path().string());
-        return std::make_unique<OciInstance>(ctx, runtime, std::move(lease), std::move(workdir),
-                                             state_root_, env_);
+        timeline.mark("config");
+        auto instance = std::make_unique<OciInstance>(
+            ctx, runtime, std::move(lease), std::move(workdir), state_root_, env_, timeline);
+        spdlog::debug("function {} instance {}: {} run, {}", spec.name, ctx.instance_id, runtime,
+                      timeline.summary());
+        return instance;
     } catch (const std::system_error& e) {
         throw SandboxError(502, fmt::format("function \"{}\": {}", spec.name, e.what()));
     }
