@@ -209,6 +209,35 @@ TEST_F(OciTest, TwentyConcurrentColdStartsGetDistinctAddresses) {
     EXPECT_EQ(addresses.size(), list.size()) << "two containers share an address";
 }
 
+// The burst: 100 simultaneous single-use invocations, at most 10 containers at a time.
+// Every one is answered by a container of its own; afterwards nothing is left (TearDown).
+// About 5 s on an idle 2-core machine.
+TEST_F(OciTest, BurstOf100SingleUseWithTenInstancesAllAnswered) {
+    add_oci("ocionceburst", "single-use = true\nmax-instances = 10\nqueue-timeout = 120");
+    start_daemon();
+    std::vector<std::future<std::pair<int, std::string>>> calls;
+    for (int i = 0; i < 100; ++i) {
+        calls.push_back(std::async(std::launch::async, [&] {
+            auto r = daemon_->client(150s).Get("/invoke/ocionceburst/hello");
+            return r ? std::pair{r->status, r->body} : std::pair{-1, std::string()};
+        }));
+    }
+    int answered = 0;
+    for (auto& call : calls) {
+        auto [status, body] = call.get();
+        EXPECT_EQ(status, 200) << body;
+        answered += status == 200 ? 1 : 0;
+    }
+    EXPECT_EQ(answered, 100);
+    auto metrics = get("/metrics");
+    ASSERT_TRUE(metrics);
+    EXPECT_NE(metrics->body.find(
+                  "unifaas_cold_starts_total{function=\"ocionceburst\",kind=\"boot\"} 100\n"),
+              std::string::npos)
+        << "not one container per invocation";
+    EXPECT_TRUE(eventually([&] { return instances("ocionceburst").empty(); }, 30s));
+}
+
 TEST_F(OciTest, EarlyExitAndOomAnswer502NamingTheCause) {
     add_oci("ociquits", "[env]\nHELLO_EXIT_BEFORE_READY = \"1\"\n");
     add_oci("ocihog", "[env]\nHELLO_ALLOCATE_MIB = \"256\"\n");
