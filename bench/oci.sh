@@ -60,6 +60,7 @@ fn() {  # fn NAME extra-lines...
   } >"$work/reg/$1/function.toml"
 }
 fn hello-oci-once "concurrent-requests = 1" "single-use = true" "keepalive = 30"
+fn hello-oci-keep "keepalive = 600"
 fn hello-oci-burst "concurrent-requests = 1" "single-use = true" "max-instances = 10" \
   "queue-timeout = 60"
 nsenter --net="/run/netns/$ns" "${UNIFAAS_BIN:-$build/unifaas}" --config "$work/unifaas.toml" \
@@ -71,7 +72,8 @@ pyin "$lib/status.py" healthy 60 || { tail -n 30 "$out/daemon.log" >&2; exit 1; 
 echo "== cold start: unifaas-oci vs bare crun run ($runs runs per side)"
 pyin "$lib/oci_coldstart.py" "$out/raw.jsonl" --function hello-oci-once --runs "$runs" \
   --rootfs "$build/examples/hello-rootfs" --callback-port 9192 \
-  --template tests/data/oci/config.json --workdir "$work/oci"
+  --template tests/data/oci/config.json --workdir "$work/oci" \
+  --seccomp-from "$work/run:hello-oci-keep"
 echo "== phases of OciBackend::start (median ms, daemon log, all starts)"
 "$py" "$lib/oci_phases.py" "$out/daemon.log"
 if ((burst > 0)); then

@@ -13,7 +13,7 @@ Times (monotonic clock, ms):
                   (overhead of unifaas-oci = unifaas-oci minus this)
 
 The bare side uses the daemon's own config.json (tests/data/oci/config.json, the golden file of
-the unit tests) with this script's rootfs, process, callback and a network namespace made here
+the unit tests; with --seccomp-from, plus the seccomp filter a live instance of the daemon got) with this script's rootfs, process, callback and a network namespace made here
 once (veth, /30, outside the timed part), as the daemon's namespaces are made ahead of use.
 Before each run unifaas has no instance of F or D and the previous bare container is gone.
 """
@@ -128,6 +128,22 @@ def unifaas_run(function):
     return (done - start) * 1000
 
 
+def daemon_annotations(runtime_dir, function):
+    """The annotations (the precompiled seccomp filter) of a live instance's config.json."""
+    code, body = http_get(*UNIFAAS, f"/invoke/{function}/hello", timeout=60)
+    if code != 200:
+        raise RuntimeError(f"{function} answered {code}: {body[:300]!r}")
+    for name in os.listdir(os.path.join(runtime_dir, "instances")):
+        try:
+            with open(os.path.join(runtime_dir, "instances", name, "config.json")) as f:
+                annotations = json.load(f).get("annotations")
+        except OSError:
+            continue
+        if annotations:
+            return annotations
+    raise RuntimeError(f"no instance config.json with annotations in {runtime_dir}/instances")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("raw")
@@ -139,12 +155,17 @@ def main():
     p.add_argument("--callback-port", type=int, required=True)
     p.add_argument("--workdir", required=True)
     p.add_argument("--runtime", default="crun")
+    p.add_argument("--seccomp-from", metavar="RUNTIME_DIR:FUNCTION",
+                   help="give the bare side the daemon's seccomp filter: invoke FUNCTION (kept "
+                        "alive) once and copy its config.json annotations")
     args = p.parse_args()
 
     crun_needs_hugetlb()
     os.makedirs(args.workdir, exist_ok=True)
     with open(args.template) as f:
         template = json.load(f)
+    if args.seccomp_from:
+        template["annotations"] = daemon_annotations(*args.seccomp_from.rsplit(":", 1))
     net = BareNetwork()
     listener = CallbackListener(args.callback_port, bind=HOST_IP)
     times = {"unifaas-oci": [], "crun ready": [], "crun response": [], "unifaas-docker": []}

@@ -15,6 +15,7 @@
 
 #include "net/network.h"
 #include "sandbox/child_process.h"
+#include "sandbox/oci_seccomp.h"
 #include "systemd/console_forwarder.h"
 #include "systemd/scope_manager.h"
 
@@ -287,6 +288,15 @@ std::unique_ptr<Instance> OciBackend::start(const InstanceContext& ctx) {
     launch.netns = lease->netns_path();
     launch.memory_bytes = container.memory_mib << 20;
     launch.pids_limit = kPidsLimit;
+    try {
+        if (is_crun(runtime)) {
+            launch.seccomp_bpf_base64 = oci_seccomp_bpf_base64();
+        } else {
+            launch.seccomp_profile = oci_seccomp_profile();
+        }
+    } catch (const std::runtime_error& e) {
+        throw SandboxError(500, fmt::format("function \"{}\": {}", spec.name, e.what()));
+    }
     bool in_scope = env_.scopes != nullptr && is_crun(runtime);
     if (!in_scope) {
         launch.cgroups_path = "/unifaas/" + ctx.instance_id;

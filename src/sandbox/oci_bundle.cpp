@@ -57,13 +57,16 @@ json linux_section(const OciLaunch& l) {
     if (!l.cgroups_path.empty()) {
         section["cgroupsPath"] = l.cgroups_path;
     }
+    if (l.seccomp_bpf_base64.empty() && !l.seccomp_profile.is_null()) {
+        section["seccomp"] = l.seccomp_profile;
+    }
     return section;
 }
 
 }  // namespace
 
 nlohmann::json oci_config(const OciLaunch& l) {
-    return {
+    json config = {
         {"ociVersion", "1.0.2"},
         {"process",
          {{"terminal", false},
@@ -82,6 +85,10 @@ nlohmann::json oci_config(const OciLaunch& l) {
         {"mounts", mounts()},
         {"linux", linux_section(l)},
     };
+    if (!l.seccomp_bpf_base64.empty()) {
+        config["annotations"] = {{"run.oci.seccomp_bpf_data", l.seccomp_bpf_base64}};
+    }
+    return config;
 }
 
 }  // namespace unifaas

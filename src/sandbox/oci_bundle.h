@@ -35,12 +35,16 @@ struct OciLaunch {
     // A cgroup path for the runtime's own cgroup manager; "" when the daemon made a systemd scope
     // and the runtime runs with cgroups disabled inside it.
     std::string cgroups_path;
+    // The seccomp filter: precompiled BPF (base64, crun's annotation run.oci.seccomp_bpf_data),
+    // or else a runtime-spec seccomp section (runc); neither: none.
+    std::string seccomp_bpf_base64;
+    nlohmann::json seccomp_profile;
 };
 
 // config.json: no_new_privileges, Docker's default capability set minus the ones a function
 // server does not need, pid/ipc/uts/mount namespaces plus the given network namespace, a
 // read-only root with private tmpfs /tmp and /run, memory and pids limits, the usual masked
-// and read-only paths.
+// and read-only paths, the seccomp filter given.
 nlohmann::json oci_config(const OciLaunch& launch);
 
 }  // namespace unifaas

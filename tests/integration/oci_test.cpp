@@ -4,6 +4,7 @@
 #include <httplib.h>
 #include <signal.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -47,17 +48,23 @@ std::string shell(const std::string& cmd) {
     return out;
 }
 
-// Processes whose root directory is the example rootfs: the containers of these tests.
+// Processes whose root directory is the example rootfs: the containers of these tests. The
+// root is compared by inode (stat through /proc/<pid>/root): its path as readlink shows it is
+// "/" once the runtime has pivoted into a mount namespace of its own.
 std::vector<pid_t> hello_processes() {
+    struct stat rootfs {};
+    if (stat(kRootfs.c_str(), &rootfs) != 0) {
+        return {};
+    }
     std::vector<pid_t> pids;
     for (const auto& entry : fs::directory_iterator("/proc")) {
         std::string name = entry.path().filename();
         if (name.find_first_not_of("0123456789") != std::string::npos) {
             continue;
         }
-        std::error_code ec;
-        fs::path root = fs::read_symlink(entry.path() / "root", ec);
-        if (!ec && root.string().rfind(kRootfs.string(), 0) == 0) {
+        struct stat root {};
+        if (stat((entry.path() / "root").c_str(), &root) == 0 && root.st_dev == rootfs.st_dev &&
+            root.st_ino == rootfs.st_ino) {
             pids.push_back(std::stoi(name));
         }
     }
@@ -166,7 +173,20 @@ TEST_F(OciTest, ColdStartThenWarmOnOneInstanceWithItsOwnVeth) {
     auto config = nlohmann::json::parse(std::ifstream(bundle));
     EXPECT_EQ(config["root"]["readonly"], true);
     EXPECT_EQ(config["process"]["args"][0], "/hello");
+    EXPECT_TRUE(config["annotations"].contains("run.oci.seccomp_bpf_data"));
     EXPECT_TRUE(fs::exists(daemon_->runtime_dir() / "oci" / ("unifaas-" + id)));
+    // crun installed the precompiled filter: the function runs under seccomp (mode 2).
+    auto pids = hello_processes();
+    ASSERT_EQ(pids.size(), 1u);
+    std::ifstream status("/proc/" + std::to_string(pids[0]) + "/status");
+    std::string line;
+    std::string seccomp;
+    while (std::getline(status, line)) {
+        if (line.rfind("Seccomp:", 0) == 0) {
+            seccomp = line;
+        }
+    }
+    EXPECT_EQ(seccomp, "Seccomp:\t2");
 }
 
 TEST_F(OciTest, SingleUseAndKeepaliveStopTheContainer) {

@@ -9,6 +9,7 @@ packages=(
   libcpp-httplib-dev libtomlplusplus-dev nlohmann-json3-dev libspdlog-dev libgtest-dev
   libsystemd-dev libsdbus-c++-dev libsdbus-c++-bin
   libnftables-dev nftables  # guest firewall (net/firewall); nft for tests and operators
+  libseccomp-dev  # engine = "oci": the containers' precompiled seccomp filter
   clang  # libFuzzer targets (tests/fuzz, UNIFAAS_FUZZ)
   # real components the daemon drives and the tests exercise
   docker.io runc crun iproute2 curl systemd
