@@ -88,7 +88,7 @@ class OciInstance : public Instance {
   public:
     OciInstance(const InstanceContext& ctx, std::string runtime, std::unique_ptr<NetnsLease> lease,
                 std::unique_ptr<WorkDir> workdir, const fs::path& state_root,
-                const VmEnvironment& env, StartTimeline& timeline)
+                const VmEnvironment& env, OciOutputCap* output_cap, StartTimeline& timeline)
         : lease_(std::move(lease)),
           workdir_(std::move(workdir)),
           runtime_(std::move(runtime)),
@@ -99,6 +99,7 @@ class OciInstance : public Instance {
           cgroups_disabled_(env.scopes != nullptr && is_crun(runtime_)),
           exits_(*env.exits),
           console_(env.consoles, workdir_->path() / "output.log", ctx.spec->name, ctx.instance_id),
+          capped_(output_cap, workdir_->path() / "output.log"),
           child_(runtime_argv(runtime_, state_root_, cgroups_disabled_,
                               {"run", "--bundle", workdir_->path().string(), id_}),
                  workdir_->path() / "output.log", {}, /*held=*/cgroups_disabled_) {
@@ -143,7 +144,7 @@ class OciInstance : public Instance {
     }
     std::string unit() const override { return scope_ ? scope_->name() : std::string(); }
     std::string output_tail() const override {
-        return tail_lines(workdir_->path() / "output.log", 20);
+        return OciOutputCap::tail(workdir_->path() / "output.log", 20);
     }
 
   private:
@@ -180,6 +181,7 @@ class OciInstance : public Instance {
     bool cgroups_disabled_;
     ExitWatcher& exits_;
     ForwardedConsole console_;
+    CappedOutput capped_;
     std::unique_ptr<Scope> scope_;
     ChildProcess child_;
     ExitWatcher::Id watch_ = 0;
@@ -244,7 +246,9 @@ void fill_process(const OciProcessInput& in, OciLaunch& launch) {
 OciBackend::OciBackend(VmEnvironment env)
     : env_(std::move(env)),
       state_root_(env_.runtime_dir / "oci"),
-      images_(env_.runtime_dir / "images") {}
+      images_(env_.runtime_dir / "images"),
+      // Without systemd nothing takes the containers' lines to a journal: the files are capped.
+      output_cap_(env_.consoles == nullptr ? std::make_unique<OciOutputCap>() : nullptr) {}
 
 std::unique_ptr<Instance> OciBackend::start(const InstanceContext& ctx) {
     StartTimeline timeline;
@@ -306,8 +310,9 @@ std::unique_ptr<Instance> OciBackend::start(const InstanceContext& ctx) {
         fs::create_directories(state_root_);
         write_file(workdir->path() / "config.json", oci_config(launch).dump(2));
         timeline.mark("config");
-        auto instance = std::make_unique<OciInstance>(
-            ctx, runtime, std::move(lease), std::move(workdir), state_root_, env_, timeline);
+        auto instance =
+            std::make_unique<OciInstance>(ctx, runtime, std::move(lease), std::move(workdir),
+                                          state_root_, env_, output_cap_.get(), timeline);
         spdlog::debug("function {} instance {}: {} run, {}", spec.name, ctx.instance_id, runtime,
                       timeline.summary());
         return instance;

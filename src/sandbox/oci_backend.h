@@ -5,13 +5,16 @@
 // (veth on a /30 of the taps' subnet). Under systemd the runtime runs in the instance's transient
 // scope with its own cgroup handling disabled; otherwise it puts the container in a cgroup of its
 // own (/unifaas/<instance>) with the memory and pids limits. Runtime state lives in
-// <runtime-dir>/oci (crun --root), unpacked images in <runtime-dir>/images.
+// <runtime-dir>/oci (crun --root), unpacked images in <runtime-dir>/images. The container's
+// output goes to <instance>/output.log: copied to the journal under systemd, otherwise capped
+// (OciOutputCap: 1 MiB, then rotated once to output.log.1).
 #pragma once
 
 #include <memory>
 #include <string>
 
 #include "sandbox/oci_image.h"
+#include "sandbox/oci_output.h"
 #include "sandbox/sandbox.h"
 #include "sandbox/vm_common.h"
 
@@ -30,6 +33,7 @@ class OciBackend : public Backend {
     VmEnvironment env_;
     std::filesystem::path state_root_;
     OciImageCache images_;
+    std::unique_ptr<OciOutputCap> output_cap_;  // not under systemd: output files bounded
 };
 
 // The process of an instance: the function's entrypoint (or the image's) with the callback URL
