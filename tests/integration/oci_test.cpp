@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -256,6 +257,35 @@ TEST_F(OciTest, BurstOf100SingleUseWithTenInstancesAllAnswered) {
               std::string::npos)
         << "not one container per invocation";
     EXPECT_TRUE(eventually([&] { return instances("ocionceburst").empty(); }, 30s));
+}
+
+// runtime = "runc": the same function through runc (its own cgroupfs handling, the seccomp
+// filter as a runtime-spec section instead of crun's precompiled annotation).
+TEST_F(OciTest, RuncRunsTheSameFunction) {
+    if (std::system("runc --version >/dev/null 2>&1") != 0) {
+        GTEST_SKIP() << "runc is not installed (tests/lib/install-deps.sh installs it)";
+    }
+    add_oci("ocirunc", "single-use = true", "runtime = \"runc\"");
+    start_daemon();
+    auto call = std::async(std::launch::async, [&] {
+        auto r = daemon_->client().Get("/invoke/ocirunc/sleep?ms=2000");
+        return r ? std::pair{r->status, r->body} : std::pair{-1, std::string()};
+    });
+    // While the request sleeps in the container: runc's instance, with the filter as a section.
+    EXPECT_TRUE(eventually([] { return !hello_processes().empty(); }, 10s));
+    auto list = instances("ocirunc");
+    ASSERT_EQ(list.size(), 1u);
+    std::string id = list[0]["id"];
+    EXPECT_NE(list[0]["sandbox"].get<std::string>().find("runc pid"), std::string::npos)
+        << list[0].dump();
+    auto config = nlohmann::json::parse(
+        std::ifstream(daemon_->runtime_dir() / "instances" / id / "config.json"));
+    EXPECT_FALSE(config.contains("annotations"));
+    EXPECT_EQ(config["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+    auto [status, body] = call.get();
+    EXPECT_EQ(status, 200) << body << daemon_->log();
+    EXPECT_TRUE(eventually([&] { return instances("ocirunc").empty(); }, 10s));
+    EXPECT_TRUE(eventually([] { return hello_processes().empty(); }, 10s));
 }
 
 TEST_F(OciTest, EarlyExitAndOomAnswer502NamingTheCause) {
