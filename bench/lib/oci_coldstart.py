@@ -141,7 +141,8 @@ def daemon_annotations(runtime_dir, function):
             continue
         if annotations:
             return annotations
-    raise RuntimeError(f"no instance config.json with annotations in {runtime_dir}/instances")
+    print("  (this daemon gives its containers no seccomp annotation: the bare side runs without)")
+    return {}
 
 
 def main():
