@@ -121,13 +121,23 @@ int spawn_child(void* arg) {
 
 }  // namespace
 
+// The plan is read by the child at any time until its exec: once cloned, the parent changes
+// nothing in it (closing its copies of the child's pipe ends leaves the numbers in place).
 struct ChildProcess::Spawn {
     SpawnPlan plan;
     void* stack = MAP_FAILED;
+    bool cloned = false;  // the parent has closed the child's ends (exec_pipe, gate) itself
     ~Spawn() {
-        for (int fd : {plan.out, plan.null, plan.exec_pipe, plan.gate}) {
+        for (int fd : {plan.out, plan.null}) {
             if (fd >= 0) {
                 close(fd);
+            }
+        }
+        if (!cloned) {
+            for (int fd : {plan.exec_pipe, plan.gate}) {
+                if (fd >= 0) {
+                    close(fd);
+                }
             }
         }
         if (stack != MAP_FAILED) {
@@ -168,6 +178,11 @@ ChildProcess::ChildProcess(const std::vector<std::string>& argv,
         plan.envp.push_back(e.data());
     }
     plan.envp.push_back(nullptr);
+    spawn_->stack = mmap(nullptr, kCloneStack, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (spawn_->stack == MAP_FAILED) {
+        throw_errno("mmap");
+    }
     // Errors between clone and exec come back through a CLOEXEC pipe.
     int pipefd[2];
     if (pipe2(pipefd, O_CLOEXEC) != 0) {
@@ -175,6 +190,7 @@ ChildProcess::ChildProcess(const std::vector<std::string>& argv,
     }
     plan.exec_pipe = pipefd[1];
     int exec_read = pipefd[0];
+    int gate_write = -1;
     if (held) {
         int gate[2];
         if (pipe2(gate, O_CLOEXEC) != 0) {
@@ -182,13 +198,7 @@ ChildProcess::ChildProcess(const std::vector<std::string>& argv,
             throw_errno("pipe");
         }
         plan.gate = gate[0];
-        gate_fd_ = gate[1];
-    }
-    spawn_->stack = mmap(nullptr, kCloneStack, PROT_READ | PROT_WRITE,
-                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (spawn_->stack == MAP_FAILED) {
-        close(exec_read);
-        throw_errno("mmap");
+        gate_write = gate[1];
     }
     plan.parent = getpid();
     // Not held: CLONE_VFORK, this thread waits until the child has exec'd (or failed to). Held:
@@ -203,12 +213,17 @@ ChildProcess::ChildProcess(const std::vector<std::string>& argv,
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
     if (pid_ < 0) {
         close(exec_read);
+        if (gate_write >= 0) {
+            close(gate_write);
+        }
         errno = clone_errno;
         throw_errno("clone");
     }
-    close(std::exchange(plan.exec_pipe, -1));
+    spawn_->cloned = true;
+    close(plan.exec_pipe);
     if (held) {
-        close(std::exchange(plan.gate, -1));
+        close(plan.gate);
+        gate_fd_ = gate_write;
         exec_pipe_ = exec_read;  // the exec result comes after release()
     } else {
         check_exec(exec_read, plan.exe);

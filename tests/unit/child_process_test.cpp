@@ -1,0 +1,86 @@
+// ChildProcess: started as a clone sharing the daemon's memory until exec (CLONE_VFORK when not
+// held; a held child waits at its gate on a stack of its own), with real programs.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <system_error>
+
+#include "sandbox/child_process.h"
+
+namespace unifaas {
+namespace {
+
+namespace fs = std::filesystem;
+
+class ChildProcessTest : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        dir_ = fs::temp_directory_path() / ("child-process-test-" + std::to_string(getpid()));
+        fs::create_directories(dir_);
+    }
+    void TearDown() override { fs::remove_all(dir_); }
+
+    std::string read(const fs::path& file) {
+        std::ifstream in(file);
+        std::stringstream text;
+        text << in.rdbuf();
+        return text.str();
+    }
+
+    fs::path dir_;
+};
+
+TEST_F(ChildProcessTest, RunsWithOutputAndEnvironmentAndReportsItsExit) {
+    ChildProcess child({"/bin/sh", "-c", "echo out $EXTRA; echo err >&2; exit 7"}, dir_ / "out.log",
+                       {"EXTRA=value"});
+    EXPECT_GT(child.pidfd(), 0);
+    EXPECT_EQ(child.wait(), 7);
+    EXPECT_EQ(read(dir_ / "out.log"), "out value\nerr\n");
+}
+
+TEST_F(ChildProcessTest, HeldChildExecsOnlyAfterRelease) {
+    ChildProcess child({"/bin/sh", "-c", "echo released"}, dir_ / "out.log", {}, /*held=*/true);
+    // Waiting at its gate: still this program (not /bin/sh), nothing written, not exited.
+    EXPECT_EQ(fs::read_symlink("/proc/" + std::to_string(child.pid()) + "/exe"),
+              fs::read_symlink("/proc/self/exe"));
+    pollfd p{child.pidfd(), POLLIN, 0};
+    EXPECT_EQ(poll(&p, 1, 50), 0) << "the held child ended before release()";
+    EXPECT_EQ(read(dir_ / "out.log"), "");
+    child.release();
+    EXPECT_EQ(child.wait(), 0);
+    EXPECT_EQ(read(dir_ / "out.log"), "released\n");
+}
+
+TEST_F(ChildProcessTest, HeldChildNeverReleasedIsGone) {
+    pid_t pid = 0;
+    {
+        ChildProcess child({"/bin/sleep", "60"}, dir_ / "out.log", {}, /*held=*/true);
+        pid = child.pid();
+        EXPECT_TRUE(fs::exists("/proc/" + std::to_string(pid)));
+    }
+    EXPECT_FALSE(fs::exists("/proc/" + std::to_string(pid))) << "not reaped";
+}
+
+TEST_F(ChildProcessTest, ExecFailureIsAnErrorNamingTheProgram) {
+    fs::path bad = dir_ / "not-a-program";
+    std::ofstream(bad) << "\x7f"
+                       << "garbage";
+    fs::permissions(bad, fs::perms::owner_all);
+    try {
+        ChildProcess child({bad.string()}, dir_ / "out.log");
+        FAIL() << "started";
+    } catch (const std::system_error& e) {
+        EXPECT_NE(std::string(e.what()).find(bad.string()), std::string::npos) << e.what();
+    }
+    ChildProcess held({bad.string()}, dir_ / "out.log", {}, /*held=*/true);
+    EXPECT_THROW(held.release(), std::system_error);
+}
+
+}  // namespace
+}  // namespace unifaas
