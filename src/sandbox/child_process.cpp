@@ -54,7 +54,8 @@ std::string find_executable(const std::string& name) {
 
 ChildProcess::ChildProcess(const std::vector<std::string>& argv,
                            const std::filesystem::path& output,
-                           const std::vector<std::string>& extra_env, bool held) {
+                           const std::vector<std::string>& extra_env, bool held,
+                           const std::filesystem::path& cwd) {
     std::string exe = find_executable(argv.at(0));
     exe_ = exe;
     if (exe.empty()) {
@@ -116,7 +117,9 @@ ChildProcess::ChildProcess(const std::vector<std::string>& argv,
                 _exit(127);  // the daemon gave up on this start
             }
         }
-        execve(exe.c_str(), args.data(), envp.data());
+        if (cwd.empty() || chdir(cwd.c_str()) == 0) {
+            execve(exe.c_str(), args.data(), envp.data());
+        }
         int err = errno;
         (void)!write(pipefd[1], &err, sizeof(err));
         _exit(127);
