@@ -640,7 +640,7 @@ SavedTemplate FirecrackerBackend::save_template(TemplateBuild& build) {
                                  scope_memory_max(vm.memory_mib));
     await_api_socket(*child, socket, log);
     boot_vm(socket, plan);
-    build.wait_ready(lease->guest_ip(), [&] { return "\n" + tail_or_note(log); });
+    build.wait_ready(lease->guest_ip(), child->pidfd(), [&] { return "\n" + tail_or_note(log); });
 
     // Paused and saved, never resumed: a snapshot resumed twice would duplicate its secrets.
     FirecrackerApi api(socket, kSaveTimeout);

@@ -368,7 +368,7 @@ SavedTemplate QemuBackend::save_template(TemplateBuild& build) {
     scope = start_instance_scope(
         env_.scopes, build.ctx(), qemu.pid(),
         scope_memory_max(vm.memory_mib, accel_ == Accel::Tcg ? kTcgCacheMiB : 0));
-    build.wait_ready(lease->guest_ip(), [&] {
+    build.wait_ready(lease->guest_ip(), qemu.pidfd(), [&] {
         std::string exit = qemu.exit_description();
         return (exit.empty() ? "" : "; qemu " + exit) + "\n" +
                tail_lines(workdir.path() / "console.log", 10);

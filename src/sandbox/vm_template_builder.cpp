@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "sandbox/child_process.h"
 #include "sandbox/vm_template.h"
 #include "util/random.h"
 
@@ -17,35 +18,53 @@ TemplateBuild::TemplateBuild(TemplateBuilder& builder, InstanceContext ctx, std:
       token_(std::move(token)),
       started_(std::chrono::steady_clock::now()) {}
 
-void TemplateBuild::wait_ready(const std::string& address,
+void TemplateBuild::wait_ready(const std::string& address, int pidfd,
                                const std::function<std::string()>& why) {
-    auto ready = std::make_shared<bool>(false);  // the callback may outlive this frame
-    CallbackRegistry& callbacks = *builder_.env_.callbacks;
-    callbacks.expect(token_, address, [b = &builder_, ready] {
+    struct Outcome {
+        bool ready = false;
+        bool exited = false;
+    };
+    auto outcome = std::make_shared<Outcome>();  // the callbacks may outlive this frame
+    TemplateBuilder* b = &builder_;
+    auto note = [b, outcome](bool Outcome::*what) {
         std::lock_guard lk(b->mu_);
-        *ready = true;
+        (*outcome).*what = true;
         b->changed_.notify_all();
-    });
+    };
+    CallbackRegistry& callbacks = *b->env_.callbacks;
+    callbacks.expect(token_, address, [note] { note(&Outcome::ready); });
+    ExitWatcher::Id watch = 0;
+    if (b->env_.exits != nullptr && pidfd >= 0) {
+        watch = b->env_.exits->watch(pidfd, [note] { note(&Outcome::exited); });
+    }
+    Outcome seen;
     bool stopping = false;
-    bool is_ready = false;
     {
-        std::unique_lock lk(builder_.mu_);
-        builder_.changed_.wait_until(
+        std::unique_lock lk(b->mu_);
+        b->changed_.wait_until(
             lk,
             started_ + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                            spec().boot_timeout),
-            [&] { return *ready || builder_.stopping_; });
-        stopping = builder_.stopping_;
-        is_ready = *ready;
+            [&] { return outcome->ready || outcome->exited || b->stopping_; });
+        stopping = b->stopping_;
+        seen = *outcome;
+    }
+    if (watch != 0) {
+        b->env_.exits->unwatch(watch);
     }
     callbacks.forget(token_);
+    if (seen.ready) {
+        return;
+    }
     if (stopping) {
         throw std::runtime_error("the daemon is stopping");
     }
-    if (!is_ready) {
-        throw std::runtime_error(fmt::format("no readiness callback within boot-timeout ({} s){}",
-                                             spec().boot_timeout.count(), why ? why() : ""));
+    std::string detail = why ? why() : std::string();
+    if (seen.exited) {
+        throw std::runtime_error("the template VM ended before its readiness callback" + detail);
     }
+    throw std::runtime_error(fmt::format("no readiness callback within boot-timeout ({} s){}",
+                                         spec().boot_timeout.count(), detail));
 }
 
 TemplateBuilder::~TemplateBuilder() {

@@ -40,9 +40,9 @@ class TemplateBuild {
     const InstanceContext& ctx() const { return ctx_; }
 
     // Blocks until the template VM calls back from `address`. Throws std::runtime_error when
-    // the daemon stops first, or boot-timeout (counted from the build's start) passes; then
-    // `why` (e.g. the console's last lines) is added to the message.
-    void wait_ready(const std::string& address, const std::function<std::string()>& why);
+    // the daemon stops first, the VM's process (`pidfd`) ends, or boot-timeout (counted from the
+    // build's start) passes; then `why` (e.g. the console's last lines) is added to the message.
+    void wait_ready(const std::string& address, int pidfd, const std::function<std::string()>& why);
 
   private:
     friend class TemplateBuilder;
