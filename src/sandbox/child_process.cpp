@@ -73,6 +73,7 @@ struct SpawnPlan {
     int null = -1;
     int exec_pipe = -1;  // write end, CLOEXEC: an exec error is written here
     int gate = -1;       // read end of the held child's gate, or -1
+    std::string cwd;     // working directory before exec, or empty
     pid_t parent = 0;
 };
 
@@ -113,7 +114,9 @@ int spawn_child(void* arg) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
-    execve(plan->exe.c_str(), plan->args.data(), plan->envp.data());
+    if (plan->cwd.empty() || chdir(plan->cwd.c_str()) == 0) {
+        execve(plan->exe.c_str(), plan->args.data(), plan->envp.data());
+    }
     int err = errno;
     (void)!write(plan->exec_pipe, &err, sizeof(err));
     _exit(127);
@@ -148,9 +151,11 @@ struct ChildProcess::Spawn {
 
 ChildProcess::ChildProcess(const std::vector<std::string>& argv,
                            const std::filesystem::path& output,
-                           const std::vector<std::string>& extra_env, bool held)
+                           const std::vector<std::string>& extra_env, bool held,
+                           const std::filesystem::path& cwd)
     : spawn_(std::make_unique<Spawn>()) {
     SpawnPlan& plan = spawn_->plan;
+    plan.cwd = cwd.string();
     plan.exe = find_executable(argv.at(0));
     exe_ = plan.exe;
     if (plan.exe.empty()) {

@@ -26,8 +26,10 @@
 
 #include "net/network.h"
 #include "sandbox/child_process.h"
+#include "sandbox/restore_channel.h"
 #include "systemd/console_forwarder.h"
 #include "systemd/scope_manager.h"
+#include "util/random.h"
 
 namespace unifaas {
 
@@ -42,6 +44,11 @@ constexpr const char* kApiSocket = "api.sock";
 constexpr const char* kLogFile = "firecracker.log";
 constexpr unsigned kTailLines = 20;
 constexpr milliseconds kSocketTimeout{5000};
+// A clone must have loaded its snapshot and acknowledged its new identity within this (or the
+// function's boot-timeout when shorter), else it is destroyed and the cold start boots instead.
+constexpr std::chrono::seconds kRestoreDeadline{10};
+// Each call that pauses and saves a template (a Full snapshot writes all guest memory).
+constexpr milliseconds kSaveTimeout{60000};
 constexpr const char* kNotInstalled =
     "firecracker is not installed (set FIRECRACKER_EXE or firecracker in the daemon config)";
 
@@ -229,22 +236,30 @@ struct Rootfs {
     bool read_only;
 };
 
-Rootfs prepare_rootfs(const VmSpec& vm, const fs::path& workdir) {
+// The private copy's name in a working directory (and in a template's directory).
+fs::path rootfs_copy_name(const VmSpec& vm) {
+    return "rootfs" + vm.image.extension().string();
+}
+
+// With copy-rootfs, a private sparse copy of `from` (the image, or a template's saved disk).
+Rootfs prepare_rootfs(const VmSpec& vm, const fs::path& workdir, const fs::path& from) {
     if (!vm.copy_rootfs) {
         return {vm.image, true};
     }
-    fs::path copy = workdir / ("rootfs" + vm.image.extension().string());
+    fs::path copy = workdir / rootfs_copy_name(vm);
     try {
-        copy_sparse(vm.image, copy);
+        copy_sparse(from, copy);
     } catch (const std::system_error& e) {
         throw SandboxError(502, "cannot copy the root filesystem: " + std::string(e.what()));
     }
     return {copy, false};
 }
 
-std::unique_ptr<ChildProcess> spawn(const std::vector<std::string>& argv, const fs::path& log) {
+// Started in `cwd`: the relative paths it is given (a private rootfs copy) resolve there.
+std::unique_ptr<ChildProcess> spawn(const std::vector<std::string>& argv, const fs::path& log,
+                                    const fs::path& cwd) {
     try {
-        return std::make_unique<ChildProcess>(argv, log);
+        return std::make_unique<ChildProcess>(argv, log, std::vector<std::string>{}, false, cwd);
     } catch (const std::system_error& e) {
         throw SandboxError(502, std::string("firecracker: ") + e.what());
     }
@@ -270,7 +285,7 @@ void await_api_socket(const ChildProcess& child, const fs::path& socket, const f
     }
 }
 
-void boot(const fs::path& socket, const BootPlan& plan) {
+void boot_vm(const fs::path& socket, const BootPlan& plan) {
     try {
         FirecrackerApi api(socket);
         boot_via_api(api, plan);
@@ -284,8 +299,9 @@ class FirecrackerInstance : public Instance {
     FirecrackerInstance(ExitWatcher* exits, std::unique_ptr<NetworkLease> lease,
                         std::unique_ptr<WorkDir> dir, std::unique_ptr<ForwardedConsole> console,
                         std::unique_ptr<Scope> scope, std::unique_ptr<ChildProcess> child,
-                        std::uint16_t port)
-        : exits_(exits),
+                        std::uint16_t port, std::shared_ptr<VmTemplate> restored_from = nullptr)
+        : restored_from_(std::move(restored_from)),
+          exits_(exits),
           lease_(std::move(lease)),
           dir_(std::move(dir)),
           console_(std::move(console)),
@@ -320,8 +336,10 @@ class FirecrackerInstance : public Instance {
         return tail_lines(dir_->path() / kLogFile, kTailLines);
     }
     std::string unit() const override { return scope_ ? scope_->name() : std::string(); }
+    const char* start_kind() const override { return restored_from_ ? "restore" : "boot"; }
 
   private:
+    std::shared_ptr<VmTemplate> restored_from_;  // its files stay while the clone maps them
     ExitWatcher* exits_;
     std::unique_ptr<NetworkLease> lease_;
     std::unique_ptr<WorkDir> dir_;
@@ -458,20 +476,29 @@ std::unique_ptr<Instance> FirecrackerBackend::start(const InstanceContext& ctx) 
     if (env_.network == nullptr) {
         throw SandboxError(501, "microVMs are not available: the daemon has no tap network");
     }
-    if (vm.snapshot) {
-        std::lock_guard lk(snapshot_warned_mu_);
-        if (snapshot_warned_.insert(spec.name).second) {
-            spdlog::warn(
-                "function {}: snapshot = true is not implemented for firecracker yet "
-                "(QEMU only): its cold starts boot",
-                spec.name);
-        }
-    }
     check_readable(vm.kernel, "kernel");
     check_readable(vm.image, "image");
     if (vm.initrd) {
         check_readable(*vm.initrd, "initrd");
     }
+    if (vm.snapshot && env_.templates != nullptr) {
+        // Firecracker runs on KVM only: the accelerator is part of the binary.
+        std::string key = template_key(spec, executable_, Accel::Kvm);
+        if (auto tpl = env_.templates->find(spec.name, key)) {
+            if (auto clone = restore(ctx, tpl)) {
+                return clone;
+            }
+        } else {
+            builder_.build_later(ctx.spec, key,
+                                 [this](TemplateBuild& build) { return save_template(build); });
+        }
+    }
+    return boot(ctx);
+}
+
+std::unique_ptr<Instance> FirecrackerBackend::boot(const InstanceContext& ctx) {
+    const FunctionSpec& spec = *ctx.spec;
+    const VmSpec& vm = spec.vm();
     auto begin = Clock::now();
 
     // Declared in release order: on any failure the process dies first, then the working
@@ -479,7 +506,7 @@ std::unique_ptr<Instance> FirecrackerBackend::start(const InstanceContext& ctx) 
     std::unique_ptr<NetworkLease> lease = lease_tap(*env_.network);
     apply_network_policy(env_, *lease, spec);
     auto dir = std::make_unique<WorkDir>(env_.runtime_dir, ctx.instance_id);
-    Rootfs rootfs = prepare_rootfs(vm, dir->path());
+    Rootfs rootfs = prepare_rootfs(vm, dir->path(), vm.image);
     GuestAddressing addressing{lease->guest_ip(), lease->host_ip(), lease->netmask(),
                                "http://" + lease->host_ip() + ":" +
                                    std::to_string(env_.callback_port) + ctx.callback_path};
@@ -492,11 +519,12 @@ std::unique_ptr<Instance> FirecrackerBackend::start(const InstanceContext& ctx) 
     auto console =
         std::make_unique<ForwardedConsole>(env_.consoles, log, spec.name, ctx.instance_id);
     std::unique_ptr<Scope> scope;  // declared before the process: stopped after it is killed
-    auto child = spawn(firecracker_command_line(executable_, socket, ctx.instance_id), log);
+    auto child =
+        spawn(firecracker_command_line(executable_, socket, ctx.instance_id), log, dir->path());
     scope = start_instance_scope(env_.scopes, ctx, child->pid(), scope_memory_max(vm.memory_mib));
     await_api_socket(*child, socket, log);
     auto listening = Clock::now();
-    boot(socket, plan);
+    boot_vm(socket, plan);
 
     spdlog::debug(
         "firecracker: {} instance {}: pid {} tap {} guest {} (prepare {:.1f} ms, api socket "
@@ -510,6 +538,120 @@ std::unique_ptr<Instance> FirecrackerBackend::start(const InstanceContext& ctx) 
         std::move(child), spec.port);
     instance->watch(ctx.on_exit);
     return instance;
+}
+
+std::unique_ptr<Instance> FirecrackerBackend::restore(const InstanceContext& ctx,
+                                                      const std::shared_ptr<VmTemplate>& tpl) {
+    const FunctionSpec& spec = *ctx.spec;
+    const VmSpec& vm = spec.vm();
+    auto limit = std::min<Clock::duration>(
+        kRestoreDeadline, std::chrono::duration_cast<Clock::duration>(spec.boot_timeout));
+    auto begin = Clock::now();
+    auto deadline = begin + limit;
+    std::unique_ptr<FirecrackerInstance> clone;
+    fs::path log;
+    try {
+        std::unique_ptr<NetworkLease> lease = lease_tap(*env_.network);
+        apply_network_policy(env_, *lease, spec);
+        lease->use_guest_mac(tpl->mac());  // virtio-net comes back with the template's MAC
+        auto dir = std::make_unique<WorkDir>(env_.runtime_dir, ctx.instance_id);
+        // The snapshot names the template's disk by the relative path of its private copy: this
+        // clone's copy of the disk as the template left it, in the clone's working directory.
+        fs::path saved_disk = tpl->dir() / rootfs_copy_name(vm);
+        if (vm.copy_rootfs) {
+            prepare_rootfs(vm, dir->path(), saved_disk);
+        }
+        RestoreMessage message{lease->guest_ip(), lease->host_ip(), lease->netmask(),
+                               "http://" + lease->host_ip() + ":" +
+                                   std::to_string(env_.callback_port) + ctx.callback_path,
+                               random_hex(8)};
+        std::string tap = lease->tap();
+
+        const fs::path socket = dir->path() / kApiSocket;
+        log = dir->path() / kLogFile;
+        auto console =
+            std::make_unique<ForwardedConsole>(env_.consoles, log, spec.name, ctx.instance_id);
+        std::unique_ptr<Scope> scope;
+        auto child =
+            spawn(firecracker_command_line(executable_, socket, ctx.instance_id), log, dir->path());
+        scope =
+            start_instance_scope(env_.scopes, ctx, child->pid(), scope_memory_max(vm.memory_mib));
+        await_api_socket(*child, socket, log);
+        {
+            FirecrackerApi api(socket, std::chrono::ceil<milliseconds>(deadline - Clock::now()));
+            api.load_snapshot(tpl->state_file().string(), tpl->memory_file().string(),
+                              kNetworkInterfaceId, tap);
+        }
+        clone = std::make_unique<FirecrackerInstance>(env_.exits, std::move(lease), std::move(dir),
+                                                      std::move(console), std::move(scope),
+                                                      std::move(child), spec.port, tpl);
+        if (!send_restore(tap, message, deadline)) {
+            throw std::runtime_error(
+                "the guest did not acknowledge its restore message within " +
+                std::to_string(std::chrono::duration_cast<milliseconds>(limit).count()) +
+                " ms (does its init speak restore protocol " +
+                std::to_string(kRestoreProtocolVersion) + "?)");
+        }
+        env_.templates->restore_succeeded(tpl);
+        spdlog::debug("firecracker: {} instance {}: restored from template {} in {:.1f} ms",
+                      spec.name, ctx.instance_id, tpl->key(), ms_since(begin));
+        clone->watch(ctx.on_exit);
+        return clone;
+    } catch (const SandboxError& e) {
+        if (e.http_status() != 502) {
+            throw;  // no tap, no kernel: booting would fail the same way
+        }
+        spdlog::warn(
+            "function {} instance {}: restore from template {} failed, booting instead: {}",
+            spec.name, ctx.instance_id, tpl->key(), e.what());
+    } catch (const std::exception& e) {
+        std::string tail = clone ? clone->output_tail() : std::string();
+        spdlog::warn(
+            "function {} instance {}: restore from template {} failed, booting instead: "
+            "{}{}{}",
+            spec.name, ctx.instance_id, tpl->key(), e.what(), tail.empty() ? "" : "\n", tail);
+    }
+    clone.reset();  // gives back its process, tap and files before the boot takes new ones
+    env_.templates->restore_failed(tpl);
+    return nullptr;
+}
+
+SavedTemplate FirecrackerBackend::save_template(TemplateBuild& build) {
+    const FunctionSpec& spec = build.spec();
+    const VmSpec& vm = firecracker_vm(spec);
+    std::unique_ptr<NetworkLease> lease = lease_tap(*env_.network);
+    apply_network_policy(env_, *lease, spec);
+    WorkDir dir(env_.runtime_dir, build.ctx().instance_id);
+    Rootfs rootfs = prepare_rootfs(vm, dir.path(), vm.image);
+    // A private copy is named relative to the working directory, where every clone has its own.
+    fs::path drive = rootfs.read_only ? rootfs.path : rootfs.path.filename();
+    GuestAddressing addressing{lease->guest_ip(), lease->host_ip(), lease->netmask(),
+                               "http://" + lease->host_ip() + ":" +
+                                   std::to_string(env_.callback_port) + build.ctx().callback_path};
+    BootPlan plan = plan_boot(vm, addressing, drive, rootfs.read_only, lease->tap(), lease->mac());
+
+    const fs::path socket = dir.path() / kApiSocket;
+    const fs::path log = dir.path() / kLogFile;
+    std::unique_ptr<Scope> scope;  // declared before the process: stopped after it is killed
+    auto child = spawn(firecracker_command_line(executable_, socket, build.ctx().instance_id), log,
+                       dir.path());
+    // Like every instance, in a transient scope of unifaas.slice.
+    scope = start_instance_scope(env_.scopes, build.ctx(), child->pid(),
+                                 scope_memory_max(vm.memory_mib));
+    await_api_socket(*child, socket, log);
+    boot_vm(socket, plan);
+    build.wait_ready(lease->guest_ip(), child->pidfd(), [&] { return "\n" + tail_or_note(log); });
+
+    // Paused and saved, never resumed: a snapshot resumed twice would duplicate its secrets.
+    FirecrackerApi api(socket, kSaveTimeout);
+    api.pause_vm();
+    api.create_snapshot((build.partial() / "state").string(),
+                        (build.partial() / "memory").string());
+    child.reset();  // killed and reaped: the disk copy is no longer written to
+    if (!rootfs.read_only) {
+        copy_sparse(dir.path() / drive, build.partial() / drive);  // the disk as the VM left it
+    }
+    return {lease->mac(), plan.boot_args};
 }
 
 }  // namespace unifaas

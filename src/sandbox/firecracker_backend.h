@@ -12,14 +12,14 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
-#include <mutex>
-#include <set>
 #include <string>
 #include <vector>
 
 #include "sandbox/firecracker_api.h"
 #include "sandbox/sandbox.h"
 #include "sandbox/vm_common.h"
+#include "sandbox/vm_template.h"
+#include "sandbox/vm_template_builder.h"
 
 namespace unifaas {
 
@@ -72,10 +72,17 @@ class FirecrackerBackend : public Backend {
     const std::string& executable() const { return executable_; }
 
   private:
+    std::unique_ptr<Instance> boot(const InstanceContext& ctx);
+    // A clone of `tpl` (a fresh firecracker loading its snapshot, on its own tap), acknowledged
+    // on its own address; nullptr (logged, counted against the template) when it did not come up.
+    std::unique_ptr<Instance> restore(const InstanceContext& ctx,
+                                      const std::shared_ptr<VmTemplate>& tpl);
+    // Boots the template VM of one build, pauses it, saves a Full snapshot, stops it.
+    SavedTemplate save_template(TemplateBuild& build);
+
     VmEnvironment env_;
     std::string executable_;
-    std::mutex snapshot_warned_mu_;
-    std::set<std::string> snapshot_warned_;  // functions told that snapshot = true boots here
+    TemplateBuilder builder_{env_};  // last: its builds are joined before the rest goes
 };
 
 }  // namespace unifaas

@@ -213,19 +213,6 @@ std::string QemuBackend::kernel_cmdline(const VmSpec& vm, const GuestAddressing&
     return cmdline;
 }
 
-QemuBackend::~QemuBackend() {
-    std::vector<std::thread> builds;
-    {
-        std::lock_guard lk(builds_mu_);
-        stopping_ = true;
-        builds.swap(builds_);
-    }
-    builds_changed_.notify_all();
-    for (auto& t : builds) {
-        t.join();
-    }
-}
-
 std::unique_ptr<NetworkLease> QemuBackend::lease_network(const FunctionSpec& spec) {
     if (!env_.network) {
         throw SandboxError(501, "microVMs are not available: the daemon cannot manage taps");
@@ -254,7 +241,8 @@ std::unique_ptr<Instance> QemuBackend::start(const InstanceContext& ctx) {
                 return clone;
             }
         } else {
-            build_template_later(ctx.spec, key);
+            builder_.build_later(ctx.spec, key,
+                                 [this](TemplateBuild& build) { return save_template(build); });
         }
     }
     return boot(ctx);
@@ -354,104 +342,58 @@ std::unique_ptr<Instance> QemuBackend::restore(const InstanceContext& ctx,
     }
 }
 
-void QemuBackend::build_template_later(std::shared_ptr<const FunctionSpec> spec,
-                                       const std::string& key) {
-    if (env_.callbacks == nullptr || !env_.templates->begin_build(spec->name, key)) {
-        return;
-    }
-    std::lock_guard lk(builds_mu_);
-    if (stopping_) {
-        env_.templates->abandon_build(key, {});
-        return;
-    }
-    builds_.emplace_back([this, spec = std::move(spec), key] { build_template(spec, key); });
-}
+SavedTemplate QemuBackend::save_template(TemplateBuild& build) {
+    const FunctionSpec& spec = build.spec();
+    const VmSpec& vm = spec.vm();
+    std::unique_ptr<NetworkLease> lease = lease_network(spec);
+    WorkDir workdir(env_.runtime_dir, build.ctx().instance_id);
+    GuestAddressing addressing{lease->guest_ip(), lease->host_ip(), lease->netmask(),
+                               fmt::format("http://{}:{}{}", lease->host_ip(), env_.callback_port,
+                                           build.ctx().callback_path)};
+    QemuLaunch launch;
+    launch.binary = binary_;
+    launch.accel = accel_;
+    launch.name = spec.name + "-template";
+    launch.vm = &vm;
+    launch.kernel_cmdline = kernel_cmdline(vm, addressing);
+    launch.tap = lease->tap();
+    launch.mac = lease->mac();
+    launch.console_log = workdir.path() / "console.log";
+    launch.memory_file = QemuLaunch::MemoryFile{build.partial() / "memory", true};
+    launch.qmp_socket = workdir.path() / "qmp.sock";
+    std::unique_ptr<Scope> scope;  // declared before qemu: stopped once qemu is gone
+    ChildProcess qemu(qemu_command_line(launch), workdir.path() / "qemu.log",
+                      {"TMPDIR=" + workdir.path().string()});
+    // Like every instance, in a transient scope of unifaas.slice with the same memory limit.
+    scope = start_instance_scope(
+        env_.scopes, build.ctx(), qemu.pid(),
+        scope_memory_max(vm.memory_mib, accel_ == Accel::Tcg ? kTcgCacheMiB : 0));
+    build.wait_ready(lease->guest_ip(), qemu.pidfd(), [&] {
+        std::string exit = qemu.exit_description();
+        return (exit.empty() ? "" : "; qemu " + exit) + "\n" +
+               tail_lines(workdir.path() / "console.log", 10);
+    });
 
-void QemuBackend::build_template(const std::shared_ptr<const FunctionSpec>& spec,
-                                 const std::string& key) {
-    const VmSpec& vm = spec->vm();
-    auto started = std::chrono::steady_clock::now();
-    std::filesystem::path partial = env_.templates->partial_dir(key);
-    std::string token;
+    auto deadline = std::chrono::steady_clock::now() + kSaveDeadline;
+    QmpClient qmp(launch.qmp_socket, deadline);
+    qmp.enable_ignore_shared();
+    qmp.save("exec:cat > " + shell_quoted((build.partial() / "state").string()));
     try {
-        std::filesystem::create_directories(partial);
-        std::unique_ptr<NetworkLease> lease = lease_network(*spec);
-        WorkDir workdir(env_.runtime_dir, "template-" + random_hex(6));
-        token = env_.callbacks->issue();
-        GuestAddressing addressing{
-            lease->guest_ip(), lease->host_ip(), lease->netmask(),
-            fmt::format("http://{}:{}/ready/{}", lease->host_ip(), env_.callback_port, token)};
-        QemuLaunch launch;
-        launch.binary = binary_;
-        launch.accel = accel_;
-        launch.name = spec->name + "-template";
-        launch.vm = &vm;
-        launch.kernel_cmdline = kernel_cmdline(vm, addressing);
-        launch.tap = lease->tap();
-        launch.mac = lease->mac();
-        launch.console_log = workdir.path() / "console.log";
-        launch.memory_file = QemuLaunch::MemoryFile{partial / "memory", true};
-        launch.qmp_socket = workdir.path() / "qmp.sock";
-        ChildProcess qemu(qemu_command_line(launch), workdir.path() / "qemu.log",
-                          {"TMPDIR=" + workdir.path().string()});
-
-        auto ready = std::make_shared<bool>(false);  // the callback may outlive this frame
-        env_.callbacks->expect(token, lease->guest_ip(), [this, ready] {
-            std::lock_guard lk(builds_mu_);
-            *ready = true;
-            builds_changed_.notify_all();
-        });
-        {
-            std::unique_lock lk(builds_mu_);
-            builds_changed_.wait_until(
-                lk,
-                started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                              spec->boot_timeout),
-                [&] { return *ready || stopping_; });
-        }
-        env_.callbacks->forget(token);
-        {
-            std::lock_guard lk(builds_mu_);
-            if (stopping_) {
-                throw std::runtime_error("the daemon is stopping");
-            }
-            if (!*ready) {
-                throw std::runtime_error(fmt::format(
-                    "no readiness callback within boot-timeout ({} s){}\n{}",
-                    spec->boot_timeout.count(),
-                    qemu.exit_description().empty() ? "" : "; qemu " + qemu.exit_description(),
-                    tail_lines(workdir.path() / "console.log", 10)));
-            }
-        }
-        auto deadline = std::chrono::steady_clock::now() + kSaveDeadline;
-        QmpClient qmp(launch.qmp_socket, deadline);
-        qmp.enable_ignore_shared();
-        qmp.save("exec:cat > " + shell_quoted((partial / "state").string()));
-        try {
-            qmp.execute("quit");
-        } catch (const QmpError&) {
-            // qemu may close the connection before answering
-        }
-        // The RAM file is complete once qemu is gone (its mapping was shared).
-        if (!wait_exit(qemu.pidfd(), std::chrono::duration_cast<std::chrono::milliseconds>(
-                                         deadline - std::chrono::steady_clock::now()))) {
-            throw std::runtime_error("qemu did not exit after saving");
-        }
-        auto tpl = env_.templates->finish_build(spec->name, key, partial, launch.mac,
-                                                launch.kernel_cmdline);
-        if (tpl) {
-            spdlog::info("function {}: template {} ready in {} ms", spec->name, key,
-                         std::chrono::duration_cast<std::chrono::milliseconds>(
-                             std::chrono::steady_clock::now() - started)
-                             .count());
-        }
-    } catch (const std::exception& e) {
-        if (!token.empty()) {
-            env_.callbacks->forget(token);
-        }
-        spdlog::warn("function {}: template {} not built: {}", spec->name, key, e.what());
-        env_.templates->abandon_build(key, partial);
+        qmp.execute("quit");
+    } catch (const QmpError&) {
+        // qemu may close the connection before answering
     }
+    // The RAM file is complete once qemu is gone (its mapping was shared).
+    if (!wait_exit(qemu.pidfd(), std::chrono::duration_cast<std::chrono::milliseconds>(
+                                     deadline - std::chrono::steady_clock::now()))) {
+        throw std::runtime_error("qemu did not exit after saving");
+    }
+    if (int status = qemu.wait(); status != 0) {
+        // A RAM file that could not grow (disk full) kills qemu with SIGBUS.
+        throw std::runtime_error(fmt::format("qemu ended with status {} while saving: {}", status,
+                                             tail_lines(workdir.path() / "qemu.log", 5)));
+    }
+    return {launch.mac, launch.kernel_cmdline};
 }
 
 }  // namespace unifaas

@@ -5,19 +5,17 @@
 // qemu process watched through a pidfd so an exit is noticed at once.
 #pragma once
 
-#include <condition_variable>
 #include <filesystem>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "sandbox/accel.h"
 #include "sandbox/sandbox.h"
 #include "sandbox/vm_common.h"
 #include "sandbox/vm_template.h"
+#include "sandbox/vm_template_builder.h"
 
 namespace unifaas {
 
@@ -52,8 +50,6 @@ class QemuBackend : public Backend {
   public:
     QemuBackend(VmEnvironment env, std::string binary, Accel accel);
 
-    ~QemuBackend() override;
-
     std::unique_ptr<Instance> start(const InstanceContext& ctx) override;
 
   private:
@@ -65,20 +61,15 @@ class QemuBackend : public Backend {
     // the template) when it did not come up in time.
     std::unique_ptr<Instance> restore(const InstanceContext& ctx,
                                       const std::shared_ptr<VmTemplate>& tpl);
-    // Builds the template `key` of `spec` on a thread of its own unless one is built already.
-    void build_template_later(std::shared_ptr<const FunctionSpec> spec, const std::string& key);
-    void build_template(const std::shared_ptr<const FunctionSpec>& spec, const std::string& key);
+    // Boots, saves and stops the template VM of one build (run by builder_ on its thread).
+    SavedTemplate save_template(TemplateBuild& build);
 
     VmEnvironment env_;
     std::string configured_binary_;
     std::string binary_;  // resolved path, "" when not installed
     Accel accel_;
     unsigned long tsc_khz_;
-
-    std::mutex builds_mu_;
-    std::condition_variable builds_changed_;
-    bool stopping_ = false;
-    std::vector<std::thread> builds_;  // joined by the destructor
+    TemplateBuilder builder_{env_};  // last: its builds are joined before the rest goes
 };
 
 }  // namespace unifaas

@@ -5,15 +5,18 @@
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/inotify.h>
+#include <sys/mount.h>
 #include <unistd.h>
 #include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <iostream>
 #include <regex>
 #include <set>
 
@@ -148,6 +151,9 @@ class SnapshotTest : public ::testing::Test {
             EXPECT_TRUE(!fs::exists(work) || fs::is_empty(work)) << "working directories leaked";
         }
         daemon_.reset();
+        if (!tmpfs_.empty()) {
+            ::umount2(tmpfs_.c_str(), MNT_DETACH);
+        }
         EXPECT_EQ(count_taps(), 0u) << "taps leaked";
         EXPECT_EQ(count_qemu(marker_), 0u) << "qemu processes leaked";
         EXPECT_TRUE(templates_partial().empty()) << "partial templates left";
@@ -185,8 +191,10 @@ class SnapshotTest : public ::testing::Test {
         return name;
     }
 
-    void start_daemon() {
+    // A runtime-dir kept across a restart (a crash test); "" = a fresh one.
+    void start_daemon(const fs::path& runtime_dir = {}) {
         DaemonProcess::Options o;
+        o.runtime_dir = runtime_dir;
         o.registry = dir_ / "registry";
         o.docker_socket = engine().socket_path();
         o.extra_config = "accel = \"tcg\"\nsnapshot-dir = \"" + snapshots().string() + "\"\n";
@@ -225,8 +233,82 @@ class SnapshotTest : public ::testing::Test {
     }
 
     fs::path dir_;
+    fs::path tmpfs_;  // a small tmpfs mounted on the snapshot dir, unmounted in TearDown
     std::string marker_;
     std::unique_ptr<DaemonProcess> daemon_;
+};
+
+// Waits (inotify) until a file named `name` is created in a partial template directory of `dir`
+// (watched from before the build starts); returns that directory, "" on timeout.
+class PartialTemplateWatch {
+  public:
+    explicit PartialTemplateWatch(const fs::path& dir) : dir_(dir) {
+        fd_ = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+        inotify_add_watch(fd_, dir.c_str(), IN_CREATE | IN_DELETE);
+    }
+    ~PartialTemplateWatch() { close(fd_); }
+
+    fs::path wait_for(const std::string& name, std::chrono::seconds timeout) {
+        auto deadline = std::chrono::steady_clock::now() + timeout;
+        for (;;) {
+            for (const auto& e : fs::directory_iterator(dir_)) {
+                std::string entry = e.path().filename();
+                if (entry.rfind(".partial-", 0) != 0) {
+                    continue;
+                }
+                if (watched_.insert(entry).second) {
+                    inotify_add_watch(fd_, e.path().c_str(), IN_CREATE);
+                }
+                if (fs::exists(e.path() / name)) {
+                    return e.path();
+                }
+            }
+            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                deadline - std::chrono::steady_clock::now());
+            if (left.count() <= 0) {
+                return {};
+            }
+            pollfd p{fd_, POLLIN, 0};
+            if (poll(&p, 1, static_cast<int>(left.count())) > 0) {
+                char buf[4096];
+                while (read(fd_, buf, sizeof(buf)) > 0) {
+                }
+            }
+        }
+    }
+
+    // Waits until `count` partial template directories have been removed (in all) since the
+    // watch began; whether they were.
+    bool wait_removed(unsigned count, std::chrono::seconds timeout) {
+        auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (removed_ < count) {
+            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                deadline - std::chrono::steady_clock::now());
+            pollfd p{fd_, POLLIN, 0};
+            if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) <= 0) {
+                return false;
+            }
+            alignas(inotify_event) char buf[4096];
+            ssize_t n;
+            while ((n = read(fd_, buf, sizeof(buf))) > 0) {
+                for (char* at = buf; at < buf + n;) {
+                    auto* ev = reinterpret_cast<inotify_event*>(at);
+                    if ((ev->mask & IN_DELETE) && ev->len > 0 &&
+                        std::string(ev->name).rfind(".partial-", 0) == 0) {
+                        ++removed_;
+                    }
+                    at += sizeof(inotify_event) + ev->len;
+                }
+            }
+        }
+        return true;
+    }
+
+  private:
+    fs::path dir_;
+    int fd_ = -1;
+    std::set<std::string> watched_;
+    unsigned removed_ = 0;
 };
 
 TEST_F(SnapshotTest, ThreeConcurrentClonesOfOneTemplateEachHaveTheirOwnIdentity) {
@@ -355,6 +437,80 @@ TEST_F(SnapshotTest, GuestWithoutRestoreListenerFallsBackToBoot) {
     EXPECT_EQ(res->status, 200) << res->body;
     EXPECT_EQ(metric("unifaas_cold_starts_total{function=\"" + fn + "\",kind=\"boot\"} "), "2");
     EXPECT_NE(daemon_->log().find("booting instead"), std::string::npos) << daemon_->log();
+}
+
+// kill -9 of the daemon while it saves a template (its device state being written into the
+// partial directory): the restarted daemon removes the partial template, uses nothing of it,
+// boots, builds a new template and restores from that; nothing of the crash is left.
+TEST_F(SnapshotTest, KillDuringTemplateSaveLeavesAUsableStateAfterRestart) {
+    auto fn = write_vm("crash", "single-use = true\nboot-timeout = 60");
+    const fs::path runtime = dir_ / "run";
+    start_daemon(runtime);
+    PartialTemplateWatch watch(snapshots());
+    auto first = std::async(std::launch::async, [&] {
+        auto r = daemon_->client().Get("/invoke/" + fn + "/hello");
+        return r ? r->status : -1;
+    });
+    fs::path saving = watch.wait_for("state", 120s);
+    ASSERT_FALSE(saving.empty()) << "the template never started saving\n" << daemon_->log();
+    daemon_->kill9();
+    first.wait();
+    EXPECT_TRUE(fs::exists(saving)) << "the save had finished before the kill";
+    EXPECT_TRUE(templates_in(snapshots()).empty()) << "a template was complete before the kill";
+
+    start_daemon(runtime);
+    EXPECT_FALSE(fs::exists(saving)) << "the partial template survived the restart";
+    EXPECT_TRUE(templates_partial().empty());
+    EXPECT_NE(daemon_->log().find("removed the partial template"), std::string::npos)
+        << daemon_->log();
+    fs::path work = runtime / "instances";
+    EXPECT_TRUE(!fs::exists(work) || fs::is_empty(work)) << "the crash's working dirs are left";
+    EXPECT_EQ(count_qemu(marker_), 0u) << "qemu outlived the killed daemon";
+
+    ASSERT_EQ(get("/invoke/" + fn + "/hello")->status, 200) << daemon_->log();
+    EXPECT_EQ(metric("unifaas_cold_starts_total{function=\"" + fn + "\",kind=\"boot\"} "), "1");
+    ASSERT_FALSE(wait_new_template(snapshots(), {}, 120s).empty()) << daemon_->log();
+    auto res = get("/invoke/" + fn + "/uuid");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200) << res->body;
+    EXPECT_EQ(metric("unifaas_cold_starts_total{function=\"" + fn + "\",kind=\"restore\"} "), "1")
+        << daemon_->log();
+}
+
+// The snapshot dir is full (a 4 MiB tmpfs mounted on it): the template's RAM file cannot be
+// written, the template is skipped and logged, nothing half-written stays, cold starts keep
+// booting, and a build that failed twice is not tried again.
+TEST_F(SnapshotTest, FullSnapshotDiskSkipsTheTemplateAndColdStartsKeepBooting) {
+    auto fn = write_vm("full", "single-use = true\nboot-timeout = 60");
+    fs::create_directories(snapshots());
+    ASSERT_EQ(::mount("tmpfs", snapshots().c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=4m"), 0)
+        << std::strerror(errno);
+    tmpfs_ = snapshots();
+    start_daemon();
+    PartialTemplateWatch watch(snapshots());
+    for (int i = 1; i <= 3; ++i) {
+        auto res = get("/invoke/" + fn + "/hello");
+        ASSERT_TRUE(res);
+        EXPECT_EQ(res->status, 200) << res->body << daemon_->log();
+        EXPECT_EQ(metric("unifaas_cold_starts_total{function=\"" + fn + "\",kind=\"boot\"} "),
+                  std::to_string(i));
+        if (i < 3) {
+            // Each of the first two cold starts tries a template; it fails on the full disk and
+            // its partial directory is removed.
+            EXPECT_TRUE(watch.wait_removed(static_cast<unsigned>(i), 120s)) << daemon_->log();
+        }
+        EXPECT_TRUE(templates_in(snapshots()).empty()) << "a template on a full disk";
+        EXPECT_TRUE(templates_partial().empty()) << "a half-written template was left";
+    }
+    EXPECT_EQ(metric("unifaas_cold_starts_total{function=\"" + fn + "\",kind=\"restore\"} "), "0");
+    std::string log = daemon_->log();
+    std::size_t builds = 0;
+    for (auto at = log.find("not built"); at != std::string::npos;
+         at = log.find("not built", at + 1)) {
+        ++builds;
+    }
+    EXPECT_EQ(builds, 2u) << "a failing template build is retried once, then left\n" << log;
+    std::cout << "[ cause    ] " << log.substr(log.find("not built"), 160) << "\n";
 }
 
 }  // namespace

@@ -81,6 +81,10 @@ TEST_F(VmTemplateStoreTest, FailedRestoresInARowDiscardTheTemplate) {
     EXPECT_EQ(store.find("f", "k1"), tpl);
     store.restore_failed(tpl);
     EXPECT_FALSE(store.find("f", "k1"));
+    fs::path dir = tpl->dir();
+    EXPECT_TRUE(fs::exists(dir)) << "deleted while a clone still holds it";
+    tpl.reset();
+    EXPECT_FALSE(fs::exists(dir)) << "a discarded template is deleted with its last user";
     EXPECT_TRUE(store.begin_build("f", "k1")) << "rebuilt at the next cold start";
 }
 
