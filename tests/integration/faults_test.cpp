@@ -715,9 +715,10 @@ TEST_F(FaultTest, GuestFirewallHoldsFromInsideAQemuGuest) {
     ASSERT_EQ(get("/invoke/ocipeer/hello")->status, 200);
     ASSERT_EQ(get("/invoke/" + vm + "/hello")->status, 200);
     std::map<std::string, std::string> address;
-    for (auto& f : status()["functions"]) {
+    auto st = status();  // (outlives the loop)
+    for (auto& f : st["functions"]) {
         ASSERT_EQ(f["instances"].size(), 1u) << f.dump();
-        address[f["name"]] = f["instances"][0]["address"];
+        address[f["name"].get<std::string>()] = f["instances"][0]["address"].get<std::string>();
     }
     // The host-side address of the VM's tap: the source of the route to the guest.
     std::string route = shell("ip -o -4 route get " + address[vm]);
