@@ -18,6 +18,7 @@
 #include <map>
 #include <mutex>
 #include <regex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -51,21 +52,12 @@ std::string shell(const std::string& cmd) {
     return out;
 }
 
-// Processes whose command line holds `marker`, or whose root is the example rootfs (OCI
-// containers), among those named in /proc.
-std::vector<pid_t> processes_matching(const std::string& marker, bool oci_root) {
+// qemu processes whose command line holds `marker` (this test's VM function names).
+std::vector<pid_t> qemu_processes(const std::string& marker) {
     std::vector<pid_t> pids;
     for (const auto& entry : fs::directory_iterator("/proc")) {
         std::string name = entry.path().filename();
         if (name.find_first_not_of("0123456789") != std::string::npos) {
-            continue;
-        }
-        std::error_code ec;
-        if (oci_root) {
-            fs::path root = fs::read_symlink(entry.path() / "root", ec);
-            if (!ec && root.string().rfind(kRootfs.string(), 0) == 0) {
-                pids.push_back(std::stoi(name));
-            }
             continue;
         }
         std::ifstream in(entry.path() / "cmdline");
@@ -73,6 +65,32 @@ std::vector<pid_t> processes_matching(const std::string& marker, bool oci_root) 
         if (cmdline.find("qemu-system") != std::string::npos &&
             cmdline.find(marker) != std::string::npos) {
             pids.push_back(std::stoi(name));
+        }
+    }
+    return pids;
+}
+
+// Function processes (Docker or OCI containers, any runtime) started by a daemon whose callback
+// port is in `ports`: their environment names it in UNIFAAS_CALLBACK. Other suites' containers
+// (other daemons, other ports) are not counted.
+std::vector<pid_t> instance_processes(const std::set<int>& ports) {
+    std::vector<pid_t> pids;
+    for (const auto& entry : fs::directory_iterator("/proc")) {
+        std::string name = entry.path().filename();
+        if (name.find_first_not_of("0123456789") != std::string::npos) {
+            continue;
+        }
+        std::ifstream in(entry.path() / "environ");
+        std::string env((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        auto at = env.find("UNIFAAS_CALLBACK=http://");
+        if (at == std::string::npos) {
+            continue;
+        }
+        std::string url = env.substr(at, env.find('\0', at) - at);
+        for (int port : ports) {
+            if (url.find(":" + std::to_string(port) + "/") != std::string::npos) {
+                pids.push_back(std::stoi(name));
+            }
         }
     }
     return pids;
@@ -228,6 +246,7 @@ class FaultTest : public RegistryTest {
         o.runtime_dir = run;
         o.extra_config = extra_config;
         daemon_ = std::make_unique<DaemonProcess>(o);
+        callback_ports_.insert(daemon_->callback_port());
     }
 
     // What a crashed daemon may leave and a restarted (or stopped) one must have removed:
@@ -247,13 +266,14 @@ class FaultTest : public RegistryTest {
         add(!empty_or_missing(run / "oci"), "oci state");
         add(!empty_or_missing(run / "instances"), "working dirs");
         add(!nft_elements().empty(), "nft elements: " + nft_elements());
-        add(!processes_matching("", true).empty(), "oci container processes");
-        add(!processes_matching(vm_marker, false).empty(), "qemu processes");
+        add(!instance_processes(callback_ports_).empty(), "container processes");
+        add(!qemu_processes(vm_marker).empty(), "qemu processes");
         add(!shell("find /sys/fs/cgroup -maxdepth 3 -name 'unifaas-*.scope' 2>/dev/null").empty(),
             "scopes");
         return left;
     }
 
+    std::set<int> callback_ports_;  // of every daemon this test started (instance_processes)
     std::unique_ptr<httplib::Client> client_;
     int client_port_ = 0;
     std::size_t fds_at_start_ = 0;
@@ -499,7 +519,7 @@ TEST_F(FaultTest, RepeatedKill9WithContainersAndVmsThenRestartLeavesNothing) {
         }
         // There is something to clean up: the crash leaves it.
         EXPECT_EQ(engine().unifaas_containers().size(), 2u);
-        EXPECT_EQ(processes_matching("", true).empty(), false);
+        EXPECT_EQ(instance_processes(callback_ports_).size(), 4u);
         EXPECT_FALSE(interfaces_with_prefix("faasv").empty());
         EXPECT_FALSE(nft_elements().empty());
         daemon_->kill9();
@@ -560,6 +580,7 @@ TEST_F(FaultTest, SoakMixedRequestsAndColdStopCycles) {
               "concurrent-requests = 16\nmax-instances = 4\nqueue-timeout = 30\nkeepalive = 2");
     add_oci("once", "single-use = true\nmax-instances = 4\nqueue-timeout = 60");
     start_daemon();
+    callback_ports_.insert(daemon_->callback_port());
     ASSERT_EQ(get("/invoke/warm/hello")->status, 200);
     ASSERT_EQ(get("/invoke/once/hello")->status, 200);
     expect_nothing_held();
@@ -644,7 +665,7 @@ TEST_F(FaultTest, SoakMixedRequestsAndColdStopCycles) {
         std::this_thread::sleep_for(50ms);
     }
     EXPECT_TRUE(engine().unifaas_containers().empty());
-    EXPECT_TRUE(eventually([] { return processes_matching("", true).empty(); }, 10s));
+    EXPECT_TRUE(eventually([&] { return instance_processes(callback_ports_).empty(); }, 10s));
     EXPECT_LE(fds_idle, fds_at_start_ + kFdSlack);
     double cold_seconds = std::chrono::duration<double>(cold_end - begin).count();
     std::cout << "[ soak     ] " << kColdCycles << " cold/stop cycles took " << cold_seconds
