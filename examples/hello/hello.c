@@ -22,6 +22,9 @@
 //             HELLO_ALLOCATE_MIB=N touches N MiB of memory before listening (memory limits).
 //             HELLO_EXIT_AFTER_CALLBACK=1 exits with status 4 once the callback was answered;
 //             HELLO_GARBAGE=1 answers every request with bytes that are not HTTP.
+// Probe route, for the isolation tests only (what the function's network lets it reach):
+//   /connect?host=A.B.C.D&port=P  tries one TCP connect (1 s at most) and answers 200 with
+//                             "connected" or "failed: <reason>" (refused, unreachable, timeout).
 //
 // Each response leaves in one write() on a TCP_NODELAY socket: a header write followed by a body
 // write costs 40 ms per request (Nagle + delayed ACK).
@@ -30,6 +33,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -428,6 +432,41 @@ static void route_time(struct response* res) {
     buf_printf(&res->body, "%lld.%09ld\n", (long long)ts.tv_sec, ts.tv_nsec);
 }
 
+// One TCP connect with a 1 s bound; the answer names the outcome (isolation tests).
+static void route_connect(const struct request* r, struct response* res) {
+    char host[64], port_text[16];
+    struct sockaddr_in to = {.sin_family = AF_INET};
+    long port = -1;
+    if (query_param(r->query, "host", host, sizeof host) == 0 &&
+        query_param(r->query, "port", port_text, sizeof port_text) == 0)
+        port = strtol(port_text, NULL, 10);
+    if (port <= 0 || port > 65535 || inet_pton(AF_INET, host, &to.sin_addr) != 1) {
+        res->status = 400;
+        buf_printf(&res->body, "connect needs ?host=A.B.C.D&port=P\n");
+        return;
+    }
+    to.sin_port = htons((uint16_t)port);
+    res->status = 200;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int error = fd < 0 ? errno : 0;
+    if (fd >= 0 && connect(fd, (struct sockaddr*)&to, sizeof to) != 0) {
+        error = errno;
+        if (error == EINPROGRESS) {
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            socklen_t len = sizeof error;
+            error = poll(&p, 1, 1000) == 1 ? 0 : ETIMEDOUT;
+            if (!error && getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len) != 0)
+                error = errno;
+        }
+    }
+    if (error)
+        buf_printf(&res->body, "failed: %s\n", strerror(error));
+    else
+        buf_printf(&res->body, "connected\n");
+    if (fd >= 0)
+        close(fd);
+}
+
 static void route(const struct request* r, struct response* res) {
     if (strcmp(r->path, "/hello") == 0 || strcmp(r->path, "/sse-ack") == 0) {
         res->status = 200;
@@ -440,6 +479,8 @@ static void route(const struct request* r, struct response* res) {
         route_uuid(res);
     } else if (strcmp(r->path, "/time") == 0) {
         route_time(res);
+    } else if (strcmp(r->path, "/connect") == 0) {
+        route_connect(r, res);
     } else if (strcmp(r->path, "/") == 0) {
         res->status = 200;
         buf_printf(&res->body, "unifaas hello function\n");
