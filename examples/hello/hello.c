@@ -17,6 +17,10 @@
 //                             stop writing and hold the connection until the peer closes it
 //   /status?code=C            an answer with status C and no body (e.g. 204, 304)
 //   /chunked-echo             the request body back as a chunked response of up to 3 chunks
+//   /ws                       a WebSocket (RFC 6455) that echoes every message back, answers pings,
+//                             and closes when the client does
+//   /upload                   reads the request body (any size, Content-Length or chunked) as it
+//                             arrives and drops it; answers "bytes N fnv1a64 H" (its FNV-1a hash)
 // Test hooks: HELLO_EXIT_BEFORE_READY=1 exits with status 3 before listening;
 //             HELLO_NO_CALLBACK=1 never calls back;
 //             HELLO_ALLOCATE_MIB=N touches N MiB of memory before listening (memory limits).
@@ -37,6 +41,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,6 +173,9 @@ struct request {
     int chunked;
     long long content_length;  // -1 when absent
     struct buf body;
+    char ws_key[64];                  // Sec-WebSocket-Key ("" when absent)
+    unsigned long long upload_bytes;  // /upload: the body is counted and hashed, not kept
+    unsigned long long upload_hash;
 };
 
 static const char* find_header_end(const struct buf* b) {
@@ -233,6 +241,8 @@ static void parse_header(struct request* r, char* line) {
             r->keep_alive = 1;
     } else if (strcasecmp(line, "Expect") == 0) {
         r->expect_continue = value_has_token(value, "100-continue");
+    } else if (strcasecmp(line, "Sec-WebSocket-Key") == 0) {
+        snprintf(r->ws_key, sizeof r->ws_key, "%s", value);
     } else if (strcasecmp(line, "Transfer-Encoding") == 0) {
         r->chunked = value_has_token(value, "chunked");
     }
@@ -250,7 +260,8 @@ static int parse_head(struct request* r, struct buf* b, size_t head_len) {
     while (rc == 0 && (line = strtok_r(NULL, "\r\n", &save)) != NULL)
         parse_header(r, line);
     free(head);
-    if (rc == 0 && (r->content_length < -1 || r->content_length > MAX_BODY_BYTES))
+    if (rc == 0 && (r->content_length < -1 ||
+                    (r->content_length > MAX_BODY_BYTES && strcmp(r->path, "/upload") != 0)))
         rc = -1;
     return rc;
 }
@@ -298,6 +309,59 @@ static int read_chunked_body(int fd, struct buf* b, size_t* pos, struct buf* bod
     }
 }
 
+// /upload: takes n body bytes from b[*pos...] and the socket into the count and hash, keeping
+// the buffer small (what was hashed is dropped).
+static int hash_body_bytes(int fd, struct buf* b, size_t* pos, unsigned long long n,
+                           struct request* r) {
+    while (n > 0) {
+        if (*pos == b->len) {
+            buf_consume(b, *pos);
+            *pos = 0;
+            if (read_more(fd, b) <= 0)
+                return -1;
+        }
+        size_t take = b->len - *pos < n ? b->len - *pos : (size_t)n;
+        for (size_t i = 0; i < take; i++)
+            r->upload_hash = (r->upload_hash ^ (unsigned char)b->data[*pos + i]) * 0x100000001b3ULL;
+        *pos += take;
+        n -= take;
+        r->upload_bytes += take;
+    }
+    return 0;
+}
+
+// /upload: the body (Content-Length or chunked) from b[*pos...] on, counted and hashed.
+static int read_upload_body(int fd, struct buf* b, size_t* pos, struct request* r) {
+    r->upload_hash = 0xcbf29ce484222325ULL;
+    if (!r->chunked)
+        return hash_body_bytes(fd, b, pos, r->content_length > 0 ? r->content_length : 0, r);
+    for (;;) {
+        char* eol;
+        while ((eol = memmem(b->data + *pos, b->len - *pos, "\r\n", 2)) == NULL) {
+            if (b->len - *pos > 1024 || read_more(fd, b) <= 0)
+                return -1;
+        }
+        unsigned long long size = strtoull(b->data + *pos, NULL, 16);
+        *pos = (size_t)(eol - b->data) + 2;
+        if (size == 0)
+            break;
+        if (hash_body_bytes(fd, b, pos, size, r) != 0 || fill_to(fd, b, *pos + 2) != 0)
+            return -1;
+        *pos += 2;
+    }
+    for (;;) {  // the trailer section: lines up to an empty one
+        char* eol;
+        while ((eol = memmem(b->data + *pos, b->len - *pos, "\r\n", 2)) == NULL) {
+            if (b->len - *pos > MAX_HEADER_BYTES || read_more(fd, b) <= 0)
+                return -1;
+        }
+        size_t line_len = (size_t)(eol - (b->data + *pos));
+        *pos += line_len + 2;
+        if (line_len == 0)
+            return 0;
+    }
+}
+
 // Reads one whole request. Returns 1 on success, 0 on a clean EOF between requests, -1 on error
 // (after answering 400 where that makes sense).
 static int read_request(int fd, struct buf* b, struct request* r) {
@@ -320,7 +384,10 @@ static int read_request(int fd, struct buf* b, struct request* r) {
             return -1;
     }
     size_t pos = head_len;
-    if (r->chunked) {
+    if (strcmp(r->path, "/upload") == 0) {
+        if (read_upload_body(fd, b, &pos, r) != 0)
+            return -1;
+    } else if (r->chunked) {
         if (read_chunked_body(fd, b, &pos, &r->body) != 0)
             return -1;
     } else if (r->content_length > 0) {
@@ -473,6 +540,9 @@ static void route(const struct request* r, struct response* res) {
         buf_printf(&res->body, "hello from unifaas\n");
     } else if (path_is(r->path, "/echo")) {
         route_echo(r, res);
+    } else if (strcmp(r->path, "/upload") == 0) {
+        res->status = 200;
+        buf_printf(&res->body, "bytes %llu fnv1a64 %016llx\n", r->upload_bytes, r->upload_hash);
     } else if (strcmp(r->path, "/sleep") == 0) {
         route_sleep(r, res);
     } else if (strcmp(r->path, "/uuid") == 0) {
@@ -646,6 +716,146 @@ static int stream_chunked_echo(int fd, const struct request* r) {
     return write_chunk(fd, NULL, 0);
 }
 
+// ---------------------------------------------------------------------------------------------
+// /ws: a WebSocket echo (RFC 6455), SHA-1 and base64 for the handshake included.
+
+static uint32_t rol32(uint32_t x, int n) {
+    return (x << n) | (x >> (32 - n));
+}
+
+static void sha1(const unsigned char* data, size_t len, unsigned char out[20]) {
+    uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
+    size_t total = ((len + 8) / 64 + 1) * 64;
+    unsigned char* msg = calloc(total, 1);
+    if (!msg)
+        abort();
+    memcpy(msg, data, len);
+    msg[len] = 0x80;
+    for (int i = 0; i < 8; i++)
+        msg[total - 1 - i] = (unsigned char)(((uint64_t)len * 8) >> (8 * i));
+    for (size_t at = 0; at < total; at += 64) {
+        uint32_t w[80];
+        for (int i = 0; i < 16; i++)
+            w[i] = (uint32_t)msg[at + 4 * i] << 24 | (uint32_t)msg[at + 4 * i + 1] << 16 |
+                   (uint32_t)msg[at + 4 * i + 2] << 8 | msg[at + 4 * i + 3];
+        for (int i = 16; i < 80; i++)
+            w[i] = rol32(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+        uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
+        for (int i = 0; i < 80; i++) {
+            uint32_t f, k;
+            if (i < 20) {
+                f = (b & c) | (~b & d), k = 0x5A827999;
+            } else if (i < 40) {
+                f = b ^ c ^ d, k = 0x6ED9EBA1;
+            } else if (i < 60) {
+                f = (b & c) | (b & d) | (c & d), k = 0x8F1BBCDC;
+            } else {
+                f = b ^ c ^ d, k = 0xCA62C1D6;
+            }
+            uint32_t t = rol32(a, 5) + f + e + k + w[i];
+            e = d, d = c, c = rol32(b, 30), b = a, a = t;
+        }
+        h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e;
+    }
+    free(msg);
+    for (int i = 0; i < 20; i++)
+        out[i] = (unsigned char)(h[i / 4] >> (24 - 8 * (i % 4)));
+}
+
+static void base64(const unsigned char* in, size_t len, char* out) {
+    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < len ? (uint32_t)in[i + 1] << 8 : 0) |
+                     (i + 2 < len ? in[i + 2] : 0);
+        *out++ = abc[v >> 18 & 63];
+        *out++ = abc[v >> 12 & 63];
+        *out++ = i + 1 < len ? abc[v >> 6 & 63] : '=';
+        *out++ = i + 2 < len ? abc[v & 63] : '=';
+    }
+    *out = '\0';
+}
+
+// Writes one unmasked frame (FIN set) with the given opcode.
+static int ws_send(int fd, int opcode, const char* data, size_t len) {
+    unsigned char head[10];
+    size_t n = 0;
+    head[n++] = (unsigned char)(0x80 | opcode);
+    if (len < 126) {
+        head[n++] = (unsigned char)len;
+    } else if (len < 65536) {
+        head[n++] = 126, head[n++] = (unsigned char)(len >> 8), head[n++] = (unsigned char)len;
+    } else {
+        head[n++] = 127;
+        for (int i = 7; i >= 0; i--)
+            head[n++] = (unsigned char)((uint64_t)len >> (8 * i));
+    }
+    return write_all(fd, (const char*)head, n) == 0 && write_all(fd, data, len) == 0 ? 0 : -1;
+}
+
+// The handshake, then frames until a close frame or the end of the connection.
+static void serve_websocket(int fd, const struct request* r, struct buf* in) {
+    static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    char keyed[sizeof r->ws_key + sizeof guid], accept[32], head[256];
+    unsigned char digest[20];
+    if (!r->ws_key[0]) {
+        send_bad_request(fd);
+        return;
+    }
+    int klen = snprintf(keyed, sizeof keyed, "%s%s", r->ws_key, guid);
+    sha1((const unsigned char*)keyed, (size_t)klen, digest);
+    base64(digest, sizeof digest, accept);
+    int hlen = snprintf(head, sizeof head,
+                        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                        "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+                        accept);
+    if (write_all(fd, head, (size_t)hlen) != 0)
+        return;
+    set_timeouts(fd, 300);
+    for (;;) {
+        if (fill_to(fd, in, 2) != 0)
+            return;
+        unsigned char* p = (unsigned char*)in->data;
+        int opcode = p[0] & 0x0f, masked = p[1] & 0x80;
+        uint64_t len = p[1] & 0x7f;
+        size_t at = 2;
+        if (len >= 126) {
+            size_t extra = len == 126 ? 2 : 8;
+            if (fill_to(fd, in, at + extra) != 0)
+                return;
+            p = (unsigned char*)in->data;
+            len = 0;
+            for (size_t i = 0; i < extra; i++)
+                len = len << 8 | p[at + i];
+            at += extra;
+        }
+        if (len > MAX_BODY_BYTES)
+            return;
+        if (fill_to(fd, in, at + (masked ? 4 : 0) + len) != 0)
+            return;
+        p = (unsigned char*)in->data;
+        unsigned char mask[4] = {0};
+        if (masked) {
+            memcpy(mask, p + at, 4);
+            at += 4;
+        }
+        for (uint64_t i = 0; i < len; i++)
+            p[at + i] ^= mask[i % 4];
+        int rc = 0;
+        if (opcode == 0x8) {  // close: echoed, then the end
+            ws_send(fd, 0x8, (const char*)p + at, (size_t)len);
+            return;
+        }
+        if (opcode == 0x9) {
+            rc = ws_send(fd, 0xA, (const char*)p + at, (size_t)len);
+        } else if (opcode != 0xA) {  // text, binary, continuation: echoed as they came
+            rc = ws_send(fd, opcode, (const char*)p + at, (size_t)len);
+        }
+        buf_consume(in, at + (size_t)len);
+        if (rc != 0)
+            return;
+    }
+}
+
 // Serves the streaming routes; 0 when `r` is not one of them, 1 when answered, -1 on an error
 // (the connection ends). *keep_alive is cleared when the answer ends with the connection.
 static int serve_streaming(int fd, const struct request* r, int* keep_alive) {
@@ -689,6 +899,11 @@ static void* serve_connection(void* arg) {
         if (env_is("HELLO_GARBAGE", "1")) {
             static const char garbage[] = "this is not HTTP\r\n\r\n";
             write_all(fd, garbage, sizeof garbage - 1);
+            free(req.body.data);
+            break;
+        }
+        if (strcmp(req.path, "/ws") == 0) {
+            serve_websocket(fd, &req, &in);
             free(req.body.data);
             break;
         }

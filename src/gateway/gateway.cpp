@@ -128,6 +128,7 @@ HttpServer::Options Gateway::invoke_options() const {
     o.max_connections = config_.max_connections;
     o.max_body_bytes = config_.max_body_bytes;
     o.stream_watermark = config_.stream_watermark;
+    o.stream_request_bodies = true;  // uploads go to the instance as they arrive
     o.body_limit = [this](const http::RequestHead& head) { return body_limit(head.target); };
     return o;
 }
@@ -271,11 +272,24 @@ void Gateway::on_lease(const std::shared_ptr<Invocation>& call, std::shared_ptr<
     const auto& req = ex.request();
     UpstreamRequest up;
     std::string host = fmt::format("{}:{}", lease->address(), lease->port());
-    http::append_upstream_request_head(up.head, req, call->upstream_target, host,
-                                       ex.client_address(), ex.body().size());
-    up.body = ex.body();
+    if (ex.body_streaming()) {
+        // The body is still arriving: it is relayed as it comes (re-framed chunked when the
+        // client sent it chunked), with the response streams' watermark.
+        bool chunked = req.framing == http::BodyFraming::Chunked;
+        http::append_upstream_request_head(up.head, req, call->upstream_target, host,
+                                           ex.client_address(), chunked ? 0 : req.content_length,
+                                           chunked);
+        up.body_source = call->ex;
+        up.chunk_body = chunked;
+        up.body_watermark = config_.stream_watermark;
+    } else {
+        http::append_upstream_request_head(up.head, req, call->upstream_target, host,
+                                           ex.client_address(), ex.body().size());
+        up.body = ex.body();
+    }
     up.method = std::string(req.method);
-    up.client_keep_alive = ex.keep_alive();
+    // (A body still arriving makes keep_alive() false until it is whole: the call checks that.)
+    up.client_keep_alive = ex.body_streaming() ? req.keep_alive : ex.keep_alive();
     up.client_http11 = req.minor_version == 1;
     up.timeout = call->request_timeout;
     call->cancel_upstream = call_upstream(ex.loop(), lease, std::move(up),
@@ -287,6 +301,10 @@ void Gateway::on_lease(const std::shared_ptr<Invocation>& call, std::shared_ptr<
 
 void Gateway::on_reply(const std::shared_ptr<Invocation>& call, std::shared_ptr<Lease> lease,
                        UpstreamReply reply) {
+    if (reply.error_status == 413) {  // a chunked body crossed the limit while it streamed
+        call->fail(413, error_text(call->ex->request().target, 413, reply.error));
+        return;
+    }
     if (reply.error_status != 0) {
         call->fail(reply.error_status, fmt::format("function {}: {}", call->function, reply.error));
         return;

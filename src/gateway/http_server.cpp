@@ -28,6 +28,9 @@ constexpr int kAcceptBatch = 32;
 constexpr std::chrono::milliseconds kAcceptPause{100};
 // Pipelined bytes read ahead of the request being served.
 constexpr std::size_t kReadAhead = 64 * 1024;
+// A Content-Length body larger than this that did not arrive with its head is streamed to the
+// handler (a chunked one that did not arrive whole always is); a smaller one is read first.
+constexpr std::size_t kStreamBodyAbove = 64 * 1024;
 
 // A growable byte buffer that, unlike std::string, does not zero what recv() will overwrite.
 class ByteBuffer {
@@ -50,6 +53,11 @@ class ByteBuffer {
     char* tail() { return data_.get() + size_; }
     std::size_t tail_room() const { return capacity_ - size_; }
     void grow(std::size_t n) { size_ += n; }
+    // Drops n bytes at `at` (at + n <= size()), keeping what is before them in place.
+    void erase(std::size_t at, std::size_t n) {
+        std::memmove(data_.get() + at, data_.get() + at + n, size_ - at - n);
+        size_ -= n;
+    }
     // Drops the first n bytes.
     void consume(std::size_t n) {
         if (n >= size_) {
@@ -146,6 +154,9 @@ class ClientConnection : public HttpExchange,
     // HttpExchange
     const http::RequestHead& request() const override { return head_; }
     std::string_view body() const override {
+        if (body_streaming_) {
+            return {};
+        }
         return head_.framing == http::BodyFraming::Chunked
                    ? std::string_view(chunked_body_)
                    : in_.view().substr(head_.size, head_.content_length);
@@ -153,7 +164,32 @@ class ClientConnection : public HttpExchange,
     const std::string& client_address() const override { return address_; }
     EventLoop& loop() override { return loop_; }
     bool keep_alive() const override {
-        return head_.keep_alive && !peer_closed_ && !shared_.stopping.load();
+        return head_.keep_alive && !peer_closed_ && !shared_.stopping.load() &&
+               (!body_streaming_ || body_done_);  // a body not read whole ends the connection
+    }
+    bool body_streaming() const override { return body_streaming_; }
+    void read_body(BodySink* sink) override {
+        if (!body_streaming_ || body_done_ || state_ != State::Handling) {
+            return;
+        }
+        sink_ = sink;
+        if (sink_ == nullptr) {
+            clear_deadline();  // nobody reads it: the connection closes after the response
+            return;
+        }
+        body_paused_ = false;
+        if (!in_progress_) {
+            progress();
+        }
+    }
+    void resume_body() override {
+        if (sink_ == nullptr || !body_paused_) {
+            return;
+        }
+        body_paused_ = false;
+        if (!in_progress_) {
+            progress();
+        }
     }
     void respond(std::string head, std::string body, std::size_t body_offset,
                  std::size_t body_length, std::shared_ptr<void> hold) override {
@@ -253,10 +289,12 @@ class ClientConnection : public HttpExchange,
 
     // EventLoop::Handler
     void on_events(std::uint32_t events) override {
-        if ((events & (EPOLLHUP | EPOLLERR)) &&
-            (state_ == State::Handling || state_ == State::Streaming)) {
-            // Reset (or closed both ways) while its answer is still being made: nobody will read
-            // it, so the instance's slot is given back now.
+        if (((events & (EPOLLHUP | EPOLLERR)) &&
+             (state_ == State::Handling || state_ == State::Streaming)) ||
+            ((events & EPOLLRDHUP) && state_ == State::Handling)) {
+            // Reset (or closed both ways) while its answer is still being made, or closed (FIN)
+            // before it has any answer: the client left (nginx's rule, 499), so the instance's
+            // slot is given back now.
             auto self = shared_from_this();
             close();
             return;
@@ -318,6 +356,8 @@ class ClientConnection : public HttpExchange,
                     more = linger();
                     break;
                 case State::Handling:
+                    more = sink_ != nullptr && !body_paused_ && advance_body();
+                    break;
                 case State::Closed:
                     more = false;
                     break;
@@ -400,6 +440,10 @@ class ClientConnection : public HttpExchange,
                     return true;
                 }
                 if (in_.size() < head_.size + head_.content_length) {
+                    if (o.stream_request_bodies && head_.content_length > kStreamBodyAbove) {
+                        start_body_stream();
+                        return true;
+                    }
                     // The buffer grows as the body arrives, not by what the head announces:
                     // a few hundred bytes must not commit megabytes.
                     return wait_for_more();
@@ -418,6 +462,10 @@ class ClientConnection : public HttpExchange,
                     return true;
                 }
                 if (!decoder_.done()) {
+                    if (o.stream_request_bodies && !peer_closed_) {
+                        start_body_stream();
+                        return true;
+                    }
                     return wait_for_more();
                 }
                 request_bytes_ = head_.size + chunked_consumed_;
@@ -428,6 +476,111 @@ class ClientConnection : public HttpExchange,
         }
         dispatch();
         return true;
+    }
+
+    // The body is still coming: the request is handed over now, its body read by read_body().
+    // Body bytes are dropped from in_ once the sink has them (the head stays at its start).
+    void start_body_stream() {
+        body_streaming_ = true;
+        body_done_ = false;
+        body_paused_ = false;
+        request_bytes_ = head_.size;
+        if (head_.framing == http::BodyFraming::Length) {
+            body_left_ = head_.content_length;
+        } else {
+            in_.erase(head_.size, chunked_consumed_);  // decoded into chunked_body_
+            chunked_consumed_ = 0;
+        }
+        send_continue();  // the head was accepted (a body over the limit is refused before)
+        dispatch();
+    }
+
+    // Hands the buffered body bytes to the sink and reads more while it takes them. True when the
+    // state changed (closed, or answered while the body was still coming).
+    bool advance_body() {
+        if (!chunked_body_.empty()) {  // decoded before the request was handed over
+            std::string first = std::move(chunked_body_);
+            chunked_body_.clear();
+            if (!deliver(first)) {
+                return state_ != State::Handling;
+            }
+        }
+        while (sink_ != nullptr && !body_paused_ && !body_done_) {
+            std::size_t buffered = in_.size() - head_.size;
+            if (buffered == 0) {
+                if (!fill(head_.size + kReadAhead)) {
+                    return true;  // closed
+                }
+                if (in_.view().data() != head_buffer_) {
+                    reparse_head();  // the buffer moved: head_'s views point into it
+                }
+                if (in_.size() - head_.size > 0) {
+                    continue;
+                }
+                if (peer_closed_) {
+                    close();  // the client left in the middle of its body
+                    return true;
+                }
+                set_deadline(shared_.options.io_timeout);  // the client must send it in time
+                return false;
+            }
+            std::string_view raw = in_.view().substr(head_.size);
+            if (head_.framing == http::BodyFraming::Length) {
+                auto take =
+                    static_cast<std::size_t>(std::min<std::uint64_t>(raw.size(), body_left_));
+                body_left_ -= take;
+                body_done_ = body_left_ == 0;
+                std::string piece(raw.substr(0, take));  // (the sink may read the socket)
+                in_.erase(head_.size, take);
+                if (!deliver(piece)) {
+                    return state_ != State::Handling;
+                }
+            } else {
+                std::string decoded;
+                in_.erase(head_.size, decoder_.feed(raw, decoded));
+                if (decoder_.failed()) {
+                    head_.keep_alive = false;
+                    auto sink = std::exchange(sink_, nullptr);
+                    sink->on_body_error(
+                        decoder_.too_large() ? 413 : 400,
+                        decoder_.too_large() ? "request body too large" : decoder_.error());
+                    return state_ != State::Handling;
+                }
+                body_done_ = decoder_.done();
+                if (!deliver(decoded)) {
+                    return state_ != State::Handling;
+                }
+            }
+        }
+        return state_ != State::Handling;
+    }
+
+    // Gives decoded body bytes (maybe none) to the sink, and the end once the body is whole.
+    // False when the sink said stop, is gone, or the state changed.
+    bool deliver(std::string_view data) {
+        set_deadline(shared_.options.io_timeout);  // the body progressed
+        bool room = data.empty() || sink_->on_body(data);
+        if (state_ != State::Handling || sink_ == nullptr) {
+            return false;
+        }
+        if (body_done_) {
+            clear_deadline();
+            auto sink = std::exchange(sink_, nullptr);
+            sink->on_body_end();
+            return false;
+        }
+        if (!room) {
+            body_paused_ = true;
+            clear_deadline();  // waiting for the instance, whose call keeps its own time
+            return false;
+        }
+        return true;
+    }
+
+    void reparse_head() {
+        http::ParseError error;
+        http::parse_request_head(in_.view(), shared_.options.max_head_bytes, head_, error);
+        head_buffer_ = in_.view().data();
     }
 
     std::size_t request_body_limit() const {
@@ -452,19 +605,30 @@ class ClientConnection : public HttpExchange,
             close();  // half a request, and nothing more will come
             return false;
         }
-        if (head_complete_ && head_.expect_continue && !continue_sent_) {
+        if (head_complete_) {
+            send_continue();
+        }
+        return false;
+    }
+
+    void send_continue() {
+        if (head_.expect_continue && !continue_sent_) {
             continue_sent_ = true;
             auto line = http::kContinueResponse;
             // Best effort: a socket that cannot take 25 bytes now gets the body without it.
             (void)!send(fd_.get(), line.data(), line.size(), MSG_NOSIGNAL);
         }
-        return false;
     }
 
     void dispatch() {
         state_ = State::Handling;
         clear_deadline();
         shared_.handler(shared_from_this());
+        if (state_ == State::Handling && (peer_closed_ || rdhup_)) {
+            // The client closed (FIN) after its request: what it is not answered at once (the
+            // daemon's own endpoints are) it gives up, like a client that resets.
+            close();
+        }
     }
 
     // An error the server answers by itself; the connection closes after it.
@@ -640,6 +804,8 @@ class ClientConnection : public HttpExchange,
         continue_sent_ = false;
         chunked_consumed_ = 0;
         chunked_body_.clear();
+        body_streaming_ = false;
+        sink_ = nullptr;
         decoder_.reset(shared_.options.max_body_bytes);
         if (close_after_) {
             // Whatever the client still sends is read and dropped until it closes: closing with
@@ -731,6 +897,12 @@ class ClientConnection : public HttpExchange,
     std::size_t body_limit_ = 0;  // of the request being read
     std::size_t chunked_consumed_ = 0;
     std::string chunked_body_;
+    // A body handed over while it arrives (start_body_stream).
+    bool body_streaming_ = false;
+    bool body_done_ = false;
+    bool body_paused_ = false;
+    std::uint64_t body_left_ = 0;  // Content-Length: still to come
+    BodySink* sink_ = nullptr;
 
     std::string out_head_;
     std::string out_body_;

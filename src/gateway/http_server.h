@@ -39,13 +39,36 @@ class BodyProducer {
     virtual void cancel() = 0;
 };
 
+// The consumer of a request body that is still arriving (gateway/upstream_call): the connection
+// hands it the body's bytes (decoded when chunked) as they arrive, on the connection's loop.
+class BodySink {
+  public:
+    virtual ~BodySink() = default;
+    // The next body bytes. False: enough is pending, stop until HttpExchange::resume_body().
+    virtual bool on_body(std::string_view data) = 0;
+    // The body is complete.
+    virtual void on_body_end() = 0;
+    // The body cannot be completed: invalid chunking (400) or over the body limit (413).
+    virtual void on_body_error(int status, std::string_view problem) = 0;
+};
+
 // One request and its response.
 class HttpExchange {
   public:
     virtual ~HttpExchange() = default;
 
     virtual const http::RequestHead& request() const = 0;
+    // The whole body, when it arrived with the head; empty when body_streaming().
     virtual std::string_view body() const = 0;
+    // True when the request was handed over with its body still to come (a large or chunked
+    // body that had not arrived whole): it is read through read_body().
+    virtual bool body_streaming() const = 0;
+    // Starts handing the body to `sink` (a 100 Continue went out when it was handed over);
+    // nullptr detaches the sink (the body is no longer wanted). A client that leaves mid-body
+    // reaches on_client_gone's function, not the sink. On loop().
+    virtual void read_body(BodySink* sink) = 0;
+    // The sink that said stop can take more.
+    virtual void resume_body() = 0;
     virtual const std::string& client_address() const = 0;
     // The loop the connection lives on: respond() must be called there.
     virtual EventLoop& loop() = 0;
@@ -98,6 +121,9 @@ class HttpServer {
         std::chrono::milliseconds idle_timeout{60'000};  // keep-alive without a request
         std::chrono::milliseconds linger{2'000};    // reading what a closing client still sends
         std::size_t stream_watermark = 256 * 1024;  // pending output of a streamed response
+        // Hand a request over with its body still to come (HttpExchange::read_body) when it is
+        // chunked or longer than 64 KiB and did not arrive with its head; false: bodies whole.
+        bool stream_request_bodies = false;
         // The body limit of one request (e.g. its function's), asked once its head is read and
         // only when it has a body; empty: max_body_bytes for every request.
         std::function<std::size_t(const http::RequestHead&)> body_limit;

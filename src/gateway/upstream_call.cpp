@@ -57,7 +57,9 @@ constexpr std::size_t kReadChunk = 64 * 1024;
 // answers in well under a millisecond).
 constexpr auto kConnectTimeout = std::chrono::seconds(5);
 
-class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_this<UpstreamCall> {
+class UpstreamCall : public EventLoop::Handler,
+                     public BodySink,
+                     public std::enable_shared_from_this<UpstreamCall> {
   public:
     UpstreamCall(EventLoop& loop, std::shared_ptr<Lease> lease, UpstreamRequest request,
                  std::function<void(UpstreamReply)> done)
@@ -67,17 +69,52 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
           done_(std::move(done)),
           timer_(loop.no_timer()),
           connect_timer_(loop.no_timer()),
-          decoder_(UINT64_MAX) {}
+          decoder_(UINT64_MAX),
+          streamed_body_(req_.body_source != nullptr) {}
 
     void start() {
-        auto self = shared_from_this();
-        timer_ = loop_.add_timer(
-            Clock::now() + std::chrono::duration_cast<Clock::duration>(req_.timeout), [this, self] {
-                timer_ = loop_.no_timer();
-                fail(504, fmt::format("no response within request-timeout ({:g} s)",
-                                      req_.timeout.count()));
-            });
+        extend_deadline();
+        arm_timer();
         open();
+    }
+
+    // BodySink: the client's body, as it arrives.
+    bool on_body(std::string_view data) override {
+        if (state_ == State::Done) {
+            return false;
+        }
+        if (req_.chunk_body) {
+            char size_line[24];
+            auto end = fmt::format_to(size_line, "{:x}\r\n", data.size());
+            pending_.append(size_line, end);
+            pending_.append(data);
+            pending_.append("\r\n");
+        } else {
+            pending_.append(data);
+        }
+        extend_deadline();  // the client sends its body: the exchange is alive
+        bool room = pending_.size() - pending_sent_ < req_.body_watermark;
+        client_paused_ = !room;
+        if (!in_send_) {
+            pump();
+        }
+        return room;
+    }
+    void on_body_end() override {
+        if (state_ == State::Done) {
+            return;
+        }
+        body_ended_ = true;
+        if (req_.chunk_body) {
+            pending_.append("0\r\n\r\n");
+        }
+        if (!in_send_) {
+            pump();
+        }
+    }
+    void on_body_error(int status, std::string_view problem) override {
+        body_source_failed_ = true;
+        fail(status, std::string(problem));
     }
 
     // The client left: nothing more is done for it.
@@ -107,6 +144,19 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
             loop_.cancel_timer(connect_timer_);
             state_ = State::Sending;
         }
+        if (state_ == State::Sending && waiting_for_client_body() &&
+            (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
+            // The instance answers (or closes) before the body is whole: the rest is not sent.
+            stop_body();
+            state_ = State::Receiving;
+        }
+        pump();
+    }
+
+  private:
+    // Sends and receives as far as the sockets allow, then waits for what the state needs.
+    void pump() {
+        auto self = shared_from_this();
         if (state_ == State::Sending) {
             send_request();
         }
@@ -116,10 +166,50 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
         arm();
     }
 
-  private:
+    // A streamed body: everything handed over so far is sent, more is to come from the client.
+    bool waiting_for_client_body() const {
+        return req_.body_source != nullptr && body_started_ && !body_ended_ &&
+               pending_sent_ == pending_.size() && sent_ == req_.head.size() + req_.body.size();
+    }
+
+    // The client's body is not wanted any more.
+    void stop_body() {
+        if (auto source = std::move(req_.body_source)) {
+            if (!body_ended_) {
+                source->read_body(nullptr);
+            }
+        }
+    }
+
+    // The request body went to the instance whole (one given at once always does).
+    bool body_whole() const { return !streamed_body_ || body_ended_; }
+
+    void extend_deadline() {
+        deadline_ = Clock::now() + std::chrono::duration_cast<Clock::duration>(req_.timeout);
+    }
+    // One timer: moving the deadline later is an assignment; it re-arms when it fires early.
+    void arm_timer() {
+        timer_ = loop_.add_timer(deadline_, [this, self = shared_from_this()] {
+            timer_ = loop_.no_timer();
+            if (Clock::now() < deadline_) {
+                arm_timer();
+                return;
+            }
+            fail(504, body_started_ && !body_ended_
+                          ? fmt::format("request body stalled for request-timeout ({:g} s)",
+                                        req_.timeout.count())
+                          : fmt::format("no response within request-timeout ({:g} s)",
+                                        req_.timeout.count()));
+        });
+    }
     enum class State { Connecting, Sending, Receiving, Done };
 
     void open() {
+        if (req_.body_source && !retried_) {
+            // A streamed body cannot be sent twice: no retry on a kept connection the instance may
+            // have closed meanwhile, so a new one.
+            lease_->drop_cache();
+        }
         try {
             conn_ = &static_cast<UpstreamConnection&>(lease_->cache([&] {
                 return std::make_unique<UpstreamConnection>(lease_->address(), lease_->port());
@@ -160,7 +250,9 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
         if (state_ == State::Done || conn_ == nullptr) {
             return;
         }
-        std::uint32_t events = state_ == State::Receiving ? EPOLLIN | EPOLLRDHUP : EPOLLOUT;
+        std::uint32_t events = state_ == State::Receiving || waiting_for_client_body()
+                                   ? EPOLLIN | EPOLLRDHUP
+                                   : EPOLLOUT;
         try {
             loop_.arm(conn_->fd(), events | EPOLLONESHOT, this);
             armed_ = true;
@@ -173,6 +265,9 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
         while (true) {
             std::size_t total = req_.head.size() + req_.body.size();
             if (sent_ == total) {
+                if (req_.body_source && !send_streamed_body()) {
+                    return;
+                }
                 state_ = State::Receiving;
                 return;
             }
@@ -202,6 +297,51 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
                 return;
             }
         }
+    }
+
+    // After the head: the client's body as it arrives. True once it went out whole.
+    bool send_streamed_body() {
+        in_send_ = true;
+        if (!body_started_) {
+            body_started_ = true;
+            req_.body_source->read_body(this);  // hands over what is buffered at once
+        }
+        while (state_ == State::Sending) {
+            while (pending_sent_ < pending_.size()) {
+                ssize_t w = send(conn_->fd(), pending_.data() + pending_sent_,
+                                 pending_.size() - pending_sent_, MSG_NOSIGNAL);
+                if (w >= 0) {
+                    pending_sent_ += static_cast<std::size_t>(w);
+                    extend_deadline();  // the instance takes the body: it is working
+                    continue;
+                }
+                if (errno == EINTR) {
+                    continue;
+                }
+                in_send_ = false;
+                if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                    io_failed(errno);
+                }
+                return false;
+            }
+            pending_.clear();
+            pending_sent_ = 0;
+            if (body_ended_) {
+                in_send_ = false;
+                extend_deadline();  // request-timeout counts from the end of the body
+                return true;
+            }
+            if (!client_paused_) {
+                break;  // waiting for the client
+            }
+            client_paused_ = false;
+            req_.body_source->resume_body();  // may hand over more (into pending_) or end it
+            if (pending_.empty() && !body_ended_) {
+                break;
+            }
+        }
+        in_send_ = false;
+        return false;
     }
 
     void receive() {
@@ -306,7 +446,7 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
 
     // A reused connection the instance had closed: send the request again on a new one.
     bool retry() {
-        if (!reused_ || retried_ || !lease_->retired_reason().empty()) {
+        if (!reused_ || retried_ || body_started_ || !lease_->retired_reason().empty()) {
             return false;  // (a retired instance's connections were shut down on purpose)
         }
         retried_ = true;
@@ -329,9 +469,10 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
         reparse_head();
         UpstreamReply reply;
         reply.status = head_.status;
-        http::append_downstream_response_head(reply.head, head_, length, req_.client_keep_alive);
-        bool reusable = head_.keep_alive && !trailing_garbage;
-        reply.close_after = !req_.client_keep_alive;
+        bool keep_alive = req_.client_keep_alive && body_whole();
+        http::append_downstream_response_head(reply.head, head_, length, keep_alive);
+        bool reusable = head_.keep_alive && !trailing_garbage && body_whole();
+        reply.close_after = !keep_alive;
         reply.storage = std::move(buffer_);  // after the head: its views point into buffer_
         reply.body_offset = offset;
         reply.body_length = length;
@@ -344,7 +485,7 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
         auto body = std::make_unique<UpstreamBody>();
         body->connection = conn_;
         body->framing = head_.framing;
-        bool keep_alive = req_.client_keep_alive;
+        bool keep_alive = req_.client_keep_alive && body_whole();
         if (head_.framing == http::BodyFraming::Length) {
             body->downstream = http::DownstreamFraming::Length;
         } else if (req_.client_http11) {
@@ -353,7 +494,8 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
             body->downstream = http::DownstreamFraming::UntilClose;
             keep_alive = false;
         }
-        body->reusable = head_.keep_alive && head_.framing != http::BodyFraming::UntilClose;
+        body->reusable =
+            head_.keep_alive && head_.framing != http::BodyFraming::UntilClose && body_whole();
         if (head_.framing == http::BodyFraming::Chunked) {
             body->first = std::move(body_);
             body->decoder = decoder_;
@@ -376,10 +518,10 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
         reparse_head();
         UpstreamReply reply;
         reply.status = head_.status;
-        http::append_downstream_response_head(reply.head, head_, body_.size(),
-                                              req_.client_keep_alive);
-        bool reusable = head_.keep_alive && !trailing_garbage;
-        reply.close_after = !req_.client_keep_alive;
+        bool keep_alive = req_.client_keep_alive && body_whole();
+        http::append_downstream_response_head(reply.head, head_, body_.size(), keep_alive);
+        bool reusable = head_.keep_alive && !trailing_garbage && body_whole();
+        reply.close_after = !keep_alive;
         reply.body_length = body_.size();
         reply.storage = std::move(body_);
         finish(std::move(reply), reusable ? Fate::Reuse : Fate::Drop);
@@ -396,8 +538,8 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
             reply.error_status = 502;
             reply.error = fmt::format("instance {} stopped while serving the request ({})",
                                       lease_->instance_id(), retired);
-        } else if (status == 504) {
-            reply.error = std::move(message);
+        } else if (status == 504 || body_source_failed_) {
+            reply.error = std::move(message);  // (the client's body was at fault: 400, 413)
         } else {
             reply.error = fmt::format("instance {} at {}:{}: {}", lease_->instance_id(),
                                       lease_->address(), lease_->port(), message);
@@ -411,6 +553,7 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
     void finish(UpstreamReply reply, Fate fate) {
         auto self = shared_from_this();  // the timer may hold the last other reference
         state_ = State::Done;
+        stop_body();
         loop_.cancel_timer(timer_);
         loop_.cancel_timer(connect_timer_);
         unregister();
@@ -452,6 +595,17 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
     bool reused_ = false;
     bool retried_ = false;
     std::size_t sent_ = 0;
+    Clock::time_point deadline_{};
+
+    // A streamed request body: bytes handed over by the client, framed for the instance, not yet
+    // sent are pending_[pending_sent_, size).
+    std::string pending_;
+    std::size_t pending_sent_ = 0;
+    bool body_started_ = false;
+    bool body_ended_ = false;
+    bool client_paused_ = false;  // on_body said stop: resume_body() once pending_ is sent
+    bool in_send_ = false;        // inside send_streamed_body: on_body only queues
+    bool body_source_failed_ = false;
 
     std::string buffer_;
     http::ResponseHead head_;
@@ -461,6 +615,7 @@ class UpstreamCall : public EventLoop::Handler, public std::enable_shared_from_t
     http::ChunkedDecoder decoder_;
     std::size_t chunked_consumed_ = 0;
     std::string body_;
+    const bool streamed_body_;
 };
 
 }  // namespace

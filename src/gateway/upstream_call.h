@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "config/function_spec.h"
+#include "gateway/http_server.h"
 #include "http/chunked.h"
 #include "http/forwarding.h"
 #include "pool/pool.h"
@@ -66,10 +67,18 @@ struct UpstreamReply {
 struct UpstreamRequest {
     std::string head;       // the complete request head (http::append_upstream_request_head)
     std::string_view body;  // must stay valid until `done` has run
+    // A body still arriving (HttpExchange::body_streaming()): read from it after `head` and
+    // `body` went out, sent as it arrives (chunked when chunk_body) with at most about
+    // body_watermark bytes pending towards the instance. The head must announce it so.
+    std::shared_ptr<HttpExchange> body_source;
+    bool chunk_body = false;
+    std::size_t body_watermark = 256 * 1024;
     std::string method;
     bool client_keep_alive = true;  // written into the response head
     bool client_http11 = true;      // may get a chunked body
-    Seconds timeout{30};            // request-timeout: 504 when no response head came in time
+    // request-timeout: 504 when no response head came in time after the body was sent (while a
+    // streamed body goes out: when the instance takes none of it for this long)
+    Seconds timeout{30};
 };
 
 // Runs the request on `loop` (call it there); `done` runs there too, exactly once - unless the

@@ -73,7 +73,8 @@ bool is_dropped_when_forwarding(std::string_view name) {
 
 void append_upstream_request_head(std::string& out, const RequestHead& in,
                                   std::string_view upstream_target, std::string_view upstream_host,
-                                  std::string_view client_address, std::uint64_t body_length) {
+                                  std::string_view client_address, std::uint64_t body_length,
+                                  bool chunked_body) {
     ConnectionOptions connection(in.headers);
     out.append(in.method);
     out.append(" ");
@@ -101,7 +102,9 @@ void append_upstream_request_head(std::string& out, const RequestHead& in,
     }
     out.append(client_address);
     out.append("\r\n");
-    if (body_length > 0 || is_body_method(in.method)) {
+    if (chunked_body) {
+        out.append("Transfer-Encoding: chunked\r\n");
+    } else if (body_length > 0 || is_body_method(in.method)) {
         out.append("Content-Length: ");
         append_number(out, body_length);
         out.append("\r\n");

@@ -23,10 +23,12 @@ bool is_dropped_when_forwarding(std::string_view name);
 // Connection header(s) name), then "Host: <upstream_host>" only when no Host is forwarded (the
 // client sent none), then "X-Forwarded-For: <client's X-Forwarded-For values joined by ", ">,
 // <client_address>" (or just the client address), then "Content-Length: <body_length>" when
-// body_length > 0 or the method is POST, PUT or PATCH, then "\r\n".
+// body_length > 0 or the method is POST, PUT or PATCH (instead "Transfer-Encoding: chunked" when
+// chunked_body: a body of unknown length, relayed as it arrives), then "\r\n".
 void append_upstream_request_head(std::string& out, const RequestHead& in,
                                   std::string_view upstream_target, std::string_view upstream_host,
-                                  std::string_view client_address, std::uint64_t body_length);
+                                  std::string_view client_address, std::uint64_t body_length,
+                                  bool chunked_body = false);
 
 // Appends "HTTP/1.1 <status> <reason>\r\n", the instance's end-to-end headers in order (same drop
 // list; Content-Length is dropped and rewritten as "Content-Length: <body_length>" - except when

@@ -19,6 +19,7 @@ packages=(
   dpkg-dev file rpm lintian debootstrap systemd-container dbus
   # several nodes behind a load balancer (tests/fleet, bench/haproxy_hop.py)
   haproxy
+  python3-websockets  # a real WebSocket client through the gateway (Streaming tests)
 )
 
 missing=()

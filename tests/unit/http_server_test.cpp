@@ -1109,6 +1109,85 @@ TEST_F(HttpServerTest, AbortedStreamEndsTheConnectionWithATruncatedBody) {
     EXPECT_TRUE(eventually([&] { return server->connections() == 0; }));
 }
 
+// With stream_request_bodies a large body is handed over before it arrived: body() is empty and
+// the handler reads it through a sink, whole and in order, stopping after every piece (back-
+// pressure) - Content-Length and chunked - and the next request on the connection follows.
+class CollectingSink : public BodySink {
+  public:
+    explicit CollectingSink(std::shared_ptr<HttpExchange> ex) : ex_(std::move(ex)) {}
+    bool on_body(std::string_view data) override {
+        got_.append(data);
+        ex_->loop().post([ex = ex_] { ex->resume_body(); });
+        return false;
+    }
+    void on_body_end() override {
+        ex_->respond_simple(200, "text/plain",
+                            std::to_string(got_.size()) + " " +
+                                (got_ == pattern(got_.size()) ? "same" : "differs"));
+    }
+    void on_body_error(int status, std::string_view problem) override {
+        ex_->respond_simple(status, "text/plain", problem);
+    }
+
+  private:
+    std::shared_ptr<HttpExchange> ex_;
+    std::string got_;
+};
+
+TEST_F(HttpServerTest, StreamedRequestBodyIsReadThroughASink) {
+    auto o = options();
+    o.stream_request_bodies = true;
+    std::vector<std::unique_ptr<CollectingSink>> sinks;  // outlive their exchanges
+    start(o, [&sinks](std::shared_ptr<HttpExchange> ex) {
+        EXPECT_TRUE(ex->body_streaming());
+        EXPECT_TRUE(ex->body().empty());
+        sinks.push_back(std::make_unique<CollectingSink>(ex));
+        ex->read_body(sinks.back().get());
+    });
+    RawClient c(port);
+    std::string body = pattern(1'000'000);
+    std::string head = "POST /chunked HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n";
+    std::thread sender([&] { c.send_all(post("/length", body) + head + chunked(body, 70'000)); });
+    auto r = c.read_response(5s);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->body, "1000000 same");
+    r = c.read_response(5s);
+    sender.join();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->body, "1000000 same");
+    EXPECT_EQ(r->header("Connection"), std::nullopt);
+}
+
+// The rule for a client that closes its sending side (FIN) after a request (nginx's, with
+// proxy_ignore_client_abort off): an answer the handler gives at once is still written (see
+// HalfClosedClientGetsItsResponseThenTheConnectionEnds); one it is still making is abandoned, the
+// client counts as gone and the connection closes without a response - whether the FIN came with
+// the request or while the handler worked.
+TEST_F(HttpServerTest, ClientClosingBeforeItsAnswerIsGone) {
+    start_queued();
+    for (bool fin_with_request : {true, false}) {
+        RawClient c(port);
+        auto gone = std::make_shared<Signal>();
+        if (fin_with_request) {
+            ASSERT_TRUE(c.send_all(get("/fin-first")));
+            shutdown(c.fd(), SHUT_WR);
+        } else {
+            ASSERT_TRUE(c.send_all(get("/fin-later")));
+        }
+        auto ex = queue.pop();
+        ASSERT_TRUE(ex);
+        ex->loop().post([ex, gone] { ex->on_client_gone([gone] { gone->fire(); }); });
+        if (!fin_with_request) {
+            shutdown(c.fd(), SHUT_WR);
+        }
+        EXPECT_TRUE(gone->wait(3s)) << "a client that closed before its answer went unnoticed";
+        EXPECT_TRUE(c.wait_closed());
+        EXPECT_EQ(c.buffer(), "") << "answered a client that had left";
+        respond_later(ex, 200, "too late");
+    }
+    EXPECT_TRUE(eventually([&] { return server->connections() == 0; }));
+}
+
 TEST_F(HttpServerTest, ClientResetReachesTheHandlerAndTheProducer) {
     start_queued();
     {  // while the answer is being made
