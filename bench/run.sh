@@ -104,6 +104,8 @@ nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 log "build ($build)"
 if [ ! -f "$build/CMakeCache.txt" ]; then
   cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+else
+  cmake "$build" >/dev/null  # a build directory configured before a target below existed
 fi
 cmake --build "$build" -j"$(nproc)" --target unifaas example_images \
   example_epoll_image guest_images >/dev/null

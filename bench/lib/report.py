@@ -235,6 +235,10 @@ def build(records, machine, metrics_text):
     return res
 
 
+def signed(v, unit):
+    return "–" if v is None else ("+" if v >= 0 else "−") + fmt(abs(v)) + unit
+
+
 def summary_rows(res):
     """One row per capability: unifaas, the alternative a user would use, and the ratio."""
     rows = []
@@ -245,8 +249,8 @@ def summary_rows(res):
                 continue
             if w["conns"] == 1 and "added_p50_us" in w:
                 rows.append((f"warm request, added p50 at c=1 over direct (`{fn}`)",
-                             f"+{fmt(w['added_p50_us'])} µs",
-                             f"nginx reverse proxy: +{fmt(w.get('nginx_added_p50_us'))} µs",
+                             signed(w["added_p50_us"], " µs"),
+                             "nginx reverse proxy: " + signed(w.get("nginx_added_p50_us"), " µs"),
                              "–"))
             if w["conns"] == 16:
                 rows.append((f"warm throughput at c=16 (`{fn}`)", f"{fmt(u['rps'])} req/s",
@@ -261,10 +265,10 @@ def summary_rows(res):
                      f"**{mib['unifaas'] / mib['nginx']:.2f} ×**"))
     fe = res["stream"]["first_event_median_us"]
     if fe.get("unifaas") is not None and fe.get("direct") is not None:
-        nginx = (f"nginx, proxy_buffering off: +{fmt(fe['nginx'] - fe['direct'])} µs"
+        nginx = ("nginx, proxy_buffering off: " + signed(fe["nginx"] - fe["direct"], " µs")
                  if fe.get("nginx") is not None else "–")
         rows.append(("SSE time to first event, added over direct",
-                     f"+{fmt(fe['unifaas'] - fe['direct'])} µs", nginx, "–"))
+                     signed(fe["unifaas"] - fe["direct"], " µs"), nginx, "–"))
     names = {"docker": "bare Docker Engine API create + start", "vm": "bare QEMU, same argv"}
     for c in res["coldstart"]:
         u, bp = c["unifaas_ms"], c["bare_response_ms"]
@@ -287,7 +291,7 @@ def summary_rows(res):
     hop = res["haproxy_hop"].get("1")
     if hop:
         rows.append(("fleet: the HAProxy hop in front of a node, added p50 at c=1",
-                     f"+{fmt(hop['added_p50_us'])} µs", "(a fleet needs a balancer)", "–"))
+                     signed(hop["added_p50_us"], " µs"), "(a fleet needs a balancer)", "–"))
     for i in res["idle"]:
         rows.append((f"idle daemon, {i.get('instances', '?')} idle instances",
                      f"{i['cpu_percent']:.2f} % CPU, {i['rss_kib_end'] / 1024:.1f} MiB RSS",
