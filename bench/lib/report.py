@@ -366,6 +366,8 @@ def markdown(res):
                       "nginx p50 µs", "unifaas p50 µs", "errors"], rows))
     out.append("")
 
+    if not (res["coldstart"] or res["burst"] or res["idle"] or res["fleet"]):
+        return "\n".join(out)  # --warm-only: sections 3-6 did not run
     out += ["## 3. Cold start (single-use function, no instance; ms)", ""]
     rows = []
     for c in res["coldstart"]:
