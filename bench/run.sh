@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# bench/run.sh [--smoke] [--out DIR]
+# bench/run.sh [--smoke] [--warm-only] [--out DIR]
 #
 # The unifaas benchmark: one command that installs what it needs (wrk, nginx), builds unifaas and
 # the example images (BUILD_DIR, default build/), and measures, each comparison side by side in
 # the same run:
-#   1. warm latency      unifaas vs straight to the same container instance (wrk, keep-alive)
-#   2. warm throughput   unifaas vs nginx reverse proxy vs direct, c = 1 4 16 64
+#   1. warm latency      unifaas vs straight to the same container instance (wrk, keep-alive),
+#                        for two differently built functions: hello (thread per connection) and
+#                        hello-epoll (one epoll thread, a pre-built response)
+#   2. warm throughput   unifaas vs nginx reverse proxy vs direct, c = 1 4 16 64, both functions
+#      + streaming       download MiB/s and SSE time to first event, unifaas vs direct vs nginx
 #   3. cold start        single-use function through unifaas vs the bare sandbox started here
 #                        (Docker Engine API create+start; QEMU with unifaas's own command line)
 #   4. burst             10/50/100 simultaneous requests to a single-use function, no instance
@@ -20,6 +23,7 @@
 # network namespace made here (unifaas-bench-PID) and deleted on exit, Ctrl-C included: nothing
 # touches the host's network. --smoke: the same with tiny durations and counts (< 60 s once built),
 # exit 0 whenever the measurements ran; benchmarks report, they do not pass or fail.
+# --warm-only: only 1, 2 and streaming (for before/after comparisons of the warm path).
 # Environment: BUILD_DIR (default build) for the daemon and the images; UNIFAAS_BIN to measure
 # another unifaas binary (e.g. a before/after comparison) with the same images; BENCH_PERF=1 adds
 # a perf profile of the daemon under wrk -c16 (DIR/perf-report.txt).
@@ -27,15 +31,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 if [ "$(id -u)" != 0 ]; then
-  exec sudo --preserve-env=PATH,BUILD_DIR,UNIFAAS_BIN,BENCH_PERF "$0" "$@"
+  exec sudo --preserve-env=PATH,BUILD_DIR,UNIFAAS_BIN,BENCH_PERF,BENCH_PERF_FN "$0" "$@"
 fi
 
 usage() { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'; }
 smoke=false
+warm_only=false
 out=""
 while (($#)); do
   case $1 in
     --smoke) smoke=true ;;
+    --warm-only) warm_only=true ;;
     --out) out=${2:?--out needs a directory}; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
@@ -98,8 +104,11 @@ nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 log "build ($build)"
 if [ ! -f "$build/CMakeCache.txt" ]; then
   cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+else
+  cmake "$build" >/dev/null  # a build directory configured before a target below existed
 fi
-cmake --build "$build" -j"$(nproc)" --target unifaas example_images guest_images >/dev/null
+cmake --build "$build" -j"$(nproc)" --target unifaas example_images \
+  example_epoll_image guest_images >/dev/null
 unifaas=${UNIFAAS_BIN:-$build/unifaas}  # UNIFAAS_BIN: compare another build of the daemon
 [ -x "$unifaas" ] || die "$unifaas is not an executable"
 build_type=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$build/CMakeCache.txt")
@@ -175,6 +184,7 @@ for id in $(curl -fsS --unix-socket "$dsock" 'http://localhost/containers/json?a
   curl -fsS -X DELETE --unix-socket "$dsock" "http://localhost/containers/$id?force=true" >/dev/null
 done
 examples/import-image.sh "$dsock" "$build/examples/hello-rootfs.tar" unifaas-hello
+examples/import-image.sh "$dsock" "$build/examples/hello-epoll-rootfs.tar" unifaas-hello-epoll
 
 # ---------------------------------------------------------------------------------------------
 # Registries and the daemon
@@ -185,17 +195,20 @@ shutdown-grace = 5
 drain-delay = 0
 TOML
 
-container_fn() {  # container_fn DIR [extra toml lines...]
+container_fn() {  # [image=IMAGE] container_fn DIR [extra toml lines...]
   mkdir -p "$1"
   {
     printf '%s\n' "${@:2}"
-    printf '\n[container]\nimage = "unifaas-hello"\nmemory = 64\n'
+    printf '\n[container]\nimage = "%s"\nmemory = 64\n' "${image:-unifaas-hello}"
   } >"$1/function.toml"
 }
 
 main_reg=$work/reg-main
 # Warm tests: one instance takes every connection, so "direct" hits the very same instance.
 container_fn "$main_reg/hello" "concurrent-requests = 256" "max-instances = 1" "keepalive = 600"
+# The same, built differently (examples/hello-epoll: one epoll thread, a pre-built response).
+image=unifaas-hello-epoll container_fn "$main_reg/hello-epoll" "concurrent-requests = 256" \
+  "max-instances = 1" "keepalive = 600"
 # Cold starts and bursts: examples/registry/hello-once (defaults: max-instances 10,
 # queue-timeout 10 s).
 container_fn "$main_reg/hello-once" "concurrent-requests = 1" "single-use = true" "keepalive = 30"
@@ -239,8 +252,10 @@ stop_daemon() {
 log "warm latency and throughput (wrk ${wrk_s} s x ${rounds} rounds, c = ${conns[*]})"
 start_daemon "$main_reg" daemon-main
 innet curl -fsS -o /dev/null http://127.0.0.1:8123/invoke/hello/hello
+innet curl -fsS -o /dev/null http://127.0.0.1:8123/invoke/hello-epoll/hello
 addr=$(pyin "$lib/status.py" address hello)
-echo "instance of hello at $addr:8080"
+addr_epoll=$(pyin "$lib/status.py" address hello-epoll)
+echo "instance of hello at $addr:8080, of hello-epoll at $addr_epoll:8080"
 
 cat >"$work/nginx/nginx.conf" <<NGINX
 worker_processes auto;
@@ -255,10 +270,22 @@ http {
     server $addr:8080;
     keepalive 64;
   }
+  upstream fn_epoll {
+    server $addr_epoll:8080;
+    keepalive 64;
+  }
   server {
     listen 127.0.0.1:8180;
     location / {
       proxy_pass http://fn;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+  server {  # the same in front of hello-epoll
+    listen 127.0.0.1:8182;
+    location / {
+      proxy_pass http://fn_epoll;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
     }
@@ -283,28 +310,39 @@ for _ in $(seq 100); do
 done
 innet curl -fsS -o /dev/null http://127.0.0.1:8180/hello || die "nginx does not answer"
 
+innet curl -fsS -o /dev/null http://127.0.0.1:8182/hello || die "nginx does not answer"
+
 declare -A url=(
-  [direct]=http://$addr:8080/hello
-  [unifaas]=http://127.0.0.1:8123/invoke/hello/hello
-  [nginx]=http://127.0.0.1:8180/hello
+  [hello/direct]=http://$addr:8080/hello
+  [hello/unifaas]=http://127.0.0.1:8123/invoke/hello/hello
+  [hello/nginx]=http://127.0.0.1:8180/hello
+  [hello-epoll/direct]=http://$addr_epoll:8080/hello
+  [hello-epoll/unifaas]=http://127.0.0.1:8123/invoke/hello-epoll/hello
+  [hello-epoll/nginx]=http://127.0.0.1:8182/hello
 )
+fns=(hello hello-epoll)
 targets=(direct unifaas nginx)
-for t in "${targets[@]}"; do  # warm-up: connections, instance slots, caches
-  innet wrk -t2 -c64 -d1s "${url[$t]}" >/dev/null
+for key in "${!url[@]}"; do  # warm-up: connections, instance slots, caches
+  innet wrk -t2 -c64 -d1s "${url[$key]}" >/dev/null
 done
+# Each cell (function, c) runs its three targets back to back, the order rotating from round to
+# round, so load drifting on the shared host hits all three alike.
 for ((r = 1; r <= rounds; r++)); do
   for c in "${conns[@]}"; do
-    for ((k = 0; k < ${#targets[@]}; k++)); do  # rotate the order from round to round
-      t=${targets[$(((k + r + c) % ${#targets[@]}))]}
-      pyin "$lib/wrkrun.py" "$raw" "${url[$t]}" -c "$c" -d "$wrk_s" \
-        --tag phase=warm --tag target="$t" --tag round="$r"
+    for fn in "${fns[@]}"; do
+      for ((k = 0; k < ${#targets[@]}; k++)); do
+        t=${targets[$(((k + r + c) % ${#targets[@]}))]}
+        pyin "$lib/wrkrun.py" "$raw" "${url[$fn/$t]}" -c "$c" -d "$wrk_s" \
+          --tag phase=warm --tag fn="$fn" --tag target="$t" --tag round="$r"
+      done
     done
   done
 done
 if [ -n "${BENCH_PERF:-}" ]; then  # BENCH_PERF=1: where the daemon's time goes at c=16
   perf record -q -g -o "$work/perf.data" -p "$daemon_pid" -- sleep "$wrk_s" >/dev/null 2>&1 &
   perf_pid=$!
-  innet wrk -t2 -c16 -d"${wrk_s}s" "${url[unifaas]}" >"$work/logs/perf-wrk.txt"
+  perf_fn=${BENCH_PERF_FN:-hello-epoll}  # the function whose warm path is profiled
+  innet wrk -t2 -c16 -d"${wrk_s}s" "${url[$perf_fn/unifaas]}" >"$work/logs/perf-wrk.txt"
   wait "$perf_pid" || true
   perf report -q -i "$work/perf.data" --no-children --percent-limit 0.7 --stdio \
     -g none >"$work/perf-report.txt" 2>/dev/null || true
@@ -322,7 +360,7 @@ if [ -n "${BENCH_PERF:-}" ]; then  # BENCH_PERF=1: where the daemon's time goes 
     strace -c -f -p "$pids" -o "$work/strace-$t.txt" >/dev/null 2>&1 &
     strace_pid=$!
     sleep 0.5
-    innet wrk -t2 -c16 -d2s "${url[$t]}" >"$work/logs/strace-wrk-$t.txt"
+    innet wrk -t2 -c16 -d2s "${url[$perf_fn/$t]}" >"$work/logs/strace-wrk-$t.txt"
     kill -INT "$strace_pid"; wait "$strace_pid" || true
     reqs=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$work/logs/strace-wrk-$t.txt")
     {
@@ -340,93 +378,98 @@ pyin "$lib/stream.py" "$raw" "$work/stream.md" "${stream_args[@]}" --target "dir
   --target unifaas=127.0.0.1:8123/invoke/hello/ --target nginx=127.0.0.1:8181/
 stop_pid "$nginx_pid" QUIT 10
 nginx_pid=""
-log "HAProxy hop (bench/lib/haproxy_hop.py, examples/fleet/haproxy.cfg)"
-"$py" "$lib/haproxy_hop.py" --ns "$ns" --raw "$raw" --work "$work" \
-  --example examples/fleet/haproxy.cfg --seconds "$wrk_s" --rounds "$rounds"
-
-# ---------------------------------------------------------------------------------------------
-# 3: cold starts
-
-log "cold start, Docker ($cold_runs runs per side)"
-pyin "$lib/coldstart.py" docker "$raw" --socket "$dsock" --function hello-once \
-  --image unifaas-hello --memory 64 --runs "$cold_runs" --callback-port 9190
-
-log "cold start, OCI: unifaas-oci vs bare crun run vs unifaas-docker ($cold_runs runs per side)"
-pyin "$lib/oci_coldstart.py" "$raw" --function hello-oci-once --docker-function hello-once \
-  --runs "$cold_runs" --rootfs "$build/examples/hello-rootfs" --callback-port 9192 \
-  --template tests/data/oci/config.json --workdir "$work/oci"
-
-log "cold start, microVM ($cold_runs runs per side)"
-# The bare VM's tap, inside the namespace, outside the daemon's subnet (10.100.0.0/16).
-ip -n "$ns" tuntap add dev benchtap0 mode tap
-ip -n "$ns" addr add 10.201.0.1/30 dev benchtap0
-ip -n "$ns" link set benchtap0 up
-# The guest's MAC is known (02:fa:<guest IPv4>, as unifaas derives it): a permanent neighbour
-# entry means the host never has to ARP for the guest. Without it, a guest address reused after
-# a killed guest can have a stale entry whose ARP retry (1 s timer) holds the host's SYN-ACK to
-# the readiness callback: 0-1 s of noise per boot (see bench/README.md).
-ip -n "$ns" neigh replace 10.201.0.2 lladdr 02:fa:0a:c9:00:02 dev benchtap0 nud permanent
-pyin "$lib/coldstart.py" vm "$raw" --daemon-pid "$daemon_pid" --function hello-vm-once \
-  --runs "$cold_runs" --callback-port 9191 --tap benchtap0 --host-ip 10.201.0.1 \
-  --guest-ip 10.201.0.2 --workdir "$work/vm"
-# The daemon's own view of the cold starts above (start -> readiness callback histogram).
-innet curl -fsS http://127.0.0.1:8123/metrics >"$work/metrics-main.txt"
-
-# ---------------------------------------------------------------------------------------------
-# 4: bursts
-
-log "burst (${bursts[*]} simultaneous requests, single-use container function)"
-for n in "${bursts[@]}"; do
-  pyin "$lib/status.py" wait hello-once 0 120
-  sleep 1  # the engine finishes removing the previous burst's containers
-  pyin "$lib/burst.py" http://127.0.0.1:8123/invoke/hello-once/hello "$n" --raw "$raw" \
-    --tag phase=burst
-done
-pyin "$lib/status.py" wait hello-once 0 120
-stop_daemon
-
-# ---------------------------------------------------------------------------------------------
-# 5: idle footprint
-
-log "idle footprint (${idle_s} s with no instances, then ${idle_s} s with $idle_instances)"
-start_daemon "$main_reg" daemon-idle
-sleep 2  # start-up work (accelerator probe, pre-created taps) is not idleness
-pyin "$lib/idle.py" "$raw" "$daemon_pid" "$idle_s" --tag instances=0
-pyin "$lib/burst.py" "http://127.0.0.1:8123/invoke/idle/sleep?ms=500" "$idle_instances"
-pyin "$lib/status.py" wait idle "$idle_instances" 60 ready
-sleep 1
-pyin "$lib/idle.py" "$raw" "$daemon_pid" "$idle_s" --tag instances="$idle_instances"
-stop_daemon
-
-# ---------------------------------------------------------------------------------------------
-# 6: fleet
-
-max_instances=${fleet_instances[-1]}
-for nf in "${fleet_functions[@]}"; do
-  log "fleet: $nf registered functions, ${fleet_instances[*]} live instances"
-  reg=$work/reg-$nf
-  container_fn "$reg/hello" "concurrent-requests = 1" "max-instances = $max_instances" \
-    "keepalive = 600" "boot-timeout = 120" "queue-timeout = 120"
-  for ((i = 1; i < nf; i++)); do
-    container_fn "$(printf '%s/f%04d' "$reg" "$i")" "concurrent-requests = 4"
-  done
-  start_daemon "$reg" "daemon-fleet-$nf"
-  for ni in "${fleet_instances[@]}"; do
-    if ((ni == 1)); then
-      innet curl -fsS -o /dev/null http://127.0.0.1:8123/invoke/hello/hello
-    else
-      pyin "$lib/burst.py" "http://127.0.0.1:8123/invoke/hello/sleep?ms=500" "$ni"
-    fi
-    pyin "$lib/status.py" wait hello "$ni" 60 ready
-    pyin "$lib/wrkrun.py" "$raw" http://127.0.0.1:8123/invoke/hello/hello -c 1 -d "$wrk_s" \
-      --tag phase=fleet --tag functions="$nf" --tag instances="$ni" --count-after hello
-  done
+if $warm_only; then  # --warm-only: the sections above, then the report
+  innet curl -fsS http://127.0.0.1:8123/metrics >"$work/metrics-main.txt"
   stop_daemon
-done
+else
+  log "HAProxy hop (bench/lib/haproxy_hop.py, examples/fleet/haproxy.cfg)"
+  "$py" "$lib/haproxy_hop.py" --ns "$ns" --raw "$raw" --work "$work" \
+    --example examples/fleet/haproxy.cfg --seconds "$wrk_s" --rounds "$rounds"
 
-log "snapshot cold starts: boot vs restore (bench/snapshot.sh)"
-BUILD_DIR=$build bench/snapshot.sh $($smoke && echo --smoke) --out "$out/snapshot" ||
-  echo "bench: bench/snapshot.sh failed (see $out/snapshot)" >&2
+  # ---------------------------------------------------------------------------------------------
+  # 3: cold starts
+
+  log "cold start, Docker ($cold_runs runs per side)"
+  pyin "$lib/coldstart.py" docker "$raw" --socket "$dsock" --function hello-once \
+    --image unifaas-hello --memory 64 --runs "$cold_runs" --callback-port 9190
+
+  log "cold start, OCI: unifaas-oci vs bare crun run vs unifaas-docker ($cold_runs runs per side)"
+  pyin "$lib/oci_coldstart.py" "$raw" --function hello-oci-once --docker-function hello-once \
+    --runs "$cold_runs" --rootfs "$build/examples/hello-rootfs" --callback-port 9192 \
+    --template tests/data/oci/config.json --workdir "$work/oci"
+
+  log "cold start, microVM ($cold_runs runs per side)"
+  # The bare VM's tap, inside the namespace, outside the daemon's subnet (10.100.0.0/16).
+  ip -n "$ns" tuntap add dev benchtap0 mode tap
+  ip -n "$ns" addr add 10.201.0.1/30 dev benchtap0
+  ip -n "$ns" link set benchtap0 up
+  # The guest's MAC is known (02:fa:<guest IPv4>, as unifaas derives it): a permanent neighbour
+  # entry means the host never has to ARP for the guest. Without it, a guest address reused after
+  # a killed guest can have a stale entry whose ARP retry (1 s timer) holds the host's SYN-ACK to
+  # the readiness callback: 0-1 s of noise per boot (see bench/README.md).
+  ip -n "$ns" neigh replace 10.201.0.2 lladdr 02:fa:0a:c9:00:02 dev benchtap0 nud permanent
+  pyin "$lib/coldstart.py" vm "$raw" --daemon-pid "$daemon_pid" --function hello-vm-once \
+    --runs "$cold_runs" --callback-port 9191 --tap benchtap0 --host-ip 10.201.0.1 \
+    --guest-ip 10.201.0.2 --workdir "$work/vm"
+  # The daemon's own view of the cold starts above (start -> readiness callback histogram).
+  innet curl -fsS http://127.0.0.1:8123/metrics >"$work/metrics-main.txt"
+
+  # ---------------------------------------------------------------------------------------------
+  # 4: bursts
+
+  log "burst (${bursts[*]} simultaneous requests, single-use container function)"
+  for n in "${bursts[@]}"; do
+    pyin "$lib/status.py" wait hello-once 0 120
+    sleep 1  # the engine finishes removing the previous burst's containers
+    pyin "$lib/burst.py" http://127.0.0.1:8123/invoke/hello-once/hello "$n" --raw "$raw" \
+      --tag phase=burst
+  done
+  pyin "$lib/status.py" wait hello-once 0 120
+  stop_daemon
+
+  # ---------------------------------------------------------------------------------------------
+  # 5: idle footprint
+
+  log "idle footprint (${idle_s} s with no instances, then ${idle_s} s with $idle_instances)"
+  start_daemon "$main_reg" daemon-idle
+  sleep 2  # start-up work (accelerator probe, pre-created taps) is not idleness
+  pyin "$lib/idle.py" "$raw" "$daemon_pid" "$idle_s" --tag instances=0
+  pyin "$lib/burst.py" "http://127.0.0.1:8123/invoke/idle/sleep?ms=500" "$idle_instances"
+  pyin "$lib/status.py" wait idle "$idle_instances" 60 ready
+  sleep 1
+  pyin "$lib/idle.py" "$raw" "$daemon_pid" "$idle_s" --tag instances="$idle_instances"
+  stop_daemon
+
+  # ---------------------------------------------------------------------------------------------
+  # 6: fleet
+
+  max_instances=${fleet_instances[-1]}
+  for nf in "${fleet_functions[@]}"; do
+    log "fleet: $nf registered functions, ${fleet_instances[*]} live instances"
+    reg=$work/reg-$nf
+    container_fn "$reg/hello" "concurrent-requests = 1" "max-instances = $max_instances" \
+      "keepalive = 600" "boot-timeout = 120" "queue-timeout = 120"
+    for ((i = 1; i < nf; i++)); do
+      container_fn "$(printf '%s/f%04d' "$reg" "$i")" "concurrent-requests = 4"
+    done
+    start_daemon "$reg" "daemon-fleet-$nf"
+    for ni in "${fleet_instances[@]}"; do
+      if ((ni == 1)); then
+        innet curl -fsS -o /dev/null http://127.0.0.1:8123/invoke/hello/hello
+      else
+        pyin "$lib/burst.py" "http://127.0.0.1:8123/invoke/hello/sleep?ms=500" "$ni"
+      fi
+      pyin "$lib/status.py" wait hello "$ni" 60 ready
+      pyin "$lib/wrkrun.py" "$raw" http://127.0.0.1:8123/invoke/hello/hello -c 1 -d "$wrk_s" \
+        --tag phase=fleet --tag functions="$nf" --tag instances="$ni" --count-after hello
+    done
+    stop_daemon
+  done
+
+  log "snapshot cold starts: boot vs restore (bench/snapshot.sh)"
+  BUILD_DIR=$build bench/snapshot.sh $($smoke && echo --smoke) --out "$out/snapshot" ||
+    echo "bench: bench/snapshot.sh failed (see $out/snapshot)" >&2
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Report
@@ -447,9 +490,10 @@ BENCH_CONFIG="{\"mode\": \"$mode\", \"wrk_seconds\": $wrk_s, \"rounds\": $rounds
 mkdir -p "$out/logs"
 cp "$raw" "$out/raw.jsonl"
 cp "$work/machine.json" "$out/machine.json"
-cp "$work/metrics-main.txt" "$out/logs/metrics-main.txt"
+[ ! -f "$work/metrics-main.txt" ] || cp "$work/metrics-main.txt" "$out/logs/metrics-main.txt"
 [ ! -f "$work/perf-report.txt" ] || cp "$work/perf-report.txt" "$out/perf-report.txt"
 [ ! -f "$work/stream.md" ] || cp "$work/stream.md" "$out/stream.md"
-"$py" "$lib/report.py" "$raw" "$work/machine.json" "$out" --metrics "$work/metrics-main.txt"
+"$py" "$lib/report.py" "$raw" "$work/machine.json" "$out" --metrics "$work/metrics-main.txt" \
+  --snapshot "$out/snapshot/snapshot.json"
 echo
 echo "results: $out/results.md, $out/results.json ($(($(date +%s) - started)) s)"

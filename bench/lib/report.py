@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turns the raw records of one bench run into results.json and results.md.
 
-    report.py RAW_JSONL MACHINE_JSON OUT_DIR [--metrics FILE]
+    report.py RAW_JSONL MACHINE_JSON OUT_DIR [--metrics FILE] [--snapshot SNAPSHOT_JSON]
 
 Aggregation: wrk runs repeated in rounds are summarised by the median over the rounds of each
 number (p50, p99, req/s). Cold starts: median and p90 over the runs. Ratios are unifaas / other.
@@ -94,15 +94,16 @@ def build(records, machine, metrics_text):
             machine["accel"] = argv[argv.index("-accel") + 1]
     wrk = [r for r in records if r["kind"] == "wrk"]
 
-    # 1 + 2: warm latency and throughput (same runs).
+    # 1 + 2: warm latency and throughput (same runs), per function (records of runs before the
+    # second function existed have no "fn": they are hello's).
     warm = {}
     for r in (r for r in wrk if r.get("phase") == "warm"):
-        warm.setdefault((r["target"], r["conns"]), []).append(r)
-    conns = sorted({c for _, c in warm})
+        warm.setdefault((r.get("fn", "hello"), r["target"], r["conns"]), []).append(r)
+    cells = sorted({(f, c) for f, _, c in warm})
     res["warm"] = []
-    for c in conns:
-        d, u, n = (wrk_summary(warm.get((t, c), [])) for t in ("direct", "unifaas", "nginx"))
-        row = {"conns": c, "direct": d, "unifaas": u, "nginx": n}
+    for fn, c in cells:
+        d, u, n = (wrk_summary(warm.get((fn, t, c), [])) for t in ("direct", "unifaas", "nginx"))
+        row = {"fn": fn, "conns": c, "direct": d, "unifaas": u, "nginx": n}
         if d and u:
             row["added_p50_us"] = diff(u["p50_us"], d["p50_us"])
             # Best round of each: at low concurrency a round's p50 depends on whether the
@@ -169,20 +170,50 @@ def build(records, machine, metrics_text):
         res["fleet"].append({"functions": key[0], "instances": key[1], **s,
                              "p50_added_vs_smallest_us": diff(s["p50_us"], base["p50_us"])})
 
+    # Streaming (stream.py), OCI cold start, HAProxy hop: their own records.
+    stream = {}
+    for r in (r for r in records if r["kind"] == "stream"):
+        stream.setdefault(r["measure"], {}).setdefault(r["target"], []).append(r)
+    res["stream"] = {
+        "throughput_mib_s": {t: median([x["mib_s"] for x in v])
+                             for t, v in stream.get("throughput", {}).items()},
+        "first_event_median_us": {t: v[-1]["median_us"]
+                                  for t, v in stream.get("first_event", {}).items()},
+    }
+    res["oci_coldstart"] = {r["side"]: summary_ms(r["ms"]) for r in records
+                            if r["kind"] == "oci_coldstart"}
+    oci = {r["side"]: r["ms"] for r in records if r["kind"] == "oci_coldstart"}
+    if oci.get("unifaas-oci") and oci.get("crun response"):
+        res["oci_coldstart"]["overhead_paired_median_ms"] = round(median(
+            [a - b for a, b in zip(oci["unifaas-oci"], oci["crun response"])]), 3)
+    res["haproxy_hop"] = next((r["by_conns"] for r in records if r["kind"] == "haproxy_hop"), {})
+
     # Targets.
     t = []
-    c1 = next((w for w in res["warm"] if w["conns"] == 1), None)
-    if c1 and "added_p50_us" in c1:
-        v = c1["added_p50_us"]
-        t.append(("Warm added latency p50, c=1", "≤ 50 µs",
-                  f"{fmt(v, 1)} µs (best rounds: {fmt(c1.get('added_p50_best_us'), 1)} µs)",
-                  v <= TARGETS["warm_added_p50_us"]))
-    c16 = next((w for w in res["warm"] if w["conns"] == 16), None)
-    if c16 and "rps_ratio_vs_nginx" in c16:
-        v = c16["rps_ratio_vs_nginx"]
-        t.append(("Warm throughput c=16 vs nginx", "≥ 1.00 × nginx",
-                  f"{v:.2f} × ({fmt(c16['unifaas']['rps'])} vs {fmt(c16['nginx']['rps'])} req/s)",
-                  v >= 1.0))
+    for fn in sorted({w["fn"] for w in res["warm"]}):
+        c1 = next((w for w in res["warm"] if w["conns"] == 1 and w["fn"] == fn), None)
+        if c1 and "added_p50_us" in c1:
+            v = c1["added_p50_us"]
+            t.append((f"Warm added latency p50, c=1, {fn}", "≤ 50 µs",
+                      f"{fmt(v, 1)} µs (best rounds: {fmt(c1.get('added_p50_best_us'), 1)} µs)",
+                      v <= TARGETS["warm_added_p50_us"]))
+        c16 = next((w for w in res["warm"] if w["conns"] == 16 and w["fn"] == fn), None)
+        if c16 and "rps_ratio_vs_nginx" in c16:
+            v = c16["rps_ratio_vs_nginx"]
+            t.append((f"Warm throughput c=16 vs nginx, {fn}", "≥ 1.00 × nginx",
+                      f"{v:.2f} × ({fmt(c16['unifaas']['rps'])} vs "
+                      f"{fmt(c16['nginx']['rps'])} req/s)", v >= 1.0))
+    st = res["stream"]
+    mib = st["throughput_mib_s"]
+    if mib.get("unifaas") and mib.get("nginx"):
+        v = mib["unifaas"] / mib["nginx"]
+        t.append(("Streaming download vs nginx (proxy_buffering off)", "≥ 0.90 × nginx",
+                  f"{v:.2f} × ({fmt(mib['unifaas'])} vs {fmt(mib['nginx'])} MiB/s)", v >= 0.9))
+    fe = st["first_event_median_us"]
+    if fe.get("unifaas") is not None and fe.get("direct") is not None:
+        v = fe["unifaas"] - fe["direct"]
+        t.append(("SSE time to first event, added over direct", "≤ 50 µs", f"{fmt(v, 1)} µs",
+                  v <= 50))
     for row in res["coldstart"]:
         if "overhead_median_ms" in row:
             v = row["overhead_median_ms"]
@@ -202,6 +233,70 @@ def build(records, machine, metrics_text):
                       "0.0 %", f"{v:.2f} % ({row['cpu_s']:.2f} s)", row["cpu_s"] == 0))
     res["targets"] = [{"target": a, "goal": b, "measured": c, "met": d} for a, b, c, d in t]
     return res
+
+
+def signed(v, unit):
+    return "–" if v is None else ("+" if v >= 0 else "−") + fmt(abs(v)) + unit
+
+
+def summary_rows(res):
+    """One row per capability: unifaas, the alternative a user would use, and the ratio."""
+    rows = []
+    for fn in sorted({w["fn"] for w in res["warm"]}):
+        for w in (w for w in res["warm"] if w["fn"] == fn and w["conns"] in (1, 16)):
+            u, n = w.get("unifaas"), w.get("nginx")
+            if not u or not n:
+                continue
+            if w["conns"] == 1 and "added_p50_us" in w:
+                rows.append((f"warm request, added p50 at c=1 over direct (`{fn}`)",
+                             signed(w["added_p50_us"], " µs"),
+                             "nginx reverse proxy: " + signed(w.get("nginx_added_p50_us"), " µs"),
+                             "–"))
+            if w["conns"] == 16:
+                rows.append((f"warm throughput at c=16 (`{fn}`)", f"{fmt(u['rps'])} req/s",
+                             f"nginx reverse proxy (upstream keepalive 64): {fmt(n['rps'])} req/s",
+                             f"**{w['rps_ratio_vs_nginx']:.2f} ×**"))
+    mib = res["stream"]["throughput_mib_s"]
+    if mib.get("unifaas") and mib.get("nginx"):
+        rows.append(("streaming download (Content-Length, read as fast as possible)",
+                     f"{fmt(mib['unifaas'])} MiB/s",
+                     f"nginx, proxy_buffering off: {fmt(mib['nginx'])} MiB/s "
+                     f"(direct {fmt(mib.get('direct'))})",
+                     f"**{mib['unifaas'] / mib['nginx']:.2f} ×**"))
+    fe = res["stream"]["first_event_median_us"]
+    if fe.get("unifaas") is not None and fe.get("direct") is not None:
+        nginx = ("nginx, proxy_buffering off: " + signed(fe["nginx"] - fe["direct"], " µs")
+                 if fe.get("nginx") is not None else "–")
+        rows.append(("SSE time to first event, added over direct",
+                     signed(fe["unifaas"] - fe["direct"], " µs"), nginx, "–"))
+    names = {"docker": "bare Docker Engine API create + start", "vm": "bare QEMU, same argv"}
+    for c in res["coldstart"]:
+        u, bp = c["unifaas_ms"], c["bare_response_ms"]
+        if u.get("n") and bp.get("n"):
+            rows.append((f"cold start to first response, {c['backend']} (median)",
+                         f"{fmt(u['median'], 1)} ms",
+                         f"{names.get(c['backend'], 'bare')}: {fmt(bp['median'], 1)} ms",
+                         f"{c['ratio_median']:.2f} ×"))
+    oci = res["oci_coldstart"]
+    if oci.get("unifaas-oci", {}).get("n") and oci.get("crun response", {}).get("n"):
+        a, b = oci["unifaas-oci"]["median"], oci["crun response"]["median"]
+        rows.append(("cold start to first response, OCI/crun (median)", f"{fmt(a, 1)} ms",
+                     f"bare `crun run`, same config.json: {fmt(b, 1)} ms", f"{a / b:.2f} ×"))
+    snap = res.get("snapshot")
+    if snap and snap.get("restore_p50_ms") and snap.get("boot_p50_ms"):
+        rows.append(("microVM cold start from a snapshot (p50)",
+                     f"{fmt(snap['restore_p50_ms'], 1)} ms",
+                     f"the same microVM booted: {fmt(snap['boot_p50_ms'], 1)} ms",
+                     f"{snap['restore_p50_ms'] / snap['boot_p50_ms']:.2f} ×"))
+    hop = res["haproxy_hop"].get("1")
+    if hop:
+        rows.append(("fleet: the HAProxy hop in front of a node, added p50 at c=1",
+                     signed(hop["added_p50_us"], " µs"), "(a fleet needs a balancer)", "–"))
+    for i in res["idle"]:
+        rows.append((f"idle daemon, {i.get('instances', '?')} idle instances",
+                     f"{i['cpu_percent']:.2f} % CPU, {i['rss_kib_end'] / 1024:.1f} MiB RSS",
+                     "–", "–"))
+    return rows
 
 
 def markdown(res):
@@ -224,19 +319,29 @@ def markdown(res):
                       for t in res["targets"]]))
     out.append("")
 
-    out += ["## 1. Warm latency (wrk, keep-alive, container function `hello`, GET /hello)", ""]
+    out += ["## Summary: what unifaas costs against what a user would use instead", ""]
+    out.append(table(["capability", "unifaas", "what a user would use instead", "ratio"],
+                     summary_rows(res)))
+    out.append("")
+    out.append("Ratios are unifaas / the alternative (for latencies and times lower is better, for "
+               "throughput higher is better). Conditions: see the line above and each section.")
+    out.append("")
+
+    out += ["## 1. Warm latency (wrk, keep-alive, container functions `hello` (a thread per "
+            "connection) and `hello-epoll` (one epoll thread, a pre-built response), GET /hello)",
+            ""]
     rows = []
     for w in res["warm"]:
         if w["conns"] not in (1, 16) or not w.get("direct") or not w.get("unifaas"):
             continue
         d, u, n = w["direct"], w["unifaas"], w.get("nginx")
-        rows.append((w["conns"], fmt(d["p50_us"]), fmt(u["p50_us"]), f"**{fmt(w['added_p50_us'])}**",
+        rows.append((w["fn"], w["conns"], fmt(d["p50_us"]), fmt(u["p50_us"]), f"**{fmt(w['added_p50_us'])}**",
                      fmt(w.get("added_p50_best_us")),
                      f"{w['p50_ratio_vs_direct']:.2f}", fmt(d["p99_us"]), fmt(u["p99_us"]),
                      fmt(w["added_p99_us"]),
                      fmt(n["p50_us"]) if n else "–",
                      fmt(w.get("nginx_added_p50_us")), fmt(w.get("nginx_added_p50_best_us"))))
-    out.append(table(["c", "direct p50 µs", "unifaas p50 µs", "added p50 µs",
+    out.append(table(["function", "c", "direct p50 µs", "unifaas p50 µs", "added p50 µs",
                       "added p50, best rounds µs", "unifaas/direct", "direct p99 µs",
                       "unifaas p99 µs", "added p99 µs", "nginx p50 µs", "nginx added p50 µs",
                       "nginx added p50, best rounds µs"], rows))
@@ -251,14 +356,18 @@ def markdown(res):
     for w in res["warm"]:
         d, u, n = w.get("direct"), w.get("unifaas"), w.get("nginx")
         errs = sum(x["errors"] for x in (d, u, n) if x)
-        rows.append((w["conns"], fmt(d and d["rps"]), fmt(n and n["rps"]), fmt(u and u["rps"]),
+        rows.append((w["fn"], w["conns"], fmt(d and d["rps"]), fmt(n and n["rps"]),
+                     fmt(u and u["rps"]),
                      f"**{w['rps_ratio_vs_nginx']:.2f}**" if "rps_ratio_vs_nginx" in w else "–",
                      f"{w['rps_ratio_vs_direct']:.2f}" if "rps_ratio_vs_direct" in w else "–",
                      fmt(n and n["p50_us"]), fmt(u and u["p50_us"]), errs))
-    out.append(table(["c", "direct", "nginx", "unifaas", "unifaas/nginx", "unifaas/direct",
+    out.append(table(["function", "c", "direct", "nginx", "unifaas", "unifaas/nginx",
+                      "unifaas/direct",
                       "nginx p50 µs", "unifaas p50 µs", "errors"], rows))
     out.append("")
 
+    if not (res["coldstart"] or res["burst"] or res["idle"] or res["fleet"]):
+        return "\n".join(out)  # --warm-only: sections 3-6 did not run
     out += ["## 3. Cold start (single-use function, no instance; ms)", ""]
     rows = []
     for c in res["coldstart"]:
@@ -327,6 +436,7 @@ def main():
     ap.add_argument("machine")
     ap.add_argument("out")
     ap.add_argument("--metrics")
+    ap.add_argument("--snapshot", help="bench/snapshot.sh's snapshot.json, if it ran")
     a = ap.parse_args()
     records = load(a.raw) if os.path.exists(a.raw) else []
     with open(a.machine) as f:
@@ -336,6 +446,11 @@ def main():
         with open(a.metrics) as f:
             metrics = f.read()
     res = build(records, machine, metrics)
+    if a.snapshot and os.path.exists(a.snapshot):
+        with open(a.snapshot) as f:
+            snap = json.load(f)
+        res["snapshot"] = {k: snap.get(k) for k in ("boot_p50_ms", "restore_p50_ms", "ratio_p50",
+                                                   "pss_ratio_each")}
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(res, f, indent=2, ensure_ascii=False)

@@ -9,9 +9,11 @@ nginx=127.0.0.1:8181/):
   throughput   GET PREFIX + bytes?n=N (the example function writes N bytes in 64 KiB writes with
                Content-Length) on a fresh connection, read as fast as possible; MiB/s, best and
                median of R rounds (rotating the order of the targets).
-  first event  GET PREFIX + sse?n=1 on one keep-alive connection, N times: the time from sending
-               the request to receiving the first event's bytes; median and p90 in µs. The
-               difference to `direct` is what the proxy adds.
+  first event  GET PREFIX + sse?n=1 on one keep-alive connection per target, N times: the time
+               from sending the request to receiving the first event's bytes; median and p90
+               in µs. The targets take turns in batches of 25 requests (the order rotating), so
+               load drifting on a shared host hits them alike. The difference of the medians to
+               `direct` is what the proxy adds.
 Appends one JSON line per measurement (kind "stream") to RAW and writes a Markdown section to
 OUT_MD (also printed). Measures and reports; never fails on a number.
 """
@@ -66,10 +68,14 @@ def throughput(host, port, path, size):
     return size / (1024 * 1024) / elapsed
 
 
-def first_events(host, port, path, count):
-    """µs from sending a request to the first event's bytes, `count` times on one connection."""
+def sse_connection(host, port):
     sock = socket.create_connection((host, port), timeout=30)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def first_events(sock, path, count):
+    """µs from sending a request to the first event's bytes, `count` times on one connection."""
     request = f"GET {path} HTTP/1.1\r\nHost: b\r\n\r\n".encode()
     times = []
     buf = bytearray()
@@ -89,7 +95,6 @@ def first_events(host, port, path, count):
             while not buf.endswith(b"0\r\n\r\n"):
                 buf += sock.recv(65536)
         buf = bytearray()
-    sock.close()
     return times
 
 
@@ -114,10 +119,18 @@ def main():
             append_record(a.raw, {"kind": "stream", "measure": "throughput", "target": name,
                                   "bytes": a.bytes, "round": r + 1, "mib_s": round(v, 1)})
             print(f"  stream throughput {name}: {v:.0f} MiB/s", flush=True)
-    first = {}
-    for name, host, port, prefix in targets:
-        first_events(host, port, f"{prefix}sse?n=1", min(20, a.sse))  # warm-up
-        first[name] = first_events(host, port, f"{prefix}sse?n=1", a.sse)
+    first = {n: [] for n in names}
+    socks = {name: sse_connection(host, port) for name, host, port, _ in targets}
+    for name, _, _, prefix in targets:
+        first_events(socks[name], f"{prefix}sse?n=1", min(20, a.sse))  # warm-up
+    batch = 25
+    for b in range((a.sse + batch - 1) // batch):
+        for k in range(len(targets)):
+            name, _, _, prefix = targets[(k + b) % len(targets)]
+            first[name] += first_events(socks[name], f"{prefix}sse?n=1",
+                                        min(batch, a.sse - b * batch))
+    for name in names:
+        socks[name].close()
         append_record(a.raw, {"kind": "stream", "measure": "first_event", "target": name,
                               "count": a.sse, "median_us": round(median(first[name]), 1),
                               "p90_us": round(percentile(first[name], 90), 1)})
