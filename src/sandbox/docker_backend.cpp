@@ -665,7 +665,19 @@ std::unique_ptr<Instance> DockerBackend::start(const InstanceContext& ctx) {
         "http://" + callback_host() + ":" + std::to_string(callback_port_) + ctx.callback_path;
     std::string name = "unifaas-" + spec.name + "-" + ctx.instance_id;
     std::string id = engine_call(socket_path_, container, [&] {
-        return client_->create_container(name, container_config(ctx, url, where));
+        // An engine that stops while creating may have made the container without our learning
+        // its id: remove it by name once the engine is back (after the next resubscription).
+        try {
+            return client_->create_container(name, container_config(ctx, url, where));
+        } catch (const docker::EngineUnreachable&) {
+            watcher_->remove_later(name);
+            throw;
+        } catch (const docker::EngineError& e) {
+            if (e.status() >= 500) {
+                watcher_->remove_later(name);
+            }
+            throw;
+        }
     });
     ContainerGuard guard(*client_, *watcher_, id);
     watcher_->watch(id, ctx.on_exit);
