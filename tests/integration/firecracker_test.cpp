@@ -756,7 +756,9 @@ TEST_F(FirecrackerStandInTest, ClonesThatNeverAnswerFallBackToBootAndTheTemplate
         env.callbacks = &callbacks;
         env.templates = &store;
         auto fn = spec("vmlinux", false, true);
-        fn->boot_timeout = std::chrono::seconds(1);  // the restore deadline: 1 s per clone
+        // The restore deadline per clone, and the template build's wait for its callback: 3 s, as
+        // the stand-in's callback can take over 1 s on a loaded 2-core machine.
+        fn->boot_timeout = std::chrono::seconds(3);
         FirecrackerBackend backend(env, (dir_ / "firecracker").string());
         backend.start(context(fn, nullptr)).reset();
         std::string first = wait_new_template(snapshots, {}, 30s);
