@@ -183,6 +183,10 @@ class ClientConnection : public HttpExchange,
         }
     }
     void resume_body() override {
+        if (delivering_) {
+            resumed_while_delivering_ = true;  // on_body() may still say stop: this overrides it
+            return;
+        }
         if (sink_ == nullptr || !body_paused_) {
             return;
         }
@@ -559,7 +563,11 @@ class ClientConnection : public HttpExchange,
     // False when the sink said stop, is gone, or the state changed.
     bool deliver(std::string_view data) {
         set_deadline(shared_.options.io_timeout);  // the body progressed
+        delivering_ = true;
+        resumed_while_delivering_ = false;
         bool room = data.empty() || sink_->on_body(data);
+        delivering_ = false;
+        room = room || resumed_while_delivering_;  // a resume during on_body() is not lost
         if (state_ != State::Handling || sink_ == nullptr) {
             return false;
         }
@@ -901,6 +909,8 @@ class ClientConnection : public HttpExchange,
     bool body_streaming_ = false;
     bool body_done_ = false;
     bool body_paused_ = false;
+    bool delivering_ = false;                // inside sink_->on_body()
+    bool resumed_while_delivering_ = false;  // resume_body() came from inside it
     std::uint64_t body_left_ = 0;  // Content-Length: still to come
     BodySink* sink_ = nullptr;
 

@@ -44,7 +44,8 @@ class BodyProducer {
 class BodySink {
   public:
     virtual ~BodySink() = default;
-    // The next body bytes. False: enough is pending, stop until HttpExchange::resume_body().
+    // The next body bytes. False: enough is pending, stop until HttpExchange::resume_body() - a
+    // resume_body() made from inside on_body() (the bytes went out at once) counts too.
     virtual bool on_body(std::string_view data) = 0;
     // The body is complete.
     virtual void on_body_end() = 0;

@@ -93,12 +93,13 @@ class UpstreamCall : public EventLoop::Handler,
             pending_.append(data);
         }
         extend_deadline();  // the client sends its body: the exchange is alive
-        bool room = pending_.size() - pending_sent_ < req_.body_watermark;
-        client_paused_ = !room;
+        client_paused_ = pending_.size() - pending_sent_ >= req_.body_watermark;
         if (!in_send_) {
-            pump();
+            pump();  // may send it all and resume the client at once
         }
-        return room;
+        // What is true now: a pump that drained pending_ has cleared client_paused_, and its
+        // resume_body() came while the source was still delivering, so it must not pause.
+        return !client_paused_;
     }
     void on_body_end() override {
         if (state_ == State::Done) {

@@ -417,11 +417,9 @@ std::string upload_block(std::size_t index, std::size_t size) {
 // daemon's RSS stays < 64 MiB: it reads from the client only as fast as the instance takes the
 // bytes. The same as a chunked upload (re-framed chunked to the instance). The instance's slot is
 // held while the body flows.
-// Disabled in CI: on a loaded machine (load 4+) /status showed no slot in use while the body
-// flowed, the upload slowed to ~10 MiB/s and the daemon stopped taking it after ~60 s (the
-// default request-timeout): a race in the streamed-request path, not yet understood. Passes on a
-// quiet machine; run by hand with --gtest_also_run_disabled_tests.
-TEST_F(Streaming, DISABLED_GigabyteUploadStreamsThroughAndKeepsTheDaemonSmall) {
+// (It once stalled for good under load: a resume from inside on_body() was lost - see
+// HttpServerTest.ResumeFromInsideOnBodyIsNotLost.)
+TEST_F(Streaming, GigabyteUploadStreamsThroughAndKeepsTheDaemonSmall) {
     add_hello("up", "max-body-size = 2147483648");
     start_daemon();
     constexpr std::size_t kBlock = kMiB;

@@ -1158,6 +1158,44 @@ TEST_F(HttpServerTest, StreamedRequestBodyIsReadThroughASink) {
     EXPECT_EQ(r->header("Connection"), std::nullopt);
 }
 
+// A sink that got rid of the bytes at once resumes from inside on_body() and still answers
+// false (it had said "enough" before it sent them): the resume must not be lost, or the body stops
+// for good (the gateway did that to uploads when the instance took each piece at once).
+class ResumingInsideSink : public BodySink {
+  public:
+    explicit ResumingInsideSink(std::shared_ptr<HttpExchange> ex) : ex_(std::move(ex)) {}
+    bool on_body(std::string_view data) override {
+        got_ += data.size();
+        ex_->resume_body();
+        return false;
+    }
+    void on_body_end() override { ex_->respond_simple(200, "text/plain", std::to_string(got_)); }
+    void on_body_error(int status, std::string_view problem) override {
+        ex_->respond_simple(status, "text/plain", problem);
+    }
+
+  private:
+    std::shared_ptr<HttpExchange> ex_;
+    std::size_t got_ = 0;
+};
+
+TEST_F(HttpServerTest, ResumeFromInsideOnBodyIsNotLost) {
+    auto o = options();
+    o.stream_request_bodies = true;
+    std::vector<std::unique_ptr<ResumingInsideSink>> sinks;
+    start(o, [&sinks](std::shared_ptr<HttpExchange> ex) {
+        sinks.push_back(std::make_unique<ResumingInsideSink>(ex));
+        ex->read_body(sinks.back().get());
+    });
+    RawClient c(port);
+    std::string body = pattern(3'000'000);
+    std::thread sender([&] { c.send_all(post("/length", body)); });
+    auto r = c.read_response(10s);
+    sender.join();
+    ASSERT_TRUE(r) << "the body stopped after a resume from inside on_body()";
+    EXPECT_EQ(r->body, "3000000");
+}
+
 // The rule for a client that closes its sending side (FIN) after a request (nginx's, with
 // proxy_ignore_client_abort off): an answer the handler gives at once is still written (see
 // HalfClosedClientGetsItsResponseThenTheConnectionEnds); one it is still making is abandoned, the
