@@ -911,7 +911,7 @@ class ClientConnection : public HttpExchange,
     bool body_paused_ = false;
     bool delivering_ = false;                // inside sink_->on_body()
     bool resumed_while_delivering_ = false;  // resume_body() came from inside it
-    std::uint64_t body_left_ = 0;  // Content-Length: still to come
+    std::uint64_t body_left_ = 0;            // Content-Length: still to come
     BodySink* sink_ = nullptr;
 
     std::string out_head_;

@@ -53,6 +53,8 @@ using Clock = std::chrono::steady_clock;
 
 constexpr std::size_t kMaxResponseHead = 64 * 1024;
 constexpr std::size_t kReadChunk = 64 * 1024;
+// Content-Length bodies up to this size are buffered whole rather than streamed.
+constexpr std::size_t kCoalesceBody = 16 * 1024;
 // An instance that does not accept within this is broken (its address is local: a live guest
 // answers in well under a millisecond).
 constexpr auto kConnectTimeout = std::chrono::seconds(5);
@@ -396,6 +398,13 @@ class UpstreamCall : public EventLoop::Handler,
                 complete(body_start_, 0, have != 0);
                 return false;
             case http::BodyFraming::Length:
+                if (have < head_.content_length && head_.content_length <= kCoalesceBody) {
+                    // A small body that did not arrive with its head (a function that writes
+                    // head and body separately) follows within microseconds: waiting for it
+                    // answers in one buffered write instead of setting up a stream relay and
+                    // writing the client twice.
+                    return true;
+                }
                 if (have < head_.content_length) {
                     stream_body();
                     return false;

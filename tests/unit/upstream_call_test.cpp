@@ -61,9 +61,16 @@ bool has_field(std::string_view head, std::string_view name) {
 class TestUpstream {
   public:
     struct Reply {
+        Reply(std::string bytes = {}, bool close_after = false, bool hang = false,
+              std::string later = {})
+            : bytes(std::move(bytes)),
+              close_after(close_after),
+              hang(hang),
+              later(std::move(later)) {}
         std::string bytes;
-        bool close_after = false;  // close the connection after writing `bytes`
-        bool hang = false;         // never answer (nor read further)
+        bool close_after;   // close the connection after writing `bytes`
+        bool hang;          // never answer (nor read further)
+        std::string later;  // written 50 ms after `bytes` (a head and its body apart)
     };
     // (connection number, request number on it, the request) -> what to do.
     using Script = std::function<Reply(int, int, const std::string&)>;
@@ -144,6 +151,17 @@ class TestUpstream {
         return 0;
     }
 
+    static bool send_all(int fd, std::string_view out) {
+        while (!out.empty()) {
+            ssize_t n = send(fd, out.data(), out.size(), MSG_NOSIGNAL);
+            if (n <= 0) {
+                return false;
+            }
+            out.remove_prefix(static_cast<std::size_t>(n));
+        }
+        return true;
+    }
+
     void serve(int fd, int conn) {
         std::string buf;
         bool hanging = false;
@@ -167,13 +185,14 @@ class TestUpstream {
                     hanging = true;
                     break;
                 }
-                std::string_view out = reply.bytes;
-                while (!out.empty()) {
-                    ssize_t n = send(fd, out.data(), out.size(), MSG_NOSIGNAL);
-                    if (n <= 0) {
+                if (!send_all(fd, reply.bytes)) {
+                    return;
+                }
+                if (!reply.later.empty()) {
+                    std::this_thread::sleep_for(50ms);  // shapes the reply; not a synchronisation
+                    if (!send_all(fd, reply.later)) {
                         return;
                     }
-                    out.remove_prefix(static_cast<std::size_t>(n));
                 }
                 if (reply.close_after) {
                     return;
@@ -436,6 +455,28 @@ TEST_F(UpstreamCallTest, ContentLengthResponseReachesDoneWithoutHopByHopFields) 
     ASSERT_EQ(seen.size(), 1u);
     EXPECT_EQ(seen[0].rfind("POST /fn HTTP/1.1\r\n", 0), 0u) << seen[0];
     EXPECT_TRUE(seen[0].ends_with("\r\n\r\npayload")) << seen[0];
+}
+
+// A function that writes its head and a small body apart (two write()s) is answered whole, in
+// one buffered write, rather than through a stream relay; a large body that trails its head
+// still streams at once.
+TEST_F(UpstreamCallTest, SmallBodyTrailingItsHeadIsBufferedLargeOneStreams) {
+    const std::string large = pattern(64 * 1024);
+    TestUpstream up([&](int, int number, const std::string&) {
+        if (number == 0) {
+            return TestUpstream::Reply{"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false, false,
+                                       "hello"};
+        }
+        return TestUpstream::Reply{"HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n", false, false,
+                                   large};
+    });
+    auto reply = call(lease(up.port()), request("GET"));
+    EXPECT_EQ(reply.error_status, 0) << reply.error;
+    EXPECT_EQ(reply.body, nullptr) << "a 5-byte body was streamed";
+    EXPECT_EQ(body(reply), "hello");
+    reply = call(lease(up.port()), request("GET"));
+    EXPECT_NE(reply.body, nullptr) << "a 64 KiB body that trails its head was held back";
+    EXPECT_TRUE(body(reply) == large);
 }
 
 TEST_F(UpstreamCallTest, ChunkedResponseIsDecoded) {
