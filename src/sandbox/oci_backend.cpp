@@ -100,9 +100,13 @@ class OciInstance : public Instance {
           exits_(*env.exits),
           console_(env.consoles, workdir_->path() / "output.log", ctx.spec->name, ctx.instance_id),
           capped_(output_cap, workdir_->path() / "output.log"),
-          child_(runtime_argv(runtime_, state_root_, cgroups_disabled_,
-                              {"run", "--bundle", workdir_->path().string(), id_}),
-                 workdir_->path() / "output.log", {}, /*held=*/cgroups_disabled_) {
+          child_(
+              runtime_argv(runtime_, state_root_, cgroups_disabled_,
+                           // No session keyring of its own: the container's seccomp filter
+                           // denies the keyring calls anyway, and where the runtime itself may
+                           // not make one (systemd-nspawn's filter) it would fail to start.
+                           {"run", "--no-new-keyring", "--bundle", workdir_->path().string(), id_}),
+              workdir_->path() / "output.log", {}, /*held=*/cgroups_disabled_) {
         timeline.mark("fork");
         // Under systemd it is held: in its scope before it execs, so the container it forks is
         // in the scope too. Otherwise it has exec'd already (its own cgroup comes from crun).

@@ -132,7 +132,8 @@ echo "package: $(basename "$deb") (version $version), $(basename "$rpm_file")"
 
 # --- (a) the Debian tree, cached ---------------------------------------------------------------
 # The packages of the shared libraries the daemon links (as the host resolves them), so that
-# dpkg -i finds its dependencies without network; QEMU for the microVM function.
+# dpkg -i finds its dependencies without network; QEMU for the microVM function, crun for the
+# OCI one.
 state=$build/e2e
 mkdir -p "$state"
 netns=unifaas-e2e-$$
@@ -177,7 +178,7 @@ lib_packages=$(ldd "$binary" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' |
     dpkg -S "$(readlink -f "$lib")" 2>/dev/null || dpkg -S "$lib" 2>/dev/null || true
   done | cut -d: -f1 | sort -u | tr '\n' ',')
 rm -f "$binary"
-include="systemd,systemd-sysv,dbus,iproute2,curl,procps,qemu-system-x86,${lib_packages%,}"
+include="systemd,systemd-sysv,dbus,iproute2,curl,procps,qemu-system-x86,crun,${lib_packages%,}"
 key=$(printf '%s %s %s' "$suite" "$mirror" "$include" | sha256sum | cut -c1-12)
 rootfs_tar=$state/rootfs-$suite-$key.tar
 {
@@ -339,6 +340,28 @@ else
   skip "microVM function: $kernel or $initrd not built (target guest_images)"
 fi
 
+# --- (d2) an OCI function (crun exec'd by the daemon, no container engine) ---------------------
+rootfs_dir=$build/examples/hello-rootfs
+have_oci=false
+if [ -x "$rootfs_dir/hello" ] && [ -x "$root/usr/bin/crun" ]; then
+  have_oci=true
+  fn=$root/var/lib/unifaas/functions/hello-oci
+  mkdir -p "$fn"
+  cp -a "$rootfs_dir" "$fn/rootfs"
+  cat >"$fn/function.toml" <<'EOF'
+concurrent-requests = 4
+keepalive = 30
+
+[container]
+engine = "oci"
+image = "rootfs"
+entrypoint = ["/hello"]
+memory = 64
+EOF
+else
+  skip "OCI function: $rootfs_dir/hello not built (target example_images) or no crun in the tree"
+fi
+
 # --- (e) socket activation, invocation, D-Bus, scope, journal, stop ----------------------------
 if $have_units && $have_guest; then
   note "invoking hello-vm through the socket"
@@ -395,6 +418,29 @@ if $have_units && $have_guest; then
     fail "journalctl UNIFAAS_FUNCTION=hello-vm finds the function's lines"
   fi
 
+  # The packaged unit's sandboxing must let the daemon run crun: namespaces, mounts, a veth in
+  # a network namespace of its own, the instance in its scope.
+  if $have_oci; then
+    note "invoking hello-oci (crun under the packaged unit)"
+    answer=$(in_ct curl -sS --max-time 30 http://127.0.0.1:8123/invoke/hello-oci/hello 2>&1 || true)
+    if [ "$answer" = "hello from unifaas" ]; then
+      pass "curl 127.0.0.1:8123/invoke/hello-oci/hello is answered by crun's container: '$answer'"
+      # unifaas-hello\x2doci-<id>.scope (systemd-escape of the function name)
+      oci_scope=$(in_ct systemctl list-units --plain --no-legend --type=scope 'unifaas-*' |
+        awk '{ print $1 }' | grep -F 'x2doci-' | head -n1 || true)
+      if [ -n "$oci_scope" ]; then
+        pass "the OCI instance runs in a transient scope: $oci_scope"
+        hello_in_scope() { in_ct systemctl status "$oci_scope" --no-pager | grep -q '/hello'; }
+        check "... and the function's process /hello is in it" hello_in_scope
+      else
+        fail "the OCI instance runs in a transient scope (none named unifaas-hello\\x2doci-*)"
+      fi
+    else
+      fail "curl 127.0.0.1:8123/invoke/hello-oci/hello answered '$answer'"
+      in_ct journalctl -u 'unifaas*' --no-pager -n 30 | sed 's/^/    | /'
+    fi
+  fi
+
   note "systemctl stop unifaas.service"
   check "systemctl stop unifaas.service" in_ct systemctl stop unifaas.service
   no_scopes() { [ -z "$(in_ct systemctl list-units --plain --no-legend --all --type=scope 'unifaas-*')" ]; }
@@ -404,6 +450,13 @@ if $have_units && $have_guest; then
   if ! no_scopes; then in_ct systemctl list-units --all --type=scope 'unifaas-*' | sed 's/^/    | /'; fi
   check "after the stop no tap is left (only lo)" wait_for 15 no_taps
   check "after the stop no qemu process is left" wait_for 15 no_qemu
+  if $have_oci; then
+    no_crun() { ! in_ct pgrep -f 'crun|/hello' >/dev/null; }
+    # (the daemon keeps its namespaces bound under its runtime-dir, not /run/netns)
+    no_netns() { ! in_ct grep -q ' nsfs ' /proc/self/mountinfo; }
+    check "after the stop no crun or function process is left" wait_for 15 no_crun
+    check "after the stop no network namespace of an OCI instance is left" wait_for 15 no_netns
+  fi
   if ! no_taps; then in_ct ip -br link | sed 's/^/    | /'; fi
 else
   skip "invocation, D-Bus, scope, journal and stop checks (need the units and the guest image)"
