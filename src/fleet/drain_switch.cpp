@@ -30,11 +30,6 @@ void DrainSwitch::stopping() {
     change(std::nullopt, NodeState::Stopping, true);
 }
 
-NodeState DrainSwitch::state() const {
-    std::lock_guard lk(mu_);
-    return state_;
-}
-
 bool DrainSwitch::shutting_down() const {
     std::lock_guard lk(mu_);
     return shutting_down_;
@@ -56,7 +51,7 @@ bool DrainSwitch::change(std::optional<NodeState> from, NodeState to, bool shutd
         if ((from && state_ != *from) || state_ == to || state_ == NodeState::Stopping) {
             return false;
         }
-        state_ = to;
+        state_.store(to, std::memory_order_relaxed);
         listener = listener_;
     }
     if (listener) {

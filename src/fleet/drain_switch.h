@@ -10,6 +10,7 @@
 // then Stopping (the listener closes, in-flight requests finish within shutdown-grace).
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -35,7 +36,7 @@ class DrainSwitch {
     // Stopping: the invocation listener is closed.
     void stopping();
 
-    NodeState state() const;
+    NodeState state() const { return state_.load(std::memory_order_relaxed); }  // lock-free
     bool draining() const { return state() != NodeState::Serving; }
     bool shutting_down() const;
 
@@ -45,8 +46,8 @@ class DrainSwitch {
     // `from`: the state the change needs (none: any); `shutdown`: part of the shutdown.
     bool change(std::optional<NodeState> from, NodeState to, bool shutdown);
 
-    mutable std::mutex mu_;
-    NodeState state_ = NodeState::Serving;
+    mutable std::mutex mu_;                             // orders the changes
+    std::atomic<NodeState> state_{NodeState::Serving};  // read on every response
     bool shutting_down_ = false;
     Listener listener_;
 };

@@ -130,6 +130,7 @@ HttpServer::Options Gateway::invoke_options() const {
     o.stream_watermark = config_.stream_watermark;
     o.stream_request_bodies = true;  // uploads go to the instance as they arrive
     o.body_limit = [this](const http::RequestHead& head) { return body_limit(head.target); };
+    o.keep_alive_allowed = [this] { return drain_ == nullptr || !drain_->draining(); };
     return o;
 }
 

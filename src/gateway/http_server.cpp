@@ -165,6 +165,7 @@ class ClientConnection : public HttpExchange,
     EventLoop& loop() override { return loop_; }
     bool keep_alive() const override {
         return head_.keep_alive && !peer_closed_ && !shared_.stopping.load() &&
+               (!shared_.options.keep_alive_allowed || shared_.options.keep_alive_allowed()) &&
                (!body_streaming_ || body_done_);  // a body not read whole ends the connection
     }
     bool body_streaming() const override { return body_streaming_; }

@@ -128,6 +128,9 @@ class HttpServer {
         // The body limit of one request (e.g. its function's), asked once its head is read and
         // only when it has a body; empty: max_body_bytes for every request.
         std::function<std::size_t(const http::RequestHead&)> body_limit;
+        // Asked for every response: false answers "Connection: close" and ends the connection
+        // after it (a draining node sends its keep-alive clients elsewhere); empty: always true.
+        std::function<bool()> keep_alive_allowed;
     };
 
     HttpServer(Options options, RequestHandler handler, ErrorText error_text);

@@ -369,12 +369,16 @@ TEST_F(BusTest, ListFunctionsShowsSettingsErrorsAndCounts) {
     EXPECT_EQ(broken[1], "");
     EXPECT_NE(broken[2].get<std::string>().find("concurrent-requests"), std::string::npos)
         << broken.dump();
-    EXPECT_EQ(functions[0][1], json::parse(R"(["hello","container","",3,false,30500000,0,0,0,"callback-only"])"));
-    EXPECT_EQ(functions[0][2], json::parse(R"(["once","container","",1,true,60000000,0,0,0,"callback+invoke+egress"])"));
+    EXPECT_EQ(functions[0][1],
+              json::parse(R"(["hello","container","",3,false,30500000,0,0,0,"callback-only"])"));
+    EXPECT_EQ(
+        functions[0][2],
+        json::parse(R"(["once","container","",1,true,60000000,0,0,0,"callback+invoke+egress"])"));
 
     invoke_and_wait("hello");
     functions = call("ListFunctions");
-    EXPECT_EQ(functions[0][1], json::parse(R"(["hello","container","",3,false,30500000,0,0,1,"callback-only"])"));
+    EXPECT_EQ(functions[0][1],
+              json::parse(R"(["hello","container","",3,false,30500000,0,0,1,"callback-only"])"));
 }
 
 TEST_F(BusTest, CountsOfABusyInstanceArePublishedCoalesced) {
@@ -579,6 +583,8 @@ TEST_F(BusTest, PolicyAnyoneMayLookOnlyRootMayAct) {
 
 // Drain takes the node out of a load balancer's rotation (/healthz 503) while it keeps serving;
 // Undrain puts it back. Draining follows, with PropertiesChanged.
+// While draining, answers say "Connection: close": keep-alive clients (a load balancer's pooled
+// connections too) reconnect, and so reach a node that serves.
 TEST_F(BusTest, DrainAndUndrainSwitchHealthzWhileRequestsAreServed) {
     add_hello("hello");
     start_daemon();
@@ -596,6 +602,8 @@ TEST_F(BusTest, DrainAndUndrainSwitchHealthzWhileRequestsAreServed) {
     auto res = get("/invoke/hello/hello");
     ASSERT_TRUE(res);
     EXPECT_EQ(res->status, 200) << "a draining node still serves what reaches it";
+    EXPECT_EQ(res->get_header_value("Connection"), "close")
+        << "a draining node keeps its keep-alive clients instead of sending them elsewhere";
     EXPECT_EQ(json::parse(get("/status")->body)["state"], "draining");
     EXPECT_NE(get("/metrics")->body.find("unifaas_draining 1\n"), std::string::npos);
 
@@ -604,6 +612,9 @@ TEST_F(BusTest, DrainAndUndrainSwitchHealthzWhileRequestsAreServed) {
     EXPECT_TRUE(client_->signals().wait(is("PropertiesChanged", {kManager, "Draining", "false"})));
     EXPECT_EQ(get("/healthz")->status, 200);
     EXPECT_EQ(json::parse(get("/status")->body)["state"], "serving");
+    res = get("/invoke/hello/hello");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->get_header_value("Connection"), "") << "keep-alive is back after Undrain";
 }
 
 // ---------------------------------------------------------------------------------------------
