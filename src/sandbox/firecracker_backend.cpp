@@ -44,9 +44,6 @@ constexpr const char* kApiSocket = "api.sock";
 constexpr const char* kLogFile = "firecracker.log";
 constexpr unsigned kTailLines = 20;
 constexpr milliseconds kSocketTimeout{5000};
-// A clone must have loaded its snapshot and acknowledged its new identity within this (or the
-// function's boot-timeout when shorter), else it is destroyed and the cold start boots instead.
-constexpr std::chrono::seconds kRestoreDeadline{10};
 // Each call that pauses and saves a template (a Full snapshot writes all guest memory).
 constexpr milliseconds kSaveTimeout{60000};
 constexpr const char* kNotInstalled =
@@ -481,17 +478,11 @@ std::unique_ptr<Instance> FirecrackerBackend::start(const InstanceContext& ctx) 
     if (vm.initrd) {
         check_readable(*vm.initrd, "initrd");
     }
-    if (vm.snapshot && env_.templates != nullptr) {
-        // Firecracker runs on KVM only: the accelerator is part of the binary.
-        std::string key = template_key(spec, executable_, Accel::Kvm);
-        if (auto tpl = env_.templates->find(spec.name, key)) {
-            if (auto clone = restore(ctx, tpl)) {
-                return clone;
-            }
-        } else {
-            builder_.build_later(ctx.spec, key,
-                                 [this](TemplateBuild& build) { return save_template(build); });
-        }
+    // Firecracker runs on KVM only: the accelerator is part of the binary.
+    if (auto clone = builder_.restore_or_build(
+            ctx, executable_, Accel::Kvm, [this](RestoreAttempt& attempt) { restore(attempt); },
+            [this](TemplateBuild& build) { return save_template(build); })) {
+        return clone;
     }
     return boot(ctx);
 }
@@ -540,80 +531,61 @@ std::unique_ptr<Instance> FirecrackerBackend::boot(const InstanceContext& ctx) {
     return instance;
 }
 
-std::unique_ptr<Instance> FirecrackerBackend::restore(const InstanceContext& ctx,
-                                                      const std::shared_ptr<VmTemplate>& tpl) {
-    const FunctionSpec& spec = *ctx.spec;
-    const VmSpec& vm = spec.vm();
-    auto limit = std::min<Clock::duration>(
-        kRestoreDeadline, std::chrono::duration_cast<Clock::duration>(spec.boot_timeout));
-    auto begin = Clock::now();
-    auto deadline = begin + limit;
-    std::unique_ptr<FirecrackerInstance> clone;
-    fs::path log;
+void FirecrackerBackend::restore(RestoreAttempt& attempt) {
     try {
-        std::unique_ptr<NetworkLease> lease = lease_tap(*env_.network);
-        apply_network_policy(env_, *lease, spec);
-        lease->use_guest_mac(tpl->mac());  // virtio-net comes back with the template's MAC
-        auto dir = std::make_unique<WorkDir>(env_.runtime_dir, ctx.instance_id);
-        // The snapshot names the template's disk by the relative path of its private copy: this
-        // clone's copy of the disk as the template left it, in the clone's working directory.
-        fs::path saved_disk = tpl->dir() / rootfs_copy_name(vm);
-        if (vm.copy_rootfs) {
-            prepare_rootfs(vm, dir->path(), saved_disk);
-        }
-        RestoreMessage message{lease->guest_ip(), lease->host_ip(), lease->netmask(),
-                               "http://" + lease->host_ip() + ":" +
-                                   std::to_string(env_.callback_port) + ctx.callback_path,
-                               random_hex(8)};
-        std::string tap = lease->tap();
-
-        const fs::path socket = dir->path() / kApiSocket;
-        log = dir->path() / kLogFile;
-        auto console =
-            std::make_unique<ForwardedConsole>(env_.consoles, log, spec.name, ctx.instance_id);
-        std::unique_ptr<Scope> scope;
-        auto child =
-            spawn(firecracker_command_line(executable_, socket, ctx.instance_id), log, dir->path());
-        scope =
-            start_instance_scope(env_.scopes, ctx, child->pid(), scope_memory_max(vm.memory_mib));
-        await_api_socket(*child, socket, log);
-        {
-            FirecrackerApi api(socket, std::chrono::ceil<milliseconds>(deadline - Clock::now()));
-            api.load_snapshot(tpl->state_file().string(), tpl->memory_file().string(),
-                              kNetworkInterfaceId, tap);
-        }
-        clone = std::make_unique<FirecrackerInstance>(env_.exits, std::move(lease), std::move(dir),
-                                                      std::move(console), std::move(scope),
-                                                      std::move(child), spec.port, tpl);
-        if (!send_restore(tap, message, deadline)) {
-            throw std::runtime_error(
-                "the guest did not acknowledge its restore message within " +
-                std::to_string(std::chrono::duration_cast<milliseconds>(limit).count()) +
-                " ms (does its init speak restore protocol " +
-                std::to_string(kRestoreProtocolVersion) + "?)");
-        }
-        env_.templates->restore_succeeded(tpl);
-        spdlog::debug("firecracker: {} instance {}: restored from template {} in {:.1f} ms",
-                      spec.name, ctx.instance_id, tpl->key(), ms_since(begin));
-        clone->watch(ctx.on_exit);
-        return clone;
+        load_clone(attempt);
     } catch (const SandboxError& e) {
         if (e.http_status() != 502) {
             throw;  // no tap, no kernel: booting would fail the same way
         }
-        spdlog::warn(
-            "function {} instance {}: restore from template {} failed, booting instead: {}",
-            spec.name, ctx.instance_id, tpl->key(), e.what());
-    } catch (const std::exception& e) {
-        std::string tail = clone ? clone->output_tail() : std::string();
-        spdlog::warn(
-            "function {} instance {}: restore from template {} failed, booting instead: "
-            "{}{}{}",
-            spec.name, ctx.instance_id, tpl->key(), e.what(), tail.empty() ? "" : "\n", tail);
+        throw std::runtime_error(e.what());  // this firecracker failed; a booted one may not
     }
-    clone.reset();  // gives back its process, tap and files before the boot takes new ones
-    env_.templates->restore_failed(tpl);
-    return nullptr;
+}
+
+void FirecrackerBackend::load_clone(RestoreAttempt& attempt) {
+    const InstanceContext& ctx = attempt.ctx();
+    const FunctionSpec& spec = attempt.spec();
+    const VmSpec& vm = spec.vm();
+    const VmTemplate& tpl = *attempt.tpl();
+    auto begin = Clock::now();
+    std::unique_ptr<NetworkLease> lease = lease_tap(*env_.network);
+    apply_network_policy(env_, *lease, spec);
+    lease->use_guest_mac(tpl.mac());  // virtio-net comes back with the template's MAC
+    auto dir = std::make_unique<WorkDir>(env_.runtime_dir, ctx.instance_id);
+    // The snapshot names the template's disk by the relative path of its private copy: this
+    // clone's copy of the disk as the template left it, in the clone's working directory.
+    fs::path saved_disk = tpl.dir() / rootfs_copy_name(vm);
+    if (vm.copy_rootfs) {
+        prepare_rootfs(vm, dir->path(), saved_disk);
+    }
+    RestoreMessage message{
+        lease->guest_ip(), lease->host_ip(), lease->netmask(),
+        "http://" + lease->host_ip() + ":" + std::to_string(env_.callback_port) + ctx.callback_path,
+        random_hex(8)};
+    std::string tap = lease->tap();
+
+    const fs::path socket = dir->path() / kApiSocket;
+    const fs::path log = dir->path() / kLogFile;
+    auto console =
+        std::make_unique<ForwardedConsole>(env_.consoles, log, spec.name, ctx.instance_id);
+    std::unique_ptr<Scope> scope;
+    auto child =
+        spawn(firecracker_command_line(executable_, socket, ctx.instance_id), log, dir->path());
+    scope = start_instance_scope(env_.scopes, ctx, child->pid(), scope_memory_max(vm.memory_mib));
+    await_api_socket(*child, socket, log);
+    {
+        FirecrackerApi api(socket,
+                           std::chrono::ceil<milliseconds>(attempt.deadline() - Clock::now()));
+        api.load_snapshot(tpl.state_file().string(), tpl.memory_file().string(),
+                          kNetworkInterfaceId, tap);
+    }
+    FirecrackerInstance& clone = attempt.hold(std::make_unique<FirecrackerInstance>(
+        env_.exits, std::move(lease), std::move(dir), std::move(console), std::move(scope),
+        std::move(child), spec.port, attempt.tpl()));
+    attempt.acknowledge(tap, message);
+    spdlog::debug("firecracker: {} instance {}: restored from template {} in {:.1f} ms", spec.name,
+                  ctx.instance_id, tpl.key(), ms_since(begin));
+    clone.watch(ctx.on_exit);
 }
 
 SavedTemplate FirecrackerBackend::save_template(TemplateBuild& build) {

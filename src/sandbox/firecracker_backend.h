@@ -73,10 +73,12 @@ class FirecrackerBackend : public Backend {
 
   private:
     std::unique_ptr<Instance> boot(const InstanceContext& ctx);
-    // A clone of `tpl` (a fresh firecracker loading its snapshot, on its own tap), acknowledged
-    // on its own address; nullptr (logged, counted against the template) when it did not come up.
-    std::unique_ptr<Instance> restore(const InstanceContext& ctx,
-                                      const std::shared_ptr<VmTemplate>& tpl);
+    // A clone of the attempt's template (run by builder_.restore_or_build): load_clone, where a
+    // SandboxError 502 (this firecracker exited or refused the snapshot) is a failed restore.
+    void restore(RestoreAttempt& attempt);
+    // A fresh firecracker loading the template's snapshot on its own tap, acknowledged on its own
+    // address.
+    void load_clone(RestoreAttempt& attempt);
     // Boots the template VM of one build, pauses it, saves a Full snapshot, stops it.
     SavedTemplate save_template(TemplateBuild& build);
 

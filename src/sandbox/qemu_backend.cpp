@@ -20,10 +20,6 @@ namespace {
 // Under TCG a scope's memory limit also covers QEMU's translation cache, which grows as guest code
 // is translated (about 100 MiB after a Linux boot here; QEMU reserves up to 1 GiB for it).
 constexpr std::uint64_t kTcgCacheMiB = 256;
-// A clone must have loaded its state and acknowledged its new identity within this (or the
-// function's boot-timeout when shorter), else it is destroyed and the cold start boots instead.
-// Under TCG on a loaded host a restore has taken 2 s; normally it takes a few hundred ms.
-constexpr auto kRestoreDeadline = std::chrono::seconds(10);
 // Pausing and saving a template (QMP), and its qemu exiting afterwards.
 constexpr auto kSaveDeadline = std::chrono::seconds(60);
 
@@ -228,22 +224,15 @@ std::unique_ptr<NetworkLease> QemuBackend::lease_network(const FunctionSpec& spe
 }
 
 std::unique_ptr<Instance> QemuBackend::start(const InstanceContext& ctx) {
-    const FunctionSpec& spec = *ctx.spec;
     if (binary_.empty()) {
         throw SandboxError(501, fmt::format("QEMU is not installed: {} not found (install "
                                             "qemu-system-x86 or set qemu-binary)",
                                             configured_binary_));
     }
-    if (spec.vm().snapshot && env_.templates != nullptr) {
-        std::string key = template_key(spec, binary_, accel_);
-        if (auto tpl = env_.templates->find(spec.name, key)) {
-            if (auto clone = restore(ctx, tpl)) {
-                return clone;
-            }
-        } else {
-            builder_.build_later(ctx.spec, key,
-                                 [this](TemplateBuild& build) { return save_template(build); });
-        }
+    if (auto clone = builder_.restore_or_build(
+            ctx, binary_, accel_, [this](RestoreAttempt& attempt) { restore(attempt); },
+            [this](TemplateBuild& build) { return save_template(build); })) {
+        return clone;
     }
     return boot(ctx);
 }
@@ -277,69 +266,43 @@ std::unique_ptr<Instance> QemuBackend::boot(const InstanceContext& ctx) {
     }
 }
 
-std::unique_ptr<Instance> QemuBackend::restore(const InstanceContext& ctx,
-                                               const std::shared_ptr<VmTemplate>& tpl) {
-    const FunctionSpec& spec = *ctx.spec;
+void QemuBackend::restore(RestoreAttempt& attempt) {
+    const InstanceContext& ctx = attempt.ctx();
+    const FunctionSpec& spec = attempt.spec();
     const VmSpec& vm = spec.vm();
-    auto limit = std::min<std::chrono::steady_clock::duration>(
-        kRestoreDeadline,
-        std::chrono::duration_cast<std::chrono::steady_clock::duration>(spec.boot_timeout));
-    auto deadline = std::chrono::steady_clock::now() + limit;
-    std::unique_ptr<QemuInstance> clone;
-    try {
-        std::unique_ptr<NetworkLease> lease = lease_network(spec);
-        lease->use_guest_mac(tpl->mac());  // virtio-net comes back with the template's MAC
-        auto workdir = std::make_unique<WorkDir>(env_.runtime_dir, ctx.instance_id);
-        RestoreMessage message{
-            lease->guest_ip(), lease->host_ip(), lease->netmask(),
-            fmt::format("http://{}:{}{}", lease->host_ip(), env_.callback_port, ctx.callback_path),
-            random_hex(8)};
-        std::string tap = lease->tap();
+    const VmTemplate& tpl = *attempt.tpl();
+    std::unique_ptr<NetworkLease> lease = lease_network(spec);
+    lease->use_guest_mac(tpl.mac());  // virtio-net comes back with the template's MAC
+    auto workdir = std::make_unique<WorkDir>(env_.runtime_dir, ctx.instance_id);
+    RestoreMessage message{
+        lease->guest_ip(), lease->host_ip(), lease->netmask(),
+        fmt::format("http://{}:{}{}", lease->host_ip(), env_.callback_port, ctx.callback_path),
+        random_hex(8)};
+    std::string tap = lease->tap();
 
-        QemuLaunch launch;
-        launch.binary = binary_;
-        launch.accel = accel_;
-        launch.name = spec.name + "-" + ctx.instance_id;
-        launch.vm = &vm;
-        launch.kernel_cmdline = tpl->kernel_cmdline();
-        launch.tap = tap;
-        launch.mac = tpl->mac();
-        launch.console_log = workdir->path() / "console.log";
-        launch.memory_file = QemuLaunch::MemoryFile{tpl->memory_file(), false};
-        launch.qmp_socket = workdir->path() / "qmp.sock";
-        launch.incoming = true;
-        auto argv = qemu_command_line(launch);
-        spdlog::debug("function {} instance {}: {}", spec.name, ctx.instance_id,
-                      fmt::join(argv, " "));
-        clone = std::make_unique<QemuInstance>(
-            ctx, std::move(lease), std::move(workdir), argv, env_,
-            scope_memory_max(vm.memory_mib, accel_ == Accel::Tcg ? kTcgCacheMiB : 0), tpl);
+    QemuLaunch launch;
+    launch.binary = binary_;
+    launch.accel = accel_;
+    launch.name = spec.name + "-" + ctx.instance_id;
+    launch.vm = &vm;
+    launch.kernel_cmdline = tpl.kernel_cmdline();
+    launch.tap = tap;
+    launch.mac = tpl.mac();
+    launch.console_log = workdir->path() / "console.log";
+    launch.memory_file = QemuLaunch::MemoryFile{tpl.memory_file(), false};
+    launch.qmp_socket = workdir->path() / "qmp.sock";
+    launch.incoming = true;
+    auto argv = qemu_command_line(launch);
+    spdlog::debug("function {} instance {}: {}", spec.name, ctx.instance_id, fmt::join(argv, " "));
+    QemuInstance& clone = attempt.hold(std::make_unique<QemuInstance>(
+        ctx, std::move(lease), std::move(workdir), argv, env_,
+        scope_memory_max(vm.memory_mib, accel_ == Accel::Tcg ? kTcgCacheMiB : 0), attempt.tpl()));
 
-        QmpClient qmp(launch.qmp_socket, deadline);
-        qmp.enable_ignore_shared();
-        qmp.restore("exec:cat " + shell_quoted(tpl->state_file().string()));
-        if (!send_restore(tap, message, deadline)) {
-            throw std::runtime_error(fmt::format(
-                "the guest did not acknowledge its restore message within {} ms (does its init "
-                "speak restore protocol {}?)",
-                std::chrono::duration_cast<std::chrono::milliseconds>(limit).count(),
-                kRestoreProtocolVersion));
-        }
-        env_.templates->restore_succeeded(tpl);
-        clone->report_exit(ctx.on_exit);
-        return clone;
-    } catch (const SandboxError&) {
-        throw;  // no tap, no QEMU: booting would fail the same way
-    } catch (const std::exception& e) {
-        std::string tail = clone ? clone->output_tail() : std::string();
-        spdlog::warn(
-            "function {} instance {}: restore from template {} failed, booting instead: "
-            "{}{}{}",
-            spec.name, ctx.instance_id, tpl->key(), e.what(), tail.empty() ? "" : "\n", tail);
-        clone.reset();  // gives back its qemu, tap and files before the boot takes new ones
-        env_.templates->restore_failed(tpl);
-        return nullptr;
-    }
+    QmpClient qmp(launch.qmp_socket, attempt.deadline());
+    qmp.enable_ignore_shared();
+    qmp.restore("exec:cat " + shell_quoted(tpl.state_file().string()));
+    attempt.acknowledge(tap, message);
+    clone.report_exit(ctx.on_exit);
 }
 
 SavedTemplate QemuBackend::save_template(TemplateBuild& build) {

@@ -57,10 +57,9 @@ class QemuBackend : public Backend {
     // A tap under the function's [network] policy (every VM: booted, clone or template).
     std::unique_ptr<NetworkLease> lease_network(const FunctionSpec& spec);
     std::unique_ptr<Instance> boot(const InstanceContext& ctx);
-    // A clone of `tpl`, up and acknowledged on its own address; nullptr (logged, counted against
-    // the template) when it did not come up in time.
-    std::unique_ptr<Instance> restore(const InstanceContext& ctx,
-                                      const std::shared_ptr<VmTemplate>& tpl);
+    // A clone of the attempt's template (a qemu waiting for its state, loaded over QMP), up and
+    // acknowledged on its own address (run by builder_.restore_or_build).
+    void restore(RestoreAttempt& attempt);
     // Boots, saves and stops the template VM of one build (run by builder_ on its thread).
     SavedTemplate save_template(TemplateBuild& build);
 

@@ -1,13 +1,43 @@
 #include "sandbox/vm_template_builder.h"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "sandbox/child_process.h"
+#include "sandbox/restore_channel.h"
 #include "sandbox/vm_template.h"
 #include "util/random.h"
 
 namespace unifaas {
+
+namespace {
+
+// A clone must have loaded its state and acknowledged its new identity within this (or the
+// function's boot-timeout when shorter), else it is destroyed and the cold start boots instead.
+// Under TCG on a loaded host a restore has taken 2 s; normally it takes a few hundred ms.
+constexpr auto kRestoreDeadline = std::chrono::seconds(10);
+
+}  // namespace
+
+RestoreAttempt::RestoreAttempt(const InstanceContext& ctx, std::shared_ptr<VmTemplate> tpl)
+    : ctx_(ctx),
+      tpl_(std::move(tpl)),
+      limit_(std::min<std::chrono::steady_clock::duration>(
+          kRestoreDeadline,
+          std::chrono::duration_cast<std::chrono::steady_clock::duration>(ctx.spec->boot_timeout))),
+      deadline_(std::chrono::steady_clock::now() + limit_) {}
+
+void RestoreAttempt::acknowledge(const std::string& tap, const RestoreMessage& message) const {
+    if (!send_restore(tap, message, deadline_)) {
+        throw std::runtime_error(fmt::format(
+            "the guest did not acknowledge its restore message within {} ms (does its init "
+            "speak restore protocol {}?)",
+            std::chrono::duration_cast<std::chrono::milliseconds>(limit_).count(),
+            kRestoreProtocolVersion));
+    }
+}
 
 TemplateBuild::TemplateBuild(TemplateBuilder& builder, InstanceContext ctx, std::string key,
                              std::filesystem::path partial, std::string token)
@@ -78,6 +108,39 @@ TemplateBuilder::~TemplateBuilder() {
     for (auto& t : threads) {
         t.join();
     }
+}
+
+std::unique_ptr<Instance> TemplateBuilder::restore_or_build(const InstanceContext& ctx,
+                                                            const std::string& hypervisor_binary,
+                                                            Accel accel, const RestoreFn& restore,
+                                                            SaveFn save) {
+    const FunctionSpec& spec = *ctx.spec;
+    if (!spec.vm().snapshot || env_.templates == nullptr) {
+        return nullptr;
+    }
+    std::string key = template_key(spec, hypervisor_binary, accel);
+    std::shared_ptr<VmTemplate> tpl = env_.templates->find(spec.name, key);
+    if (!tpl) {
+        build_later(ctx.spec, key, std::move(save));
+        return nullptr;
+    }
+    RestoreAttempt attempt(ctx, tpl);
+    try {
+        restore(attempt);
+        env_.templates->restore_succeeded(tpl);
+        return std::move(attempt.clone_);
+    } catch (const SandboxError&) {
+        throw;  // no tap, no hypervisor: booting would fail the same way
+    } catch (const std::exception& e) {
+        std::string tail = attempt.clone_ ? attempt.clone_->output_tail() : std::string();
+        spdlog::warn(
+            "function {} instance {}: restore from template {} failed, booting instead: "
+            "{}{}{}",
+            spec.name, ctx.instance_id, key, e.what(), tail.empty() ? "" : "\n", tail);
+    }
+    attempt.clone_.reset();  // gives back its process, tap and files before the boot takes new ones
+    env_.templates->restore_failed(tpl);
+    return nullptr;
 }
 
 void TemplateBuilder::build_later(std::shared_ptr<const FunctionSpec> spec, const std::string& key,

@@ -36,6 +36,7 @@
 #include <gtest/gtest.h>
 
 #include <httplib.h>
+#include "guest_netns_fixture.h"
 #include "private_netns.h"
 
 #include "gateway/listening_server.h"
@@ -51,48 +52,6 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
-
-const fs::path kGuest = fs::path(UNIFAAS_BINARY_DIR) / "guest";
-
-// The complete templates (not ".partial-*") in a snapshot dir.
-std::set<std::string> templates_in(const fs::path& dir) {
-    std::set<std::string> names;
-    std::error_code ec;
-    for (const auto& e : fs::directory_iterator(dir, ec)) {
-        if (e.path().filename().string().rfind(".partial-", 0) != 0) {
-            names.insert(e.path().filename());
-        }
-    }
-    return names;
-}
-
-// Waits (inotify, no polling) until `dir` holds a complete template not in `known`; "" on timeout.
-std::string wait_new_template(const fs::path& dir, const std::set<std::string>& known,
-                              std::chrono::seconds timeout) {
-    int fd = ::inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
-    ::inotify_add_watch(fd, dir.c_str(), IN_MOVED_TO | IN_CREATE);
-    auto deadline = Clock::now() + timeout;
-    std::string found;
-    for (;;) {
-        for (const auto& name : templates_in(dir)) {
-            if (known.count(name) == 0) {
-                found = name;
-            }
-        }
-        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-        if (!found.empty() || left.count() <= 0) {
-            break;
-        }
-        pollfd p{fd, POLLIN, 0};
-        if (::poll(&p, 1, static_cast<int>(left.count())) > 0) {
-            char buf[4096];
-            while (::read(fd, buf, sizeof(buf)) > 0) {
-            }
-        }
-    }
-    ::close(fd);
-    return found;
-}
 
 std::vector<std::string> read_lines(const fs::path& file) {
     std::ifstream in(file);
@@ -508,6 +467,25 @@ class FirecrackerStandInTest : public ::testing::Test {
         return config;
     }
 
+    // What a snapshot test runs the backend with, made inside its private namespace: taps, exit
+    // watching, readiness callbacks (on 0.0.0.0: bring the loopback up first, the template calls
+    // back there) and a template store in <dir>/snapshots.
+    struct SnapshotRig {
+        explicit SnapshotRig(const fs::path& dir)
+            : snapshots(dir / "snapshots"),
+              store(snapshots, 1ULL << 30),
+              env{dir / "runtime", callbacks.port(), &network, &exits} {
+            env.callbacks = &callbacks;
+            env.templates = &store;
+        }
+        Network network{network_config()};
+        ExitWatcher exits;
+        Callbacks callbacks;
+        const fs::path snapshots;
+        VmTemplateStore store;
+        VmEnvironment env;
+    };
+
     fs::path dir_;
 };
 
@@ -623,23 +601,16 @@ TEST_F(FirecrackerStandInTest, FailuresAre502WithTheirCauseAndLeaveNothing) {
 TEST_F(FirecrackerStandInTest, TemplateIsSavedThroughTheApiAndACloneLoadsItOnItsOwnTap) {
     in_private_netns([&] {
         ASSERT_EQ(std::system("ip link set lo up"), 0);
-        Network network(network_config());
-        ExitWatcher exits;
-        Callbacks callbacks;
-        const fs::path snapshots = dir_ / "snapshots";
-        VmTemplateStore store(snapshots, 1ULL << 30);
-        VmEnvironment env{dir_ / "runtime", callbacks.port(), &network, &exits};
-        env.callbacks = &callbacks;
-        env.templates = &store;
+        SnapshotRig rig(dir_);
         auto fn = spec("vmlinux", true, true);
         const std::string exe = (dir_ / "firecracker").string();
         const std::string key = template_key(*fn, exe, Accel::Kvm);
-        const std::string port = std::to_string(callbacks.port());
+        const std::string port = std::to_string(rig.callbacks.port());
         {
-            FirecrackerBackend backend(env, exe);
+            FirecrackerBackend backend(rig.env, exe);
             auto booted = backend.start(context(fn, nullptr));
             EXPECT_STREQ(booted->start_kind(), "boot");
-            std::string tpl = wait_new_template(snapshots, {}, 30s);
+            std::string tpl = wait_new_template(rig.snapshots, {}, 30s);
             ASSERT_FALSE(tpl.empty()) << "no template was saved";
             EXPECT_EQ(tpl.rfind(key + "-", 0), 0u) << tpl;
 
@@ -655,7 +626,7 @@ TEST_F(FirecrackerStandInTest, TemplateIsSavedThroughTheApiAndACloneLoadsItOnIts
             EXPECT_TRUE(std::regex_match(id, std::regex("template-[0-9a-f]{12}"))) << id;
             const fs::path work = dir_ / "runtime" / "instances" / id;
             const std::string partial =
-                literal(snapshots.string()) + "/\\.partial-" + key + "-[0-9a-f]{8}";
+                literal(rig.snapshots.string()) + "/\\.partial-" + key + "-[0-9a-f]{8}";
             std::vector<std::string> expected{
                 literal("cwd: " + work.string()),
                 literal("argv: --api-sock " + (work / "api.sock").string() + " --id " + id +
@@ -688,7 +659,7 @@ TEST_F(FirecrackerStandInTest, TemplateIsSavedThroughTheApiAndACloneLoadsItOnIts
             EXPECT_FALSE(fs::exists(work)) << "the template's working directory was left";
             // Its disk as the template left it, kept with the snapshot; the image untouched.
             std::string disk(17, '\0');
-            std::ifstream(snapshots / tpl / "rootfs.ext4").read(disk.data(), 17);
+            std::ifstream(rig.snapshots / tpl / "rootfs.ext4").read(disk.data(), 17);
             EXPECT_EQ(disk, "template was here");
             std::string image(10, '\0');
             std::ifstream(dir_ / "rootfs.ext4").read(image.data(), 10);
@@ -713,7 +684,7 @@ TEST_F(FirecrackerStandInTest, TemplateIsSavedThroughTheApiAndACloneLoadsItOnIts
                 std::to_string(std::stoi(clone->address().substr(clone->address().rfind('.') + 1)) -
                                1);
             // The guest calls its own new readiness URL back once it has its identity.
-            ASSERT_TRUE(callbacks.wait_for("clone1", 10s)) << "the clone did not call back";
+            ASSERT_TRUE(rig.callbacks.wait_for("clone1", 10s)) << "the clone did not call back";
             EXPECT_EQ(
                 read_lines(dir_ / "trace-00112233ccdd"),
                 (std::vector<std::string>{
@@ -721,23 +692,23 @@ TEST_F(FirecrackerStandInTest, TemplateIsSavedThroughTheApiAndACloneLoadsItOnIts
                     "argv: --api-sock " + (clone_work / "api.sock").string() +
                         " --id 00112233ccdd --level Warning",
                     "PUT /snapshot/load {\"mem_backend\": {\"backend_path\": \"" +
-                        (snapshots / tpl / "memory").string() +
+                        (rig.snapshots / tpl / "memory").string() +
                         "\", \"backend_type\": \"File\"}, \"network_overrides\": "
                         "[{\"host_dev_name\": \"" +
                         tap +
                         "\", \"iface_id\": \"eth0\"}], \"resume_vm\": true, "
                         "\"snapshot_path\": \"" +
-                        (snapshots / tpl / "state").string() + "\"}",
+                        (rig.snapshots / tpl / "state").string() + "\"}",
                     "restore message on " + tap + ": ip=" + clone->address() + " gw=" + gateway +
                         " callback=http://" + gateway + ":" + port + "/ready/clone1",
                 }));
             std::ifstream(clone_work / "rootfs.ext4").read(disk.data(), 17);
             EXPECT_EQ(disk, "template was here") << "the clone's disk is not the template's";
-            EXPECT_EQ(network.stats().leased, 2u);
+            EXPECT_EQ(rig.network.stats().leased, 2u);
         }
-        EXPECT_EQ(network.stats().leased, 0u) << "a tap was not given back";
+        EXPECT_EQ(rig.network.stats().leased, 0u) << "a tap was not given back";
         EXPECT_TRUE(fs::is_empty(dir_ / "runtime" / "instances"));
-        EXPECT_EQ(templates_in(snapshots).size(), 1u);
+        EXPECT_EQ(templates_in(rig.snapshots).size(), 1u);
     });
 }
 
@@ -747,21 +718,14 @@ TEST_F(FirecrackerStandInTest, TemplateIsSavedThroughTheApiAndACloneLoadsItOnIts
 TEST_F(FirecrackerStandInTest, ClonesThatNeverAnswerFallBackToBootAndTheTemplateIsRebuilt) {
     in_private_netns([&] {
         ASSERT_EQ(std::system("ip link set lo up"), 0);
-        Network network(network_config());
-        ExitWatcher exits;
-        Callbacks callbacks;
-        const fs::path snapshots = dir_ / "snapshots";
-        VmTemplateStore store(snapshots, 1ULL << 30);
-        VmEnvironment env{dir_ / "runtime", callbacks.port(), &network, &exits};
-        env.callbacks = &callbacks;
-        env.templates = &store;
+        SnapshotRig rig(dir_);
         auto fn = spec("vmlinux", false, true);
         // The restore deadline per clone, and the template build's wait for its callback: 3 s, as
         // the stand-in's callback can take over 1 s on a loaded 2-core machine.
         fn->boot_timeout = std::chrono::seconds(3);
-        FirecrackerBackend backend(env, (dir_ / "firecracker").string());
+        FirecrackerBackend backend(rig.env, (dir_ / "firecracker").string());
         backend.start(context(fn, nullptr)).reset();
-        std::string first = wait_new_template(snapshots, {}, 30s);
+        std::string first = wait_new_template(rig.snapshots, {}, 30s);
         ASSERT_FALSE(first.empty()) << "no template was saved";
 
         std::ofstream(dir_ / "deaf").flush();
@@ -780,13 +744,14 @@ TEST_F(FirecrackerStandInTest, ClonesThatNeverAnswerFallBackToBootAndTheTemplate
                 lines.end())
                 << "no boot after the failed restore";
             instance.reset();
-            EXPECT_EQ(network.stats().leased, 0u) << "the failed clone kept its tap";
+            EXPECT_EQ(rig.network.stats().leased, 0u) << "the failed clone kept its tap";
         }
-        EXPECT_FALSE(fs::exists(snapshots / first)) << "a template failing every restore was kept";
+        EXPECT_FALSE(fs::exists(rig.snapshots / first))
+            << "a template failing every restore was kept";
         fs::remove(dir_ / "deaf");
         // The next cold start boots and builds a new template beside it.
         backend.start(context(fn, nullptr)).reset();
-        std::string second = wait_new_template(snapshots, {first}, 30s);
+        std::string second = wait_new_template(rig.snapshots, {first}, 30s);
         EXPECT_FALSE(second.empty()) << "the template was not rebuilt";
     });
 }

@@ -9,83 +9,20 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <future>
 #include <regex>
 #include <thread>
 
-#include "daemon_process.h"
-#include "docker_engine.h"
+#include "guest_netns_fixture.h"
 #include "link_events.h"
 
 namespace unifaas::test {
-
-PrivateDockerEngine& engine();
-
 namespace {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-
-const fs::path kGuest = fs::path(UNIFAAS_BINARY_DIR) / "guest";
-
-std::string run_command(const std::string& cmd) {
-    std::string out;
-    FILE* p = popen(cmd.c_str(), "r");
-    if (!p) {
-        return out;
-    }
-    char buf[4096];
-    while (std::size_t n = fread(buf, 1, sizeof(buf), p)) {
-        out.append(buf, n);
-    }
-    pclose(p);
-    return out;
-}
-
-// Taps named faasN in the test namespace, as `ip -n NS link` lists them.
-std::vector<std::string> taps() {
-    std::string out = run_command("ip -n " + engine().netns_name() + " -o link show");
-    std::vector<std::string> names;
-    std::regex re(R"(^\d+: (faas\d+)[:@])");
-    std::istringstream lines(out);
-    std::string line;
-    while (std::getline(lines, line)) {
-        std::smatch m;
-        if (std::regex_search(line, m, re)) {
-            names.push_back(m[1]);
-        }
-    }
-    return names;
-}
-
-// `nft list ...` of the daemon's table in the test namespace ("" when there is no such object).
-std::string nft_list(const std::string& what) {
-    return run_command("nsenter --net=" + engine().netns_path() + " nft list " + what +
-                       " inet unifaas" + (what == "map" ? " guests" : "") + " 2>/dev/null");
-}
-
-// qemu processes started for this test's functions (their -name is "<function>-<id>").
-std::vector<pid_t> qemu_processes(const std::string& marker) {
-    std::vector<pid_t> pids;
-    for (const auto& entry : fs::directory_iterator("/proc")) {
-        std::string name = entry.path().filename();
-        if (name.find_first_not_of("0123456789") != std::string::npos) {
-            continue;
-        }
-        std::ifstream in(entry.path() / "cmdline");
-        std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-        if (cmdline.rfind("qemu-system", 0) != std::string::npos ||
-            cmdline.find("/qemu-system") != std::string::npos) {
-            if (cmdline.find(marker) != std::string::npos) {
-                pids.push_back(std::stoi(name));
-            }
-        }
-    }
-    return pids;
-}
 
 // Waits for a process to exit through its pidfd.
 bool wait_process_exit(pid_t pid, std::chrono::milliseconds timeout) {
@@ -108,81 +45,15 @@ pid_t qemu_pid_of(const nlohmann::json& instance) {
     return -1;
 }
 
-class MicroVmTest : public ::testing::Test {
+class MicroVmTest : public GuestVmTest {
   protected:
-    void SetUp() override {
-        ASSERT_TRUE(fs::exists(kGuest / "kernel" / "vmlinux")) << "guest images not built";
-        char tmpl[] = "/tmp/unifaas-vmreg-XXXXXX";
-        ASSERT_NE(mkdtemp(tmpl), nullptr);
-        registry_ = tmpl;
-        marker_ =
-            "vmt" + std::to_string(getpid()) + "x" +
-            std::to_string(std::chrono::steady_clock::now().time_since_epoch().count() % 100000);
-        ASSERT_TRUE(taps().empty()) << "taps left by an earlier test";
-    }
+    MicroVmTest() : GuestVmTest("vmt") {}
 
-    void TearDown() override {
-        if (daemon_ && daemon_->running()) {
-            EXPECT_EQ(daemon_->terminate(), 0) << daemon_->log();
-            EXPECT_TRUE(workdirs_empty()) << "instance working directories leaked";
-        }
-        daemon_.reset();
-        EXPECT_TRUE(taps().empty()) << "taps leaked";
-        EXPECT_EQ(nft_list("table"), "") << "nftables table inet unifaas leaked";
-        EXPECT_TRUE(qemu_processes(marker_).empty()) << "qemu processes leaked";
-        fs::remove_all(registry_);
-    }
-
-    // A microVM running the hello example; the function's name carries the test marker so its
-    // qemu processes can be told apart.
+    // A microVM running the hello example (see GuestVmTest::add_vm).
     std::string add_vm(const std::string& base, const std::string& top = "",
                        const std::string& cmdline_extra = "") {
-        std::string name = base + "-" + marker_;
-        fs::create_directories(registry_ / name);
-        std::ofstream(registry_ / name / "function.toml")
-            << top << "\n[vm]\nkernel = \"" << (kGuest / "kernel" / "vmlinux").string()
-            << "\"\ninitrd = \"" << (kGuest / "hello-initramfs.cpio.gz").string()
-            << "\"\nmemory = 128\n"
-            << "cmdline = \"console=ttyS0 reboot=t panic=-1 cryptomgr.notests quiet "
-               "unifaas.ip=%ip unifaas.gw=%gateway unifaas.mask=%netmask "
-               "unifaas.callback=%callback "
-            << cmdline_extra << "\"\n"
-            << "hypervisor = { type = \"microvm\", pic = false, pit = false }\n";
-        return name;
+        return GuestVmTest::add_vm(base, {.top = top, .cmdline_extra = cmdline_extra});
     }
-
-    void start_daemon(const std::string& extra_config = "") {
-        DaemonProcess::Options o;
-        o.registry = registry_;
-        o.docker_socket = engine().socket_path();
-        o.extra_config = "accel = \"tcg\"\n" + extra_config;
-        daemon_ = std::make_unique<DaemonProcess>(o);
-    }
-
-    httplib::Result get(const std::string& path) { return daemon_->client().Get(path); }
-
-    nlohmann::json instances(const std::string& function) {
-        auto res = get("/status");
-        if (!res) {
-            return nlohmann::json::array();
-        }
-        auto status = nlohmann::json::parse(res->body);  // (outlives the loop)
-        for (auto& f : status["functions"]) {
-            if (f["name"] == function) {
-                return f["instances"];
-            }
-        }
-        return nlohmann::json::array();
-    }
-
-    bool workdirs_empty() {
-        fs::path dir = daemon_->runtime_dir() / "instances";
-        return !fs::exists(dir) || fs::is_empty(dir);
-    }
-
-    fs::path registry_;
-    std::string marker_;
-    std::unique_ptr<DaemonProcess> daemon_;
 };
 
 TEST_F(MicroVmTest, ColdStartWarmRequestsSlotsAndSigtermRemovesTaps) {

@@ -10,118 +10,25 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
-#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <future>
 #include <iostream>
-#include <regex>
 #include <set>
 
-#include "daemon_process.h"
-#include "docker_engine.h"
+#include "guest_netns_fixture.h"
 
 namespace unifaas::test {
-
-PrivateDockerEngine& engine();
-
 namespace {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-const fs::path kGuest = fs::path(UNIFAAS_BINARY_DIR) / "guest";
-
-std::string run_command(const std::string& cmd) {
-    std::string out;
-    FILE* p = popen(cmd.c_str(), "r");
-    if (!p) {
-        return out;
-    }
-    char buf[4096];
-    while (std::size_t n = fread(buf, 1, sizeof(buf), p)) {
-        out.append(buf, n);
-    }
-    pclose(p);
-    return out;
-}
-
 std::string sha256(const fs::path& file) {
     std::string out = run_command("sha256sum '" + file.string() + "'");
     return out.substr(0, out.find(' '));
-}
-
-unsigned count_taps() {
-    std::string out = run_command("ip -o link show");
-    std::regex re(R"(^\d+: faas\d+[:@])");
-    unsigned n = 0;
-    std::istringstream lines(out);
-    std::string line;
-    while (std::getline(lines, line)) {
-        n += std::regex_search(line, re) ? 1 : 0;
-    }
-    return n;
-}
-
-unsigned count_qemu(const std::string& marker) {
-    unsigned n = 0;
-    for (const auto& entry : fs::directory_iterator("/proc")) {
-        std::string name = entry.path().filename();
-        if (name.find_first_not_of("0123456789") != std::string::npos) {
-            continue;
-        }
-        std::ifstream in(entry.path() / "cmdline");
-        std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-        if (cmdline.find("qemu-system") != std::string::npos &&
-            cmdline.find(marker) != std::string::npos) {
-            ++n;
-        }
-    }
-    return n;
-}
-
-// The complete templates in a snapshot dir (partial ones start with ".partial-").
-std::set<std::string> templates_in(const fs::path& dir) {
-    std::set<std::string> names;
-    std::error_code ec;
-    for (const auto& e : fs::directory_iterator(dir, ec)) {
-        std::string name = e.path().filename();
-        if (name.rfind(".partial-", 0) != 0) {
-            names.insert(name);
-        }
-    }
-    return names;
-}
-
-// Waits (inotify, no polling) until `dir` holds a complete template not in `known`; returns it.
-std::string wait_new_template(const fs::path& dir, const std::set<std::string>& known,
-                              std::chrono::seconds timeout) {
-    int fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
-    inotify_add_watch(fd, dir.c_str(), IN_MOVED_TO | IN_CREATE);
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    std::string found;
-    for (;;) {
-        for (const auto& name : templates_in(dir)) {
-            if (known.count(name) == 0) {
-                found = name;
-            }
-        }
-        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-            deadline - std::chrono::steady_clock::now());
-        if (!found.empty() || left.count() <= 0) {
-            break;
-        }
-        pollfd p{fd, POLLIN, 0};
-        if (poll(&p, 1, static_cast<int>(left.count())) > 0) {
-            char buf[4096];
-            while (read(fd, buf, sizeof(buf)) > 0) {
-            }
-        }
-    }
-    close(fd);
-    return found;
 }
 
 double now_realtime() {
@@ -130,34 +37,17 @@ double now_realtime() {
     return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
 }
 
-class SnapshotTest : public ::testing::Test {
+class SnapshotTest : public GuestVmTest {
   protected:
-    void SetUp() override {
-        ASSERT_TRUE(fs::exists(kGuest / "kernel" / "vmlinux")) << "guest images not built";
-        char tmpl[] = "/tmp/unifaas-snap-XXXXXX";
-        ASSERT_NE(mkdtemp(tmpl), nullptr);
-        dir_ = tmpl;
-        fs::create_directories(dir_ / "registry");
-        marker_ =
-            "snt" + std::to_string(getpid()) + "x" +
-            std::to_string(std::chrono::steady_clock::now().time_since_epoch().count() % 100000);
-        ASSERT_EQ(count_taps(), 0u) << "taps left by an earlier test";
-    }
+    SnapshotTest() : GuestVmTest("snt") {}
 
     void TearDown() override {
-        if (daemon_ && daemon_->running()) {
-            EXPECT_EQ(daemon_->terminate(), 0) << daemon_->log();
-            fs::path work = daemon_->runtime_dir() / "instances";
-            EXPECT_TRUE(!fs::exists(work) || fs::is_empty(work)) << "working directories leaked";
-        }
-        daemon_.reset();
+        stop_daemon();
         if (!tmpfs_.empty()) {
             ::umount2(tmpfs_.c_str(), MNT_DETACH);
         }
-        EXPECT_EQ(count_taps(), 0u) << "taps leaked";
-        EXPECT_EQ(count_qemu(marker_), 0u) << "qemu processes leaked";
         EXPECT_TRUE(templates_partial().empty()) << "partial templates left";
-        fs::remove_all(dir_);
+        GuestVmTest::TearDown();
     }
 
     std::set<std::string> templates_partial() {
@@ -173,48 +63,15 @@ class SnapshotTest : public ::testing::Test {
 
     fs::path snapshots() const { return dir_ / "snapshots"; }
 
-    std::string write_vm(const std::string& base, const std::string& top,
-                         const fs::path& kernel = kGuest / "kernel" / "vmlinux",
-                         const std::string& hypervisor =
-                             "type = \"microvm\", pic = false, "
-                             "pit = false") {
-        std::string name = base + "-" + marker_;
-        fs::create_directories(dir_ / "registry" / name);
-        std::ofstream(dir_ / "registry" / name / "function.toml")
-            << top << "\n[vm]\nkernel = \"" << kernel.string() << "\"\ninitrd = \""
-            << (kGuest / "hello-initramfs.cpio.gz").string() << "\"\nmemory = 128\n"
-            << "snapshot = true\n"
-            << "cmdline = \"console=ttyS0 reboot=t panic=-1 cryptomgr.notests quiet "
-               "unifaas.ip=%ip unifaas.gw=%gateway unifaas.mask=%netmask "
-               "unifaas.callback=%callback\"\n"
-            << "hypervisor = { " << hypervisor << " }\n";
-        return name;
+    // A hello microVM with [vm] snapshot = true (see GuestVmTest::add_vm).
+    std::string write_vm(const std::string& base, HelloVm vm) {
+        vm.snapshot = true;
+        return add_vm(base, vm);
     }
 
     // A runtime-dir kept across a restart (a crash test); "" = a fresh one.
     void start_daemon(const fs::path& runtime_dir = {}) {
-        DaemonProcess::Options o;
-        o.runtime_dir = runtime_dir;
-        o.registry = dir_ / "registry";
-        o.docker_socket = engine().socket_path();
-        o.extra_config = "accel = \"tcg\"\nsnapshot-dir = \"" + snapshots().string() + "\"\n";
-        daemon_ = std::make_unique<DaemonProcess>(o);
-    }
-
-    httplib::Result get(const std::string& path) { return daemon_->client().Get(path); }
-
-    nlohmann::json instances(const std::string& function) {
-        auto res = get("/status");
-        if (!res) {
-            return nlohmann::json::array();
-        }
-        auto status = nlohmann::json::parse(res->body);
-        for (auto& f : status["functions"]) {
-            if (f["name"] == function) {
-                return f["instances"];
-            }
-        }
-        return nlohmann::json::array();
+        GuestVmTest::start_daemon("snapshot-dir = \"" + snapshots().string() + "\"\n", runtime_dir);
     }
 
     std::string metric(const std::string& line_start) {
@@ -232,10 +89,7 @@ class SnapshotTest : public ::testing::Test {
         return {};
     }
 
-    fs::path dir_;
     fs::path tmpfs_;  // a small tmpfs mounted on the snapshot dir, unmounted in TearDown
-    std::string marker_;
-    std::unique_ptr<DaemonProcess> daemon_;
 };
 
 // Waits (inotify) until a file named `name` is created in a partial template directory of `dir`
@@ -312,7 +166,8 @@ class PartialTemplateWatch {
 };
 
 TEST_F(SnapshotTest, ThreeConcurrentClonesOfOneTemplateEachHaveTheirOwnIdentity) {
-    auto fn = write_vm("clones", "max-instances = 4\nqueue-timeout = 60\nboot-timeout = 60");
+    auto fn =
+        write_vm("clones", {.top = "max-instances = 4\nqueue-timeout = 60\nboot-timeout = 60"});
     start_daemon();
     // The first cold start boots; the template is built beside it.
     auto res = get("/invoke/" + fn + "/hello");
@@ -372,7 +227,7 @@ TEST_F(SnapshotTest, ThreeConcurrentClonesOfOneTemplateEachHaveTheirOwnIdentity)
 TEST_F(SnapshotTest, SingleUseRestoresAndEditsOrANewKernelMakeANewTemplate) {
     fs::path kernel = dir_ / "vmlinux";
     fs::copy_file(kGuest / "kernel" / "vmlinux", kernel);
-    auto fn = write_vm("edits", "single-use = true\nboot-timeout = 60", kernel);
+    auto fn = write_vm("edits", {.top = "single-use = true\nboot-timeout = 60", .kernel = kernel});
     start_daemon();
     ASSERT_EQ(get("/invoke/" + fn + "/hello")->status, 200) << daemon_->log();
     std::string first = wait_new_template(snapshots(), {}, 120s);
@@ -389,7 +244,7 @@ TEST_F(SnapshotTest, SingleUseRestoresAndEditsOrANewKernelMakeANewTemplate) {
         << daemon_->log();
 
     // An edit of function.toml: the next cold start boots and a new template replaces the old.
-    std::ofstream(dir_ / "registry" / fn / "function.toml", std::ios::app) << "# edited\n";
+    std::ofstream(registry_ / fn / "function.toml", std::ios::app) << "# edited\n";
     ASSERT_EQ(get("/invoke/" + fn + "/hello")->status, 200);
     EXPECT_EQ(metric("unifaas_cold_starts_total{function=\"" + fn + "\",kind=\"boot\"} "), "2");
     std::string second = wait_new_template(snapshots(), {first}, 120s);
@@ -406,8 +261,9 @@ TEST_F(SnapshotTest, SingleUseRestoresAndEditsOrANewKernelMakeANewTemplate) {
 }
 
 TEST_F(SnapshotTest, Q35MachineRestoresToo) {
-    auto fn = write_vm("q35", "single-use = true\nboot-timeout = 90", kGuest / "kernel" / "bzImage",
-                       "type = \"qemu\"");
+    auto fn = write_vm("q35", {.top = "single-use = true\nboot-timeout = 90",
+                               .kernel = kGuest / "kernel" / "bzImage",
+                               .hypervisor = "type = \"qemu\""});
     start_daemon();
     ASSERT_EQ(get("/invoke/" + fn + "/hello")->status, 200) << daemon_->log();
     ASSERT_FALSE(wait_new_template(snapshots(), {}, 180s).empty()) << daemon_->log();
@@ -419,16 +275,9 @@ TEST_F(SnapshotTest, Q35MachineRestoresToo) {
 }
 
 TEST_F(SnapshotTest, GuestWithoutRestoreListenerFallsBackToBoot) {
-    auto fn = write_vm("deaf", "single-use = true\nboot-timeout = 60");
     // unifaas.restore=off: the guest never answers the restore message.
-    std::string toml;
-    {
-        std::ifstream in(dir_ / "registry" / fn / "function.toml");
-        toml.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-    }
-    toml = std::regex_replace(toml, std::regex("unifaas.callback=%callback"),
-                              "unifaas.callback=%callback unifaas.restore=off");
-    std::ofstream(dir_ / "registry" / fn / "function.toml") << toml;
+    auto fn = write_vm("deaf", {.top = "single-use = true\nboot-timeout = 60",
+                                .cmdline_extra = "unifaas.restore=off"});
     start_daemon();
     ASSERT_EQ(get("/invoke/" + fn + "/hello")->status, 200) << daemon_->log();
     ASSERT_FALSE(wait_new_template(snapshots(), {}, 120s).empty()) << daemon_->log();
@@ -443,7 +292,7 @@ TEST_F(SnapshotTest, GuestWithoutRestoreListenerFallsBackToBoot) {
 // partial directory): the restarted daemon removes the partial template, uses nothing of it,
 // boots, builds a new template and restores from that; nothing of the crash is left.
 TEST_F(SnapshotTest, KillDuringTemplateSaveLeavesAUsableStateAfterRestart) {
-    auto fn = write_vm("crash", "single-use = true\nboot-timeout = 60");
+    auto fn = write_vm("crash", {.top = "single-use = true\nboot-timeout = 60"});
     const fs::path runtime = dir_ / "run";
     start_daemon(runtime);
     PartialTemplateWatch watch(snapshots());
@@ -465,7 +314,7 @@ TEST_F(SnapshotTest, KillDuringTemplateSaveLeavesAUsableStateAfterRestart) {
         << daemon_->log();
     fs::path work = runtime / "instances";
     EXPECT_TRUE(!fs::exists(work) || fs::is_empty(work)) << "the crash's working dirs are left";
-    EXPECT_EQ(count_qemu(marker_), 0u) << "qemu outlived the killed daemon";
+    EXPECT_EQ(qemu_processes(marker_).size(), 0u) << "qemu outlived the killed daemon";
 
     ASSERT_EQ(get("/invoke/" + fn + "/hello")->status, 200) << daemon_->log();
     EXPECT_EQ(metric("unifaas_cold_starts_total{function=\"" + fn + "\",kind=\"boot\"} "), "1");
@@ -481,7 +330,7 @@ TEST_F(SnapshotTest, KillDuringTemplateSaveLeavesAUsableStateAfterRestart) {
 // written, the template is skipped and logged, nothing half-written stays, cold starts keep
 // booting, and a build that failed twice is not tried again.
 TEST_F(SnapshotTest, FullSnapshotDiskSkipsTheTemplateAndColdStartsKeepBooting) {
-    auto fn = write_vm("full", "single-use = true\nboot-timeout = 60");
+    auto fn = write_vm("full", {.top = "single-use = true\nboot-timeout = 60"});
     fs::create_directories(snapshots());
     ASSERT_EQ(::mount("tmpfs", snapshots().c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=4m"), 0)
         << std::strerror(errno);
