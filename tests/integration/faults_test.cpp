@@ -419,9 +419,18 @@ TEST_F(FaultTest, EngineStoppedIs503NamingItThenFullServiceAgain) {
 // then starts again under the same load: while it is down every failure is a 503 naming the
 // engine (or a 502 for a request the dying container held), afterwards full service, and no
 // slot, queue entry or container is left over.
-// Disabled in CI: once in a run the engine, stopped mid-create, left a container whose overlay root
-// it could not remove itself ("device or resource busy"), and every later test saw it leaked.
-// Run by hand with --gtest_also_run_disabled_tests until that is understood.
+// Disabled in CI: in about 1 run of 3 under load (session 5: 3 failures in 8 runs), the restarted
+// engine cannot remove one container ("driver overlay2 failed to remove root filesystem: unlinkat
+// .../merged: device or resource busy"), and every later test would see it leaked. What was seen:
+// - the container was made, and its overlay mounted, by the engine being stopped (a cold start
+//   racing its shutdown);
+// - that dockerd exited leaving the overlay mounted in the host's own mount namespace (mountinfo:
+//   parent "/"); no process or dockerd thread in any other mount namespace held a copy of it
+//   (polled every 0.3 s), so the daemon's own namespaces (crun, netns threads) are not the cause;
+// - the new dockerd's DELETE fails on that mount, while a plain umount from the host works.
+// An engine bug on shutdown, not the daemon's: nothing of the daemon is stuck (slots, fds pass).
+// The suite's engine now detaches such mounts at teardown (docker_engine.cpp). Run by hand with
+// --gtest_also_run_disabled_tests.
 TEST_F(FaultTest, DISABLED_EngineStoppedMidLoadIs503NamingItThenFullServiceNoStuckSlots) {
     add_hello("busy", "concurrent-requests = 4\nmax-instances = 1\nqueue-timeout = 2");
     start_daemon();
@@ -596,7 +605,7 @@ std::ostream& operator<<(std::ostream& out, const Rss& rss) {
 // expected statuses; descriptors back where they were.
 // Memory: RSS is read at the start, after a warm-up (the first 2 000 requests and 100 cycles:
 // every thread has run its share and the allocator its arenas) and at the end. After the
-// warm-up it must stay within kWarmGrowthBound: a leak of 2.5 KiB or more per cycle (one
+// warm-up it must stay within kWarmGrowthBound: a leak of 3.5 KiB or more per cycle (one
 // instance's records, a netlink buffer, a log line kept) exceeds it over 900 cycles. Over the
 // whole run it must stay within kTotalGrowthBound: before the daemon fixed its malloc
 // thresholds (util/heap_policy.h), every thread's arena kept a 2 MiB nft buffer and RSS grew
@@ -610,7 +619,7 @@ TEST_F(FaultTest, SoakMixedRequestsAndColdStopCycles) {
     const int kColdCycles = std::max(
         2 * kWarmCycles,
         getenv("UNIFAAS_SOAK_COLD_CYCLES") ? std::atoi(getenv("UNIFAAS_SOAK_COLD_CYCLES")) : 1000);
-    constexpr std::size_t kWarmGrowthBound = 2048;   // KiB
+    constexpr std::size_t kWarmGrowthBound = 3072;   // KiB
     constexpr std::size_t kTotalGrowthBound = 8192;  // KiB
     // Descriptors made on first use of something shared (seen: one) may come after the
     // baseline; a leak per request or per instance would show as tens or thousands.
