@@ -109,10 +109,10 @@ bool hugetlb_needs_v1_mount() {
     return false;
 }
 
-// Mounts left under `dir` once its dockerd is gone: a dockerd stopped while it starts a
-// container may exit with that container's overlay still mounted (seen: the engine test that
-// stops it mid-load). They are named and detached, so the directory can go and the host keeps
-// no stale mount.
+// Mounts left under `dir` once its dockerd is gone: a dockerd (20.10) stopped while it starts a
+// container may exit with that container's overlay still mounted, and the next dockerd then fails
+// to remove that container ("unlinkat .../merged: device or resource busy"; seen in the engine
+// test that stops it mid-load). They are named on stderr and detached.
 void unmount_leftovers(const fs::path& dir) {
     std::vector<std::string> mounts;
     std::ifstream in("/proc/self/mountinfo");
@@ -352,6 +352,9 @@ void PrivateDockerEngine::stop_dockerd() noexcept {
     while (waitpid(dockerd_pid_, &status, 0) < 0 && errno == EINTR) {
     }
     dockerd_pid_ = -1;
+    // What an operator would do before starting it again: without this, the next dockerd
+    // cannot remove a container whose overlay the last one left mounted.
+    unmount_leftovers(dir_);
 }
 
 void PrivateDockerEngine::teardown() noexcept {

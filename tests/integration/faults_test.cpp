@@ -419,19 +419,13 @@ TEST_F(FaultTest, EngineStoppedIs503NamingItThenFullServiceAgain) {
 // then starts again under the same load: while it is down every failure is a 503 naming the
 // engine (or a 502 for a request the dying container held), afterwards full service, and no
 // slot, queue entry or container is left over.
-// Disabled in CI: in about 1 run of 3 under load (session 5: 3 failures in 8 runs), the restarted
-// engine cannot remove one container ("driver overlay2 failed to remove root filesystem: unlinkat
-// .../merged: device or resource busy"), and every later test would see it leaked. What was seen:
-// - the container was made, and its overlay mounted, by the engine being stopped (a cold start
-//   racing its shutdown);
-// - that dockerd exited leaving the overlay mounted in the host's own mount namespace (mountinfo:
-//   parent "/"); no process or dockerd thread in any other mount namespace held a copy of it
-//   (polled every 0.3 s), so the daemon's own namespaces (crun, netns threads) are not the cause;
-// - the new dockerd's DELETE fails on that mount, while a plain umount from the host works.
-// An engine bug on shutdown, not the daemon's: nothing of the daemon is stuck (slots, fds pass).
-// The suite's engine now detaches such mounts at teardown (docker_engine.cpp). Run by hand with
-// --gtest_also_run_disabled_tests.
-TEST_F(FaultTest, DISABLED_EngineStoppedMidLoadIs503NamingItThenFullServiceNoStuckSlots) {
+// Docker 20.10 itself sometimes fails here (session 5: 3 runs in 8, under load): the engine,
+// stopped while it starts a container, exits with that container's overlay still mounted in the
+// host's own mount namespace (no other namespace held a copy: every process and dockerd thread was
+// polled), and the restarted engine then cannot remove the container ("unlinkat .../merged: device
+// or resource busy"). The suite's engine detaches what a stopped dockerd left mounted, as an
+// operator would (docker_engine.cpp, named on stderr); what is tested is the daemon.
+TEST_F(FaultTest, EngineStoppedMidLoadIs503NamingItThenFullServiceNoStuckSlots) {
     add_hello("busy", "concurrent-requests = 4\nmax-instances = 1\nqueue-timeout = 2");
     start_daemon();
     ASSERT_EQ(get("/invoke/busy/hello")->status, 200);
