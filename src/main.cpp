@@ -39,7 +39,6 @@
 #include "systemd/listen_fds.h"
 #include "systemd/notify.h"
 #include "systemd/scope_manager.h"
-#include "util/heap_policy.h"
 #include "version.h"
 
 namespace {
@@ -570,7 +569,6 @@ void raise_fd_limit() {
 }  // namespace
 
 int main(int argc, char** argv) {
-    bound_heap_retention();  // before any thread: see util/heap_policy.h
     Flags flags = parse_flags(argc, argv);
     DaemonConfig config;
     try {

@@ -601,8 +601,8 @@ std::ostream& operator<<(std::ostream& out, const Rss& rss) {
 // every thread has run its share and the allocator its arenas) and at the end. After the
 // warm-up it must stay within kWarmGrowthBound: a leak of 3.5 KiB or more per cycle (one
 // instance's records, a netlink buffer, a log line kept) exceeds it over 900 cycles. Over the
-// whole run it must stay within kTotalGrowthBound: before the daemon fixed its malloc
-// thresholds (util/heap_policy.h), every thread's arena kept a 2 MiB nft buffer and RSS grew
+// whole run it must stay within kTotalGrowthBound: before libnftables got a thread of its own
+// (net/firewall.cpp), every start/stop thread's arena kept ~2 MiB of nft buffers and RSS grew
 // 17 -> 35 MiB.
 // UNIFAAS_SOAK_COLD_CYCLES overrides the cycle count (e.g. a longer run by hand; at least 200).
 TEST_F(FaultTest, SoakMixedRequestsAndColdStopCycles) {
