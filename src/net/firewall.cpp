@@ -3,6 +3,7 @@
 #include <nftables/libnftables.h>
 
 #include <algorithm>
+#include <future>
 #include <mutex>
 #include <set>
 
@@ -10,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include "net/network_config.h"
+#include "util/work_queue.h"
 
 namespace unifaas {
 
@@ -186,21 +188,39 @@ class FirewallCore {
     }
 
   private:
+    // libnftables runs on a thread of its own. Each command allocates a ~2 MiB netlink batch
+    // buffer and about a dozen 128 KiB receive buffers, with small cache objects in between;
+    // glibc serves them from the calling thread's arena once its mmap threshold has risen, and
+    // the small objects pin the space. Called from the start/stop threads, each of their arenas
+    // kept ~2 MiB (soak: RSS 17 -> 35 MiB over 1000 cold starts, heaptrack: nothing leaked);
+    // from one thread, one arena does.
     void run_locked(const std::string& script, const std::string& what) {
-        if (nft_run_cmd_from_buffer(ctx_, script.c_str()) != 0) {
-            std::string message = nft_ctx_get_error_buffer(ctx_);
+        bool failed = false;
+        std::string message;
+        std::promise<void> done;
+        std::future<void> finished = done.get_future();
+        nft_thread_.post([&] {
+            failed = nft_run_cmd_from_buffer(ctx_, script.c_str()) != 0;
+            if (failed) {
+                message = nft_ctx_get_error_buffer(ctx_);
+            }
+            nft_ctx_get_error_buffer(ctx_);  // reading clears the buffers for the next command
+            nft_ctx_get_output_buffer(ctx_);
+            done.set_value();
+        });
+        finished.wait();
+        if (failed) {
             while (!message.empty() && (message.back() == '\n' || message.back() == ' ')) {
                 message.pop_back();
             }
             throw FirewallError(what + ": " + (message.empty() ? "nft failed" : message));
         }
-        nft_ctx_get_error_buffer(ctx_);  // reading clears the buffers for the next command
-        nft_ctx_get_output_buffer(ctx_);
     }
 
     const FirewallConfig config_;
     mutable std::mutex mu_;
     nft_ctx* ctx_ = nullptr;
+    WorkQueue nft_thread_{"nft", 1};  // idle whenever mu_ is free
     bool installed_ = false;
     std::set<std::string> elements_;
 };

@@ -419,10 +419,13 @@ TEST_F(FaultTest, EngineStoppedIs503NamingItThenFullServiceAgain) {
 // then starts again under the same load: while it is down every failure is a 503 naming the
 // engine (or a 502 for a request the dying container held), afterwards full service, and no
 // slot, queue entry or container is left over.
-// Disabled in CI: once in a run the engine, stopped mid-create, left a container whose overlay root
-// it could not remove itself ("device or resource busy"), and every later test saw it leaked.
-// Run by hand with --gtest_also_run_disabled_tests until that is understood.
-TEST_F(FaultTest, DISABLED_EngineStoppedMidLoadIs503NamingItThenFullServiceNoStuckSlots) {
+// Docker 20.10 itself sometimes fails here (session 5: 3 runs in 8, under load): the engine,
+// stopped while it starts a container, exits with that container's overlay still mounted in the
+// host's own mount namespace (no other namespace held a copy: every process and dockerd thread was
+// polled), and the restarted engine then cannot remove the container ("unlinkat .../merged: device
+// or resource busy"). The suite's engine detaches what a stopped dockerd left mounted, as an
+// operator would (docker_engine.cpp, named on stderr); what is tested is the daemon.
+TEST_F(FaultTest, EngineStoppedMidLoadIs503NamingItThenFullServiceNoStuckSlots) {
     add_hello("busy", "concurrent-requests = 4\nmax-instances = 1\nqueue-timeout = 2");
     start_daemon();
     ASSERT_EQ(get("/invoke/busy/hello")->status, 200);
@@ -566,27 +569,52 @@ TEST_F(FaultTest, RepeatedKill9WithContainersAndVmsThenRestartLeavesNothing) {
 namespace unifaas::test {
 namespace {
 
-std::size_t rss_kib(pid_t pid) {
+// Resident memory of a process, total (VmRSS) and anonymous (RssAnon: heap, arenas, stacks).
+struct Rss {
+    std::size_t total_kib = 0;
+    std::size_t anon_kib = 0;
+};
+
+Rss rss_of(pid_t pid) {
+    Rss rss;
     std::ifstream in("/proc/" + std::to_string(pid) + "/status");
     std::string line;
     while (std::getline(in, line)) {
         if (line.rfind("VmRSS:", 0) == 0) {
-            return std::stoul(line.substr(6));
+            rss.total_kib = std::stoul(line.substr(6));
+        } else if (line.rfind("RssAnon:", 0) == 0) {
+            rss.anon_kib = std::stoul(line.substr(8));
         }
     }
-    return 0;
+    return rss;
+}
+
+std::ostream& operator<<(std::ostream& out, const Rss& rss) {
+    return out << rss.total_kib << " KiB (anon " << rss.anon_kib << ")";
 }
 
 // The soak: 10 000 mixed requests from 64 connections (warm invocations on a Docker function,
 // bodies, unknown functions) while single-use OCI containers (crun, ~40-70 ms each) go through
 // 1 000 cold-start/stop cycles, each with its own netns lease and nft element. Nothing but the
-// expected statuses; descriptors back where they were; RSS and fds reported start/end.
-// UNIFAAS_SOAK_COLD_CYCLES overrides the cycle count (e.g. a longer run by hand).
+// expected statuses; descriptors back where they were.
+// Memory: RSS is read at the start, after a warm-up (the first 2 000 requests and 100 cycles:
+// every thread has run its share and the allocator its arenas) and at the end. After the
+// warm-up it must stay within kWarmGrowthBound: a leak of 3.5 KiB or more per cycle (one
+// instance's records, a netlink buffer, a log line kept) exceeds it over 900 cycles. Over the
+// whole run it must stay within kTotalGrowthBound: before libnftables got a thread of its own
+// (net/firewall.cpp), every start/stop thread's arena kept ~2 MiB of nft buffers and RSS grew
+// 17 -> 35 MiB.
+// UNIFAAS_SOAK_COLD_CYCLES overrides the cycle count (e.g. a longer run by hand; at least 200).
 TEST_F(FaultTest, SoakMixedRequestsAndColdStopCycles) {
     constexpr int kConnections = 64;
     constexpr int kRequests = 10'000;
-    const int kColdCycles =
-        getenv("UNIFAAS_SOAK_COLD_CYCLES") ? std::atoi(getenv("UNIFAAS_SOAK_COLD_CYCLES")) : 1000;
+    constexpr int kWarmRequests = 2'000;
+    constexpr int kWarmCycles = 100;
+    const int kColdCycles = std::max(
+        2 * kWarmCycles,
+        getenv("UNIFAAS_SOAK_COLD_CYCLES") ? std::atoi(getenv("UNIFAAS_SOAK_COLD_CYCLES")) : 1000);
+    constexpr std::size_t kWarmGrowthBound = 3072;   // KiB
+    constexpr std::size_t kTotalGrowthBound = 8192;  // KiB
     // Descriptors made on first use of something shared (seen: one) may come after the
     // baseline; a leak per request or per instance would show as tens or thousands.
     constexpr std::size_t kFdSlack = 2;
@@ -599,61 +627,79 @@ TEST_F(FaultTest, SoakMixedRequestsAndColdStopCycles) {
     ASSERT_EQ(get("/invoke/once/hello")->status, 200);
     expect_nothing_held();
     remember_fds();
-    std::size_t rss_start = rss_kib(daemon_->pid());
+    Rss rss_start = rss_of(daemon_->pid());
 
-    std::atomic<int> next{0}, cold_next{0};
     std::mutex mu;
     std::map<std::string, int> unexpected;
     auto note = [&](const std::string& what) {
         std::lock_guard lock(mu);
         ++unexpected[what];
     };
+    // The next of [counter, limit) to send; limit when there is none left (never beyond it, so
+    // the next phase goes on from there).
+    auto take = [](std::atomic<int>& counter, int limit) {
+        int i = counter.load();
+        while (i < limit && !counter.compare_exchange_weak(i, i + 1)) {
+        }
+        return i;
+    };
+    // Sends requests up to `requests` and cycles up to `cycles`, at full concurrency.
+    std::atomic<int> next{0}, cold_next{0};
+    auto load = [&](int requests, int cycles) {
+        std::vector<std::thread> threads;
+        for (int c = 0; c < kConnections; ++c) {
+            threads.emplace_back([&] {
+                auto client = daemon_->client(60s);
+                for (int i = take(next, requests); i < requests; i = take(next, requests)) {
+                    int want = i % 10 == 1 ? 404 : 200;
+                    auto res = i % 10 == 0   ? client.Post("/invoke/warm/echo",
+                                                           std::string(1000, 'x'), "text/plain")
+                               : i % 10 == 1 ? client.Get("/invoke/no-such-function/x")
+                                             : client.Get("/invoke/warm/hello");
+                    if (!res || res->status != want) {
+                        note(res ? std::to_string(res->status) + " " + res->body.substr(0, 80)
+                                 : "no response");
+                    }
+                }
+            });
+        }
+        for (int c = 0; c < 4; ++c) {
+            threads.emplace_back([&] {
+                auto client = daemon_->client(60s);
+                for (int i = take(cold_next, cycles); i < cycles; i = take(cold_next, cycles)) {
+                    auto res = client.Get("/invoke/once/hello");
+                    if (!res || res->status != 200) {
+                        note("cold: " +
+                             (res ? std::to_string(res->status) + " " + res->body.substr(0, 80)
+                                  : std::string("no response")));
+                    }
+                }
+            });
+        }
+        for (auto& t : threads) {
+            t.join();
+        }
+    };
     auto begin = std::chrono::steady_clock::now();
-    std::vector<std::thread> threads;
-    for (int c = 0; c < kConnections; ++c) {
-        threads.emplace_back([&] {
-            auto client = daemon_->client(60s);
-            for (int i = next++; i < kRequests; i = next++) {
-                int want = i % 10 == 1 ? 404 : 200;
-                auto res = i % 10 == 0   ? client.Post("/invoke/warm/echo", std::string(1000, 'x'),
-                                                       "text/plain")
-                           : i % 10 == 1 ? client.Get("/invoke/no-such-function/x")
-                                         : client.Get("/invoke/warm/hello");
-                if (!res || res->status != want) {
-                    note(res ? std::to_string(res->status) + " " + res->body.substr(0, 80)
-                             : "no response");
-                }
-            }
-        });
-    }
-    std::vector<std::thread> cold_threads;
-    for (int c = 0; c < 4; ++c) {
-        cold_threads.emplace_back([&] {
-            auto client = daemon_->client(60s);
-            for (int i = cold_next++; i < kColdCycles; i = cold_next++) {
-                auto res = client.Get("/invoke/once/hello");
-                if (!res || res->status != 200) {
-                    note("cold: " +
-                         (res ? std::to_string(res->status) + " " + res->body.substr(0, 80)
-                              : std::string("no response")));
-                }
-            }
-        });
-    }
-    for (auto& t : cold_threads) {
-        t.join();
-    }
-    auto cold_end = std::chrono::steady_clock::now();
-    for (auto& t : threads) {
-        t.join();
-    }
+    load(kWarmRequests, kWarmCycles);
+    Rss rss_warm = rss_of(daemon_->pid());
+    load(kRequests, kColdCycles);
     double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
     for (const auto& [what, n] : unexpected) {
         ADD_FAILURE() << n << " x " << what;
     }
     expect_nothing_held();
-    std::size_t rss_end = rss_kib(daemon_->pid());
+    Rss rss_end = rss_of(daemon_->pid());
+    std::cout << "[ soak     ] " << kRequests << " requests at c=" << kConnections << " + "
+              << kColdCycles << " cold/stop cycles in " << seconds << " s\n"
+              << "[ soak     ] RSS start " << rss_start << ", after warm-up (" << kWarmRequests
+              << " requests, " << kWarmCycles << " cycles) " << rss_warm << ", end " << rss_end
+              << "\n";
+    EXPECT_LE(rss_end.total_kib, rss_warm.total_kib + kWarmGrowthBound)
+        << "RSS grew after the warm-up: a leak per cycle or per request?";
+    EXPECT_LE(rss_end.total_kib, rss_start.total_kib + kTotalGrowthBound)
+        << "RSS grew over the soak: memory kept per thread?";
     // Once keepalive has stopped every instance, the daemon holds no more descriptors than after
     // the warm-up (which had one instance and its upstream connection): nothing accumulated.
     bool idle = false;
@@ -681,13 +727,7 @@ TEST_F(FaultTest, SoakMixedRequestsAndColdStopCycles) {
     EXPECT_TRUE(engine().unifaas_containers().empty());
     EXPECT_TRUE(eventually([&] { return instance_processes(callback_ports_).empty(); }, 10s));
     EXPECT_LE(fds_idle, fds_at_start_ + kFdSlack);
-    double cold_seconds = std::chrono::duration<double>(cold_end - begin).count();
-    std::cout << "[ soak     ] " << kColdCycles << " cold/stop cycles took " << cold_seconds
-              << " s\n";
-    std::cout << "[ soak     ] " << kRequests << " requests at c=" << kConnections << " + "
-              << kColdCycles << " cold/stop cycles in " << seconds << " s; RSS " << rss_start
-              << " -> " << rss_end << " KiB; fds " << fds_at_start_ << " -> " << fds_idle
-              << " once idle\n";
+    std::cout << "[ soak     ] fds " << fds_at_start_ << " -> " << fds_idle << " once idle\n";
 }
 
 }  // namespace
