@@ -26,6 +26,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "guest_netns_fixture.h"
 #include "link_events.h"
 #include "registry_fixture.h"
 
@@ -36,40 +37,6 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
 const fs::path kRootfs = fs::path(UNIFAAS_BINARY_DIR) / "examples" / "hello-rootfs";
-const fs::path kGuest = fs::path(UNIFAAS_BINARY_DIR) / "guest";
-
-std::string shell(const std::string& cmd) {
-    std::string out;
-    FILE* p = popen(cmd.c_str(), "r");
-    if (!p) {
-        return out;
-    }
-    char buf[4096];
-    while (std::size_t n = fread(buf, 1, sizeof(buf), p)) {
-        out.append(buf, n);
-    }
-    pclose(p);
-    return out;
-}
-
-// qemu processes whose command line holds `marker` (this test's VM function names).
-std::vector<pid_t> qemu_processes(const std::string& marker) {
-    std::vector<pid_t> pids;
-    for (const auto& entry : fs::directory_iterator("/proc")) {
-        std::string name = entry.path().filename();
-        if (name.find_first_not_of("0123456789") != std::string::npos) {
-            continue;
-        }
-        std::ifstream in(entry.path() / "cmdline");
-        std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-        if (cmdline.find("qemu-system") != std::string::npos &&
-            cmdline.find(marker) != std::string::npos) {
-            pids.push_back(std::stoi(name));
-        }
-    }
-    return pids;
-}
-
 // Function processes (Docker or OCI containers, any runtime) started by a daemon whose callback
 // port is in `ports`: their environment names it in UNIFAAS_CALLBACK. Other suites' containers
 // (other daemons, other ports) are not counted.
@@ -98,7 +65,7 @@ std::vector<pid_t> instance_processes(const std::set<int>& ports) {
 
 // Elements of the daemon's verdict map (interface names), "" when there are none or no table.
 std::string nft_elements() {
-    std::string map = shell("nft list map inet unifaas guests 2>/dev/null");
+    std::string map = run_command("nft list map inet unifaas guests 2>/dev/null");
     auto open = map.find("elements = {");
     return open == std::string::npos ? "" : map.substr(open);
 }
@@ -238,14 +205,7 @@ class FaultTest : public RegistryTest {
     // processes can be told apart from other suites'.
     std::string add_vm(const std::string& base, const std::string& top = "") {
         std::string name = base + "-f" + std::to_string(getpid());
-        write_function(
-            name,
-            top + "\n[vm]\nkernel = \"" + (kGuest / "kernel" / "vmlinux").string() +
-                "\"\ninitrd = \"" + (kGuest / "hello-initramfs.cpio.gz").string() +
-                "\"\nmemory = 128\ncmdline = \"console=ttyS0 reboot=t panic=-1 cryptomgr.notests "
-                "quiet unifaas.ip=%ip unifaas.gw=%gateway unifaas.mask=%netmask "
-                "unifaas.callback=%callback\"\nhypervisor = { type = \"microvm\", pic = false, "
-                "pit = false }\n");
+        write_function(name, hello_vm_toml({.top = top}));
         return name;
     }
 
@@ -279,7 +239,8 @@ class FaultTest : public RegistryTest {
         add(!nft_elements().empty(), "nft elements: " + nft_elements());
         add(!instance_processes(callback_ports_).empty(), "container processes");
         add(!qemu_processes(vm_marker).empty(), "qemu processes");
-        add(!shell("find /sys/fs/cgroup -maxdepth 3 -name 'unifaas-*.scope' 2>/dev/null").empty(),
+        add(!run_command("find /sys/fs/cgroup -maxdepth 3 -name 'unifaas-*.scope' 2>/dev/null")
+                 .empty(),
             "scopes");
         return left;
     }
@@ -559,7 +520,7 @@ TEST_F(FaultTest, RepeatedKill9WithContainersAndVmsThenRestartLeavesNothing) {
     // The full leak check after a clean stop.
     EXPECT_EQ(daemon_->terminate(), 0) << daemon_->log();
     EXPECT_EQ(leftovers(run, marker), "");
-    EXPECT_EQ(shell("nft list table inet unifaas 2>/dev/null"), "") << "table left at stop";
+    EXPECT_EQ(run_command("nft list table inet unifaas 2>/dev/null"), "") << "table left at stop";
     fs::remove_all(run);
 }
 
@@ -738,8 +699,8 @@ namespace {
 
 // Whether a TCP connect from this thread to ip:port completes within a second.
 bool host_can_connect(const std::string& ip, int port) {
-    std::string out = shell("timeout 2 bash -c 'exec 3<>/dev/tcp/" + ip + "/" +
-                            std::to_string(port) + "' 2>/dev/null && echo yes");
+    std::string out = run_command("timeout 2 bash -c 'exec 3<>/dev/tcp/" + ip + "/" +
+                                  std::to_string(port) + "' 2>/dev/null && echo yes");
     return out.find("yes") != std::string::npos;
 }
 
@@ -755,13 +716,14 @@ class Outside {
             }
         }).join();
         std::string ns = "/proc/" + std::to_string(getpid()) + "/fd/" + std::to_string(fd_);
-        shell("ip link add wan0 type veth peer name peer0 netns " + ns +
-              " && ip addr add 192.0.2.1/24 dev wan0 && ip link set wan0 up && nsenter --net=" +
-              ns + " sh -c 'ip link set lo up && ip addr add 192.0.2.2/24 dev peer0 && ip link " +
-              "set peer0 up'");
+        run_command(
+            "ip link add wan0 type veth peer name peer0 netns " + ns +
+            " && ip addr add 192.0.2.1/24 dev wan0 && ip link set wan0 up && nsenter --net=" + ns +
+            " sh -c 'ip link set lo up && ip addr add 192.0.2.2/24 dev peer0 && ip link " +
+            "set peer0 up'");
     }
     ~Outside() {
-        shell("ip link del wan0 2>/dev/null");
+        run_command("ip link del wan0 2>/dev/null");
         ::close(listener_.first);
         ::close(fd_);
     }
@@ -796,7 +758,7 @@ TEST_F(FaultTest, GuestFirewallHoldsFromInsideAQemuGuest) {
         address[f["name"].get<std::string>()] = f["instances"][0]["address"].get<std::string>();
     }
     // The host-side address of the VM's tap: the source of the route to the guest.
-    std::string route = shell("ip -o -4 route get " + address[vm]);
+    std::string route = run_command("ip -o -4 route get " + address[vm]);
     std::smatch src;
     ASSERT_TRUE(std::regex_search(route, src, std::regex(R"(dev faas\d+ .*src (\S+))"))) << route;
     std::string gateway = src[1];
@@ -841,20 +803,20 @@ TEST_F(FaultTest, DiskFullInRuntimeDirIsAClearErrorAndNothingHalfWrittenIsUsed) 
     add_oci("cold");
     fs::path run = registry_.string() + "-tmpfs";
     fs::create_directories(run);
-    ASSERT_EQ(shell("mount -t tmpfs -o size=2m,mode=0755 unifaas-test " + run.string() +
-                    " 2>&1 && echo ok"),
+    ASSERT_EQ(run_command("mount -t tmpfs -o size=2m,mode=0755 unifaas-test " + run.string() +
+                          " 2>&1 && echo ok"),
               "ok\n");
     struct Unmount {
         fs::path dir;
-        ~Unmount() { shell("umount -l " + dir.string() + " 2>/dev/null"); }
+        ~Unmount() { run_command("umount -l " + dir.string() + " 2>/dev/null"); }
     } unmount{run};
     start_daemon_in(run, "");
     ASSERT_EQ(get("/invoke/warm/hello")->status, 200);
     ASSERT_EQ(get("/invoke/first/hello")->status, 200);
     remember_fds();
     // Fill what is left (dd stops at ENOSPC).
-    shell("dd if=/dev/zero of=" + (run / "filler").string() + " bs=64k 2>/dev/null");
-    ASSERT_EQ(std::stoul(shell("df --output=avail -B1 " + run.string() + " | tail -1")), 0u);
+    run_command("dd if=/dev/zero of=" + (run / "filler").string() + " bs=64k 2>/dev/null");
+    ASSERT_EQ(std::stoul(run_command("df --output=avail -B1 " + run.string() + " | tail -1")), 0u);
     std::size_t dirs_before = 0;
     for ([[maybe_unused]] const auto& e : fs::directory_iterator(run / "instances")) {
         ++dirs_before;
