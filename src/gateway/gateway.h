@@ -59,6 +59,8 @@ class Gateway {
     void invoke(const std::shared_ptr<HttpExchange>& ex);
     void on_lease(const std::shared_ptr<Invocation>& call, std::shared_ptr<Lease> lease,
                   std::optional<PoolError> error);
+    void open_tunnel(const std::shared_ptr<Invocation>& call, std::shared_ptr<Lease> lease,
+                     UpstreamReply reply);
     void on_reply(const std::shared_ptr<Invocation>& call, std::shared_ptr<Lease> lease,
                   UpstreamReply reply);
     static StreamLimits stream_limits(const FunctionSpec& spec);

@@ -283,6 +283,19 @@ class ClientConnection : public HttpExchange,
         close();
     }
 
+    std::optional<TakenConnection> take_connection() override {
+        if (state_ != State::Handling || (body_streaming_ && !body_done_)) {
+            return std::nullopt;
+        }
+        TakenConnection taken;
+        taken.unread = std::string(in_.view().substr(std::min(request_bytes_, in_.size())));
+        loop_.remove(fd_.get());
+        taken.fd = std::move(fd_);
+        on_gone_ = nullptr;
+        close();  // forgets the connection; its fd is no longer its own
+        return taken;
+    }
+
     void on_client_gone(std::function<void()> fn) override {
         if (state_ == State::Closed) {
             fn();
@@ -911,7 +924,7 @@ class ClientConnection : public HttpExchange,
     bool body_paused_ = false;
     bool delivering_ = false;                // inside sink_->on_body()
     bool resumed_while_delivering_ = false;  // resume_body() came from inside it
-    std::uint64_t body_left_ = 0;  // Content-Length: still to come
+    std::uint64_t body_left_ = 0;            // Content-Length: still to come
     BodySink* sink_ = nullptr;
 
     std::string out_head_;
