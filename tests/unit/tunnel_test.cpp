@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
 #include <functional>
 #include <future>
@@ -140,12 +141,12 @@ class TunnelTest : public ::testing::Test {
     UniqueFd client_, client_near_, upstream_, upstream_near_;
     std::shared_ptr<Tunnel> tunnel_;
     std::promise<TunnelOutcome> ended_;
-    int ended_count_ = 0;
+    std::atomic<int> ended_count_{0};
 };
 
 TEST_F(TunnelTest, RelaysBothWaysStartingWithTheBytesAlreadyRead) {
     open("HTTP/1.1 101 Switching Protocols\r\n\r\nfirst", "pipelined");
-    EXPECT_EQ(read_n(client_.get(), 39), "HTTP/1.1 101 Switching Protocols\r\n\r\nfirst");
+    EXPECT_EQ(read_n(client_.get(), 41), "HTTP/1.1 101 Switching Protocols\r\n\r\nfirst");
     EXPECT_EQ(read_n(upstream_.get(), 9), "pipelined");
     write_all(client_.get(), "ping");
     EXPECT_EQ(read_n(upstream_.get(), 4), "ping");
@@ -170,7 +171,7 @@ TEST_F(TunnelTest, RelaysBothWaysStartingWithTheBytesAlreadyRead) {
     auto outcome = wait_ended();
     EXPECT_EQ(outcome.kind, TunnelOutcome::Kind::Closed) << outcome.why;
     EXPECT_EQ(outcome.to_upstream, 9 + 4 + up.size());
-    EXPECT_EQ(outcome.to_client, 39 + 4 + down.size());
+    EXPECT_EQ(outcome.to_client, 41 + 4 + down.size());
     EXPECT_TRUE(read_to_end(client_.get()).second);  // the client's socket was closed
 }
 
