@@ -383,7 +383,11 @@ class UpstreamCall : public EventLoop::Handler,
                 fail(502, "invalid response: " + error.message);
                 return false;
             }
-            if (head_.status == 101 && req_.upgrade) {
+            if (head_.status == 101) {
+                if (!req_.upgrade) {
+                    fail(502, "invalid response: unexpected 101 Switching Protocols");
+                    return false;
+                }
                 head_done_ = true;
                 body_start_ = head_start_ + head_.size;
                 hand_over_tunnel();

@@ -673,7 +673,7 @@ TEST_F(UpstreamCallTest, InterimResponsesAreSkipped) {
 }
 
 // A 101 to an upgrade request ends the call with the connection handed over (and the bytes the
-// instance sent after the head); to any other request it is an interim response, skipped.
+// instance sent after the head); to any other request it is invalid.
 TEST_F(UpstreamCallTest, SwitchingProtocolsHandsTheConnectionOverOnlyForAnUpgrade) {
     const std::string switched =
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -709,10 +709,10 @@ TEST_F(UpstreamCallTest, SwitchingProtocolsHandsTheConnectionOverOnlyForAnUpgrad
     l->drop_cache();
     l.reset();
 
-    // The same 101 to a plain request: skipped like 100, the call waits for the real answer.
+    // The same 101 to a request that did not ask for it: the instance is broken (502).
     auto reply2 = call(lease(up.port()), request("GET"));
-    EXPECT_EQ(reply2.error_status, 0) << reply2.error;
-    EXPECT_EQ(reply2.status, 200);
+    EXPECT_EQ(reply2.error_status, 502);
+    EXPECT_TRUE(contains(reply2.error, "unexpected 101")) << reply2.error;
     EXPECT_FALSE(reply2.tunnel);
 }
 
