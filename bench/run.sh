@@ -378,9 +378,7 @@ $smoke && stream_args=(--bytes $((64 << 20)) --rounds 1 --sse 50)
 pyin "$lib/stream.py" "$raw" "$work/stream.md" "${stream_args[@]}" --target "direct=$addr:8080/" \
   --target unifaas=127.0.0.1:8123/invoke/hello/ --target nginx=127.0.0.1:8181/
 log "websocket: echo round trips, unifaas vs direct (bench/lib/ws_rtt.py)"
-ws_count=1000
-$smoke && ws_count=100
-pyin "$lib/ws_rtt.py" "$raw" "$work/websocket.md" --count "$ws_count" --target "direct=$addr:8080/" \
+pyin "$lib/ws_rtt.py" "$raw" "$work/websocket.md" --count 1000 --target "direct=$addr:8080/" \
   --target unifaas=127.0.0.1:8123/invoke/hello/
 stop_pid "$nginx_pid" QUIT 10
 nginx_pid=""
