@@ -173,6 +173,18 @@ bool Gateway::drain(std::chrono::steady_clock::time_point deadline) {
 void Gateway::join() {
     invoke_server_.stop_accepting();
     callback_server_.stop_accepting();
+    std::vector<std::pair<EventLoop*, std::weak_ptr<Tunnel>>> open;
+    {
+        std::lock_guard lk(tunnels_mu_);
+        open.swap(tunnels_);
+    }
+    for (auto& [loop, tunnel] : open) {  // runs before the server closes its loops
+        loop->post([tunnel = std::move(tunnel)] {
+            if (auto t = tunnel.lock()) {
+                t->cancel();
+            }
+        });
+    }
     invoke_server_.join();
     callback_server_.join();
 }
@@ -356,16 +368,19 @@ void Gateway::open_tunnel(const std::shared_ptr<Invocation>& call, std::shared_p
     std::string to_client = std::move(reply.head);
     to_client += reply.tunnel->first;
     int upstream = reply.tunnel->connection->fd();
-    unifaas::open_tunnel(call->ex->loop(), std::move(taken->fd), std::move(to_client), upstream,
-                         std::move(taken->unread), limits,
-                         [call, lease = std::move(lease)](TunnelOutcome outcome) mutable {
-                             lease->drop_cache();  // closes the instance's side
-                             lease.reset();        // the slot is free (single-use: retired)
-                             if (outcome.kind == TunnelOutcome::Kind::Failed) {
-                                 spdlog::debug("function {}: tunnel ended: {}", call->function,
-                                               outcome.why);
-                             }
-                         });
+    EventLoop& loop = call->ex->loop();
+    auto tunnel = unifaas::open_tunnel(
+        loop, std::move(taken->fd), std::move(to_client), upstream, std::move(taken->unread),
+        limits, [call, lease = std::move(lease)](TunnelOutcome outcome) mutable {
+            lease->drop_cache();  // closes the instance's side
+            lease.reset();        // the slot is free (single-use: retired)
+            if (outcome.kind == TunnelOutcome::Kind::Failed) {
+                spdlog::debug("function {}: tunnel ended: {}", call->function, outcome.why);
+            }
+        });
+    std::lock_guard lk(tunnels_mu_);
+    std::erase_if(tunnels_, [](const auto& t) { return t.second.expired(); });
+    tunnels_.emplace_back(&loop, tunnel);
 }
 
 // The invoked function's max-body-size, else the daemon's.

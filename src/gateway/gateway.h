@@ -10,12 +10,15 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <utility>
+#include <vector>
 
 #include "config/daemon_config.h"
 #include "fleet/drain_switch.h"
 #include "gateway/http_server.h"
 #include "gateway/listening_server.h"
 #include "gateway/stream_relay.h"
+#include "gateway/tunnel.h"
 #include "gateway/upstream_call.h"
 #include "pool/function_table.h"
 #include "pool/readiness.h"
@@ -76,6 +79,11 @@ class Gateway {
     Readiness& readiness_;
     HttpServer invoke_server_;
     ListeningServer callback_server_;
+
+    // Open tunnels (they left the HTTP server): join() ends them on their loops first, so none
+    // outlives the gateway (a tunnel holds an invocation, which refers to it).
+    std::mutex tunnels_mu_;
+    std::vector<std::pair<EventLoop*, std::weak_ptr<Tunnel>>> tunnels_;
 
     mutable std::mutex mu_;
     std::condition_variable drained_;

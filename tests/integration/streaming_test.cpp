@@ -759,7 +759,9 @@ TEST_F(Streaming, WebSocketEchoThroughTheDaemonHoldsTheSlotUntilClosed) {
 }
 
 // Frames sent right behind the handshake are not lost; a client that drops its connection
-// mid-tunnel (reset, or a plain close) gives the slot back at once; single-use is retired.
+// mid-tunnel (reset, or a plain close) gives the slot back at once; single-use is retired. An
+// upgrade the function does not switch for is an ordinary exchange; a stopping daemon ends an
+// open tunnel.
 TEST_F(Streaming, WebSocketClientDroppingTheConnectionReleasesTheSlot) {
     add_hello("ws");
     add_hello("ws1", "single-use = true");
@@ -799,6 +801,14 @@ TEST_F(Streaming, WebSocketClientDroppingTheConnectionReleasesTheSlot) {
         EXPECT_EQ(head.rfind("HTTP/1.1 200 ", 0), 0u) << head;
         EXPECT_EQ(c.read_exact(19, 10s), "hello from unifaas\n");
     }
+    // A daemon that stops ends a tunnel still open (after shutdown-grace, 5 s here) and exits
+    // cleanly.
+    StreamClient open_ws(port());
+    ASSERT_TRUE(open_ws.send(ws_handshake("/invoke/ws/ws")));
+    std::string head = open_ws.read_head();
+    ASSERT_EQ(head.rfind("HTTP/1.1 101 ", 0), 0u) << head;
+    EXPECT_EQ(daemon_->terminate(30s), 0) << daemon_->log();
+    EXPECT_TRUE(open_ws.read_to_close(10s)) << "the tunnel outlived the daemon";
 }
 
 }  // namespace
