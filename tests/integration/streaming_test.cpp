@@ -811,5 +811,27 @@ TEST_F(Streaming, WebSocketClientDroppingTheConnectionReleasesTheSlot) {
     EXPECT_TRUE(open_ws.read_to_close(10s)) << "the tunnel outlived the daemon";
 }
 
+// stream-idle-timeout applies to a tunnel: nothing moving either way for that long closes it and
+// gives the slot back; traffic keeps it open.
+TEST_F(Streaming, WebSocketIdleForTheStreamIdleTimeoutIsClosed) {
+    add_hello("quiet", "stream-idle-timeout = 1");
+    start_daemon();
+    StreamClient c(port());
+    ASSERT_TRUE(c.send(ws_handshake("/invoke/quiet/ws")));
+    std::string head = c.read_head();
+    ASSERT_EQ(head.rfind("HTTP/1.1 101 ", 0), 0u) << head;
+    for (int i = 0; i < 3; ++i) {  // 1.5 s of traffic in all: longer than the idle limit
+        ASSERT_TRUE(c.send(ws_frame(1, "still here")));
+        ASSERT_EQ(c.read_exact(12, 10s), ws_server_frame(1, "still here")) << "round " << i;
+        std::this_thread::sleep_for(500ms);  // the pause under test, not a synchronisation
+    }
+    auto opened = Clock::now();
+    EXPECT_TRUE(c.read_to_close(10s)) << "the idle tunnel was not closed";
+    EXPECT_GE(Clock::now() - opened, 200ms);  // about 0.5 s of the limit was left
+    EXPECT_TRUE(
+        status_becomes([&](const nlohmann::json& s) { return in_use(s, "quiet") == 0; }, 5s))
+        << status().dump(2);
+}
+
 }  // namespace
 }  // namespace unifaas::test
