@@ -351,8 +351,8 @@ void Gateway::on_reply(const std::shared_ptr<Invocation>& call, std::shared_ptr<
 }
 
 // The instance answered 101: the client's connection leaves the HTTP server and bytes flow both
-// ways until either side closes. The slot (and the in-flight count) is held until then; the
-// instance's connection is never reused after.
+// ways until either side closes. The slot, the in-flight count and (through call->ex) the
+// server's connection count are held until then; the instance's connection is never reused.
 void Gateway::open_tunnel(const std::shared_ptr<Invocation>& call, std::shared_ptr<Lease> lease,
                           UpstreamReply reply) {
     auto taken = call->ex->take_connection();
