@@ -108,9 +108,10 @@ class HttpExchange {
     virtual void on_client_gone(std::function<void()> fn) = 0;
 
     // Instead of a response: the server lets go of the connection without closing it (e.g. for
-    // a tunnel after a 101): it is no longer counted, timed or answered, and on_client_gone's
-    // function is not called. Only for a request whose body arrived whole, on loop(); nullopt
-    // when the connection is gone or already answered.
+    // a tunnel after a 101): it is no longer read, timed or answered, and on_client_gone's
+    // function is not called (it counts in connections() while the exchange is held). Only for a
+    // request whose body arrived whole, on loop(); nullopt when the connection is gone or already
+    // answered.
     virtual std::optional<TakenConnection> take_connection() = 0;
 
     // A response made by the daemon itself.
