@@ -9,6 +9,7 @@
 #                        hello-epoll (one epoll thread, a pre-built response)
 #   2. warm throughput   unifaas vs nginx reverse proxy vs direct, c = 1 4 16 64, both functions
 #      + streaming       download MiB/s and SSE time to first event, unifaas vs direct vs nginx
+#      + websocket       echo round-trip p50/p99, unifaas vs direct (bench/lib/ws_rtt.py)
 #   3. cold start        single-use function through unifaas vs the bare sandbox started here
 #                        (Docker Engine API create+start; QEMU with unifaas's own command line)
 #   4. burst             10/50/100 simultaneous requests to a single-use function, no instance
@@ -376,6 +377,9 @@ stream_args=(--bytes $((1 << 30)) --rounds 3 --sse 500)
 $smoke && stream_args=(--bytes $((64 << 20)) --rounds 1 --sse 50)
 pyin "$lib/stream.py" "$raw" "$work/stream.md" "${stream_args[@]}" --target "direct=$addr:8080/" \
   --target unifaas=127.0.0.1:8123/invoke/hello/ --target nginx=127.0.0.1:8181/
+log "websocket: echo round trips, unifaas vs direct (bench/lib/ws_rtt.py)"
+pyin "$lib/ws_rtt.py" "$raw" "$work/websocket.md" --count 1000 --target "direct=$addr:8080/" \
+  --target unifaas=127.0.0.1:8123/invoke/hello/
 stop_pid "$nginx_pid" QUIT 10
 nginx_pid=""
 if $warm_only; then  # --warm-only: the sections above, then the report
@@ -493,6 +497,7 @@ cp "$work/machine.json" "$out/machine.json"
 [ ! -f "$work/metrics-main.txt" ] || cp "$work/metrics-main.txt" "$out/logs/metrics-main.txt"
 [ ! -f "$work/perf-report.txt" ] || cp "$work/perf-report.txt" "$out/perf-report.txt"
 [ ! -f "$work/stream.md" ] || cp "$work/stream.md" "$out/stream.md"
+[ ! -f "$work/websocket.md" ] || cp "$work/websocket.md" "$out/websocket.md"
 "$py" "$lib/report.py" "$raw" "$work/machine.json" "$out" --metrics "$work/metrics-main.txt" \
   --snapshot "$out/snapshot/snapshot.json"
 echo

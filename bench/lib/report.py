@@ -180,6 +180,8 @@ def build(records, machine, metrics_text):
         "first_event_median_us": {t: v[-1]["median_us"]
                                   for t, v in stream.get("first_event", {}).items()},
     }
+    res["websocket"] = {r["target"]: {"p50_us": r["median_us"], "p99_us": r["p99_us"]}
+                        for r in records if r["kind"] == "websocket"}
     res["oci_coldstart"] = {r["side"]: summary_ms(r["ms"]) for r in records
                             if r["kind"] == "oci_coldstart"}
     oci = {r["side"]: r["ms"] for r in records if r["kind"] == "oci_coldstart"}
@@ -269,6 +271,13 @@ def summary_rows(res):
                  if fe.get("nginx") is not None else "–")
         rows.append(("SSE time to first event, added over direct",
                      signed(fe["unifaas"] - fe["direct"], " µs"), nginx, "–"))
+    ws = res["websocket"]
+    if ws.get("unifaas") and ws.get("direct"):
+        u, d = ws["unifaas"], ws["direct"]
+        rows.append(("WebSocket echo round trip, added over direct (p50 / p99)",
+                     f"{signed(u['p50_us'] - d['p50_us'], ' µs')} / "
+                     f"{signed(u['p99_us'] - d['p99_us'], ' µs')}",
+                     f"direct: {fmt(d['p50_us'])} / {fmt(d['p99_us'])} µs", "–"))
     names = {"docker": "bare Docker Engine API create + start", "vm": "bare QEMU, same argv"}
     for c in res["coldstart"]:
         u, bp = c["unifaas_ms"], c["bare_response_ms"]

@@ -9,6 +9,7 @@
 #include "gateway/invoke_target.h"
 #include "gateway/metrics_endpoint.h"
 #include "gateway/stream_relay.h"
+#include "gateway/tunnel.h"
 #include "http/forwarding.h"
 #include "version.h"
 
@@ -173,6 +174,18 @@ bool Gateway::drain(std::chrono::steady_clock::time_point deadline) {
 void Gateway::join() {
     invoke_server_.stop_accepting();
     callback_server_.stop_accepting();
+    std::vector<std::pair<EventLoop*, std::weak_ptr<Tunnel>>> open;
+    {
+        std::lock_guard lk(tunnels_mu_);
+        open.swap(tunnels_);
+    }
+    for (auto& [loop, tunnel] : open) {  // runs before the server closes its loops
+        loop->post([tunnel = std::move(tunnel)] {
+            if (auto t = tunnel.lock()) {
+                t->cancel();
+            }
+        });
+    }
     invoke_server_.join();
     callback_server_.join();
 }
@@ -284,9 +297,12 @@ void Gateway::on_lease(const std::shared_ptr<Invocation>& call, std::shared_ptr<
         up.chunk_body = chunked;
         up.body_watermark = config_.stream_watermark;
     } else {
+        // A WebSocket (or other Upgrade) handshake keeps its Upgrade: a 101 makes a tunnel.
+        std::string_view upgrade = http::upgrade_protocol(req);
         http::append_upstream_request_head(up.head, req, call->upstream_target, host,
-                                           ex.client_address(), ex.body().size());
+                                           ex.client_address(), ex.body().size(), false, upgrade);
         up.body = ex.body();
+        up.upgrade = !upgrade.empty();
     }
     up.method = std::string(req.method);
     // (A body still arriving makes keep_alive() false until it is whole: the call checks that.)
@@ -311,6 +327,10 @@ void Gateway::on_reply(const std::shared_ptr<Invocation>& call, std::shared_ptr<
         return;
     }
     call->count(reply.status);
+    if (reply.tunnel) {
+        open_tunnel(call, std::move(lease), std::move(reply));
+        return;
+    }
     if (reply.body) {
         relay_stream(call->ex, std::move(lease), std::move(reply), call->stream_limits,
                      call->in_flight, [call](StreamOutcome outcome) {
@@ -329,6 +349,39 @@ void Gateway::on_reply(const std::shared_ptr<Invocation>& call, std::shared_ptr<
     lease.reset();
     call->ex->respond(std::move(reply.head), std::move(reply.storage), reply.body_offset,
                       reply.body_length, call->in_flight);
+}
+
+// The instance answered 101: the client's connection leaves the HTTP server and bytes flow both
+// ways until either side closes. The slot, the in-flight count and (through call->ex) the
+// server's connection count are held until then; the instance's connection is never reused.
+void Gateway::open_tunnel(const std::shared_ptr<Invocation>& call, std::shared_ptr<Lease> lease,
+                          UpstreamReply reply) {
+    auto taken = call->ex->take_connection();
+    if (!taken) {
+        lease->drop_cache();  // the client is gone: the lease is given back now
+        return;
+    }
+    call->metrics->tunnels.fetch_add(1, std::memory_order_relaxed);
+    TunnelLimits limits;
+    limits.idle = call->stream_limits.idle;
+    limits.max_duration = call->stream_limits.max_duration;
+    limits.watermark = config_.stream_watermark;
+    std::string to_client = std::move(reply.head);
+    to_client += reply.tunnel->first;
+    int upstream = reply.tunnel->connection->fd();
+    EventLoop& loop = call->ex->loop();
+    auto tunnel = unifaas::open_tunnel(
+        loop, std::move(taken->fd), std::move(to_client), upstream, std::move(taken->unread),
+        limits, [call, lease = std::move(lease)](TunnelOutcome outcome) mutable {
+            lease->drop_cache();  // closes the instance's side
+            lease.reset();        // the slot is free (single-use: retired)
+            if (outcome.kind == TunnelOutcome::Kind::Failed) {
+                spdlog::debug("function {}: tunnel ended: {}", call->function, outcome.why);
+            }
+        });
+    std::lock_guard lk(tunnels_mu_);
+    std::erase_if(tunnels_, [](const auto& t) { return t.second.expired(); });
+    tunnels_.emplace_back(&loop, tunnel);
 }
 
 // The invoked function's max-body-size, else the daemon's.

@@ -10,12 +10,15 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <utility>
+#include <vector>
 
 #include "config/daemon_config.h"
 #include "fleet/drain_switch.h"
 #include "gateway/http_server.h"
 #include "gateway/listening_server.h"
 #include "gateway/stream_relay.h"
+#include "gateway/tunnel.h"
 #include "gateway/upstream_call.h"
 #include "pool/function_table.h"
 #include "pool/readiness.h"
@@ -59,6 +62,8 @@ class Gateway {
     void invoke(const std::shared_ptr<HttpExchange>& ex);
     void on_lease(const std::shared_ptr<Invocation>& call, std::shared_ptr<Lease> lease,
                   std::optional<PoolError> error);
+    void open_tunnel(const std::shared_ptr<Invocation>& call, std::shared_ptr<Lease> lease,
+                     UpstreamReply reply);
     void on_reply(const std::shared_ptr<Invocation>& call, std::shared_ptr<Lease> lease,
                   UpstreamReply reply);
     static StreamLimits stream_limits(const FunctionSpec& spec);
@@ -74,6 +79,11 @@ class Gateway {
     Readiness& readiness_;
     HttpServer invoke_server_;
     ListeningServer callback_server_;
+
+    // Open tunnels (they left the HTTP server): join() ends them on their loops first, so none
+    // outlives the gateway (a tunnel holds an invocation, which refers to it).
+    std::mutex tunnels_mu_;
+    std::vector<std::pair<EventLoop*, std::weak_ptr<Tunnel>>> tunnels_;
 
     mutable std::mutex mu_;
     std::condition_variable drained_;

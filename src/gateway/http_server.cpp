@@ -284,6 +284,19 @@ class ClientConnection : public HttpExchange,
         close();
     }
 
+    std::optional<TakenConnection> take_connection() override {
+        if (state_ != State::Handling || (body_streaming_ && !body_done_)) {
+            return std::nullopt;
+        }
+        TakenConnection taken;
+        taken.unread = std::string(in_.view().substr(std::min(request_bytes_, in_.size())));
+        loop_.remove(fd_.get());
+        taken.fd = std::move(fd_);
+        on_gone_ = nullptr;
+        close();  // forgets the connection; its fd is no longer its own
+        return taken;
+    }
+
     void on_client_gone(std::function<void()> fn) override {
         if (state_ == State::Closed) {
             fn();

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -25,6 +26,7 @@
 #include "http/message.h"
 #include "http/request_head.h"
 #include "util/event_loop.h"
+#include "util/unique_fd.h"
 
 namespace unifaas {
 
@@ -51,6 +53,12 @@ class BodySink {
     virtual void on_body_end() = 0;
     // The body cannot be completed: invalid chunking (400) or over the body limit (413).
     virtual void on_body_error(int status, std::string_view problem) = 0;
+};
+
+// A client connection taken out of the server (HttpExchange::take_connection).
+struct TakenConnection {
+    UniqueFd fd;         // non-blocking
+    std::string unread;  // what the client sent after the request's head (and body)
 };
 
 // One request and its response.
@@ -98,6 +106,13 @@ class HttpExchange {
     // Called (once, on loop()) when the connection closes before the response was given, e.g.
     // the client reset it while the instance was still working.
     virtual void on_client_gone(std::function<void()> fn) = 0;
+
+    // Instead of a response: the server lets go of the connection without closing it (e.g. for
+    // a tunnel after a 101): it is no longer read, timed or answered, and on_client_gone's
+    // function is not called (it counts in connections() while the exchange is held). Only for a
+    // request whose body arrived whole, on loop(); nullopt when the connection is gone or already
+    // answered.
+    virtual std::optional<TakenConnection> take_connection() = 0;
 
     // A response made by the daemon itself.
     void respond_simple(int status, std::string_view content_type, std::string_view body,

@@ -50,6 +50,12 @@ std::string render_metrics(
         out += fmt::format("unifaas_truncated_responses_total{{{}}} {}\n", function_label(p),
                            m->truncated_responses.load(std::memory_order_relaxed));
     }
+    header(out, "unifaas_tunnels_total", "counter",
+           "Exchanges that switched protocols (101, e.g. WebSocket) and became a tunnel.");
+    for (const auto& [p, m] : pools) {
+        out += fmt::format("unifaas_tunnels_total{{{}}} {}\n", function_label(p),
+                           m->tunnels.load(std::memory_order_relaxed));
+    }
     header(out, "unifaas_cold_start_duration_seconds", "histogram",
            "Time from starting an instance to its readiness callback.");
     for (const auto& [p, m] : pools) {

@@ -385,6 +385,16 @@ class UpstreamCall : public EventLoop::Handler,
                 fail(502, "invalid response: " + error.message);
                 return false;
             }
+            if (head_.status == 101) {
+                if (!req_.upgrade) {
+                    fail(502, "invalid response: unexpected 101 Switching Protocols");
+                    return false;
+                }
+                head_done_ = true;
+                body_start_ = head_start_ + head_.size;
+                hand_over_tunnel();
+                return false;
+            }
             if (head_.status >= 100 && head_.status < 200) {
                 head_start_ += head_.size;  // interim (100 Continue): the real one follows
                 continue;
@@ -521,6 +531,18 @@ class UpstreamCall : public EventLoop::Handler,
                                             head_.content_length, keep_alive);
         reply.close_after = !keep_alive;
         reply.body = std::move(body);
+        finish(std::move(reply), Fate::HandOver);
+    }
+
+    // The instance switched protocols: the reply hands the connection to a tunnel.
+    void hand_over_tunnel() {
+        reparse_head();
+        UpstreamReply reply;
+        reply.status = head_.status;
+        http::append_upgrade_response_head(reply.head, head_);
+        reply.tunnel = std::make_unique<UpstreamTunnel>();
+        reply.tunnel->connection = conn_;
+        reply.tunnel->first = buffer_.substr(body_start_);
         finish(std::move(reply), Fate::HandOver);
     }
 

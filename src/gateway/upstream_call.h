@@ -50,6 +50,13 @@ struct UpstreamBody {
     http::ChunkedDecoder decoder{UINT64_MAX};  // Chunked: its state after `first`
 };
 
+// A 101 to an upgrade request: the connection becomes a tunnel (gateway/tunnel) and is never
+// reused after it.
+struct UpstreamTunnel {
+    UpstreamConnection* connection = nullptr;  // in the lease's slot cache
+    std::string first;                         // bytes the instance sent after the 101 head
+};
+
 struct UpstreamReply {
     int error_status = 0;  // 502 or 504 when the instance gave no (valid) answer
     std::string error;     // then: why
@@ -62,6 +69,8 @@ struct UpstreamReply {
     // Set when the body goes on after the head: the head (above) is ready to send, the rest is
     // to be relayed from body->connection.
     std::unique_ptr<UpstreamBody> body;
+    // Set when the instance switched protocols (status 101, head ready to send).
+    std::unique_ptr<UpstreamTunnel> tunnel;
 };
 
 struct UpstreamRequest {
@@ -74,6 +83,9 @@ struct UpstreamRequest {
     bool chunk_body = false;
     std::size_t body_watermark = 256 * 1024;
     std::string method;
+    // The head asks to switch protocols (http::upgrade_protocol): a 101 ends the call with a
+    // tunnel instead of being skipped as an interim response.
+    bool upgrade = false;
     bool client_keep_alive = true;  // written into the response head
     bool client_http11 = true;      // may get a chunked body
     // request-timeout: 504 when no response head came in time after the body was sent (while a

@@ -74,7 +74,7 @@ bool is_dropped_when_forwarding(std::string_view name) {
 void append_upstream_request_head(std::string& out, const RequestHead& in,
                                   std::string_view upstream_target, std::string_view upstream_host,
                                   std::string_view client_address, std::uint64_t body_length,
-                                  bool chunked_body) {
+                                  bool chunked_body, std::string_view upgrade) {
     ConnectionOptions connection(in.headers);
     out.append(in.method);
     out.append(" ");
@@ -102,12 +102,47 @@ void append_upstream_request_head(std::string& out, const RequestHead& in,
     }
     out.append(client_address);
     out.append("\r\n");
+    if (!upgrade.empty()) {
+        out.append("Connection: Upgrade\r\n");
+        append_field(out, "Upgrade", upgrade);
+    }
     if (chunked_body) {
         out.append("Transfer-Encoding: chunked\r\n");
     } else if (body_length > 0 || is_body_method(in.method)) {
         out.append("Content-Length: ");
         append_number(out, body_length);
         out.append("\r\n");
+    }
+    out.append("\r\n");
+}
+
+std::string_view upgrade_protocol(const RequestHead& in) {
+    if (in.minor_version != 1 || in.framing == BodyFraming::Chunked ||
+        (in.framing == BodyFraming::Length && in.content_length > 0)) {
+        return {};
+    }
+    if (!ConnectionOptions(in.headers).names("upgrade")) {
+        return {};
+    }
+    return in.header("Upgrade").value_or(std::string_view());
+}
+
+void append_upgrade_response_head(std::string& out, const ResponseHead& in) {
+    ConnectionOptions connection(in.headers);
+    out.append("HTTP/1.1 ");
+    append_number(out, static_cast<std::uint64_t>(in.status));
+    out.append(" ");
+    out.append(in.reason.empty() ? reason_phrase(in.status) : in.reason);
+    out.append("\r\n");
+    for (const HeaderField& field : in.headers) {
+        if (is_dropped_when_forwarding(field.name) || connection.names(field.name)) {
+            continue;
+        }
+        append_field(out, field.name, field.value);
+    }
+    out.append("Connection: Upgrade\r\n");
+    if (auto upgrade = in.header("Upgrade")) {
+        append_field(out, "Upgrade", *upgrade);
     }
     out.append("\r\n");
 }

@@ -25,10 +25,20 @@ bool is_dropped_when_forwarding(std::string_view name);
 // <client_address>" (or just the client address), then "Content-Length: <body_length>" when
 // body_length > 0 or the method is POST, PUT or PATCH (instead "Transfer-Encoding: chunked" when
 // chunked_body: a body of unknown length, relayed as it arrives), then "\r\n".
+// "Connection: Upgrade" and "Upgrade: <upgrade>" at the end of the fields when `upgrade` is not
+// empty (see upgrade_protocol).
 void append_upstream_request_head(std::string& out, const RequestHead& in,
                                   std::string_view upstream_target, std::string_view upstream_host,
                                   std::string_view client_address, std::uint64_t body_length,
-                                  bool chunked_body = false);
+                                  bool chunked_body = false, std::string_view upgrade = {});
+
+// The Upgrade field's value of an HTTP/1.1 request whose Connection field names "upgrade" and
+// that has no body (e.g. a WebSocket handshake); empty otherwise.
+std::string_view upgrade_protocol(const RequestHead& in);
+
+// The head of a 101 Switching Protocols for the client: as append_streamed_response_head but
+// without any framing, and with "Connection: Upgrade" and the instance's "Upgrade" field.
+void append_upgrade_response_head(std::string& out, const ResponseHead& in);
 
 // Appends "HTTP/1.1 <status> <reason>\r\n", the instance's end-to-end headers in order (same drop
 // list; Content-Length is dropped and rewritten as "Content-Length: <body_length>" - except when

@@ -97,9 +97,6 @@ ParseState parse_response_head(std::string_view buffer, std::size_t max_head_byt
     out.keep_alive = out.minor_version == 1
                          ? !fields.connection_close
                          : fields.connection_keep_alive && !fields.connection_close;
-    if (out.status == 101) {
-        return fail(error, "unexpected 101 Switching Protocols");
-    }
     if (out.status < 200) {
         return ParseState::Complete;  // interim: no body, the final response follows
     }

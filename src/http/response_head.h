@@ -34,11 +34,11 @@ struct ResponseHead {
 // buffer.size() <= max_head_bytes. Every failure has status 502 (what the daemon answers its own
 // client): head too large, more than kMaxHeaderFields fields, malformed status line or fields,
 // unsupported version, invalid or differing Content-Length, both Content-Length and
-// Transfer-Encoding, a transfer coding other than a single chunked, Transfer-Encoding in 1.0,
-// 101 Switching Protocols (never asked for: Upgrade is not forwarded).
-// A 1xx interim response (e.g. 100 Continue) parses as Complete with framing None; the caller skips
-// it (out.size bytes) and parses again after it. Accepts CRLF and bare LF line ends and a status
-// line without reason phrase ("HTTP/1.1 200").
+// Transfer-Encoding, a transfer coding other than a single chunked, Transfer-Encoding in 1.0.
+// A 1xx response parses as Complete with framing None: an interim one (e.g. 100 Continue) the
+// caller skips (out.size bytes) and parses again after it; a 101 Switching Protocols is the end
+// of HTTP on the connection (the caller accepts it only for an upgrade request it sent). Accepts
+// CRLF and bare LF line ends and a status line without reason phrase ("HTTP/1.1 200").
 ParseState parse_response_head(std::string_view buffer, std::size_t max_head_bytes,
                                std::string_view request_method, ResponseHead& out,
                                ParseError& error);

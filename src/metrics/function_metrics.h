@@ -32,9 +32,11 @@ struct FunctionMetrics {
     std::atomic<std::uint64_t> restore_starts{0};  // of cold_starts: clones of a snapshot
     // Streamed responses cut off after their head was sent (instance error, stream timeouts).
     std::atomic<std::uint64_t> truncated_responses{0};
-    Histogram cold_start_seconds;                  // instance created -> ready
-    Histogram restore_seconds;                     // the same, for clones restored from a snapshot
-    Histogram invocation_seconds;                  // request accepted -> response ready
+    // Exchanges that switched protocols (101, e.g. WebSocket) and became a tunnel.
+    std::atomic<std::uint64_t> tunnels{0};
+    Histogram cold_start_seconds;  // instance created -> ready
+    Histogram restore_seconds;     // the same, for clones restored from a snapshot
+    Histogram invocation_seconds;  // request accepted -> response ready
     Histogram queue_wait_seconds;  // time spent waiting for a slot (queued requests only)
 
     void count_invocation(int status) {

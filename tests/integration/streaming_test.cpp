@@ -14,9 +14,11 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <system_error>
@@ -683,6 +685,152 @@ TEST_F(Streaming, FunctionBodyLimitOverridesTheDaemons) {
     EXPECT_NE(text->find("function small: request body exceeds the limit of 1000 bytes"),
               std::string::npos)
         << *text;
+}
+
+// ---- WebSocket (and any Upgrade) -----------------------------------------------------------
+
+// A client frame (masked, as RFC 6455 requires of clients), payload < 126 bytes.
+std::string ws_frame(int opcode, std::string_view payload) {
+    const unsigned char mask[4] = {0x12, 0x34, 0x56, 0x78};
+    std::string f;
+    f += static_cast<char>(0x80 | opcode);
+    f += static_cast<char>(0x80 | payload.size());
+    f.append(reinterpret_cast<const char*>(mask), 4);
+    for (std::size_t i = 0; i < payload.size(); ++i) {
+        f += static_cast<char>(payload[i] ^ mask[i % 4]);
+    }
+    return f;
+}
+
+// The frame a server sends (unmasked), payload < 126 bytes.
+std::string ws_server_frame(int opcode, std::string_view payload) {
+    std::string f;
+    f += static_cast<char>(0x80 | opcode);
+    f += static_cast<char>(payload.size());
+    f += payload;
+    return f;
+}
+
+std::string ws_handshake(const std::string& target) {
+    return "GET " + target +
+           " HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+}
+
+// A real client (python3-websockets, from Debian: /usr/bin/python3, tests/lib/install-deps.sh)
+// through /invoke/<fn>/ws: text messages, a 1 MiB binary one, a ping; the slot is held while the
+// socket is open and given back when it closes; the function's plain routes still work.
+TEST_F(Streaming, WebSocketEchoThroughTheDaemonHoldsTheSlotUntilClosed) {
+    add_hello("ws");
+    add_hello("ws1", "single-use = true");
+    start_daemon();
+    for (const std::string fn : {"ws", "ws1"}) {
+        SCOPED_TRACE(fn);
+        std::string out = fmt::format("{}/ws-client-{}.out", ::testing::TempDir(), fn);
+        std::string cmd = fmt::format(
+            "timeout 90 /usr/bin/python3 {}/tests/integration/ws_echo_client.py "
+            "ws://127.0.0.1:{}/invoke/{}/ws >{} 2>&1",
+            UNIFAAS_SOURCE_DIR, port(), fn, out);
+        FILE* client = popen(cmd.c_str(), "w");
+        ASSERT_NE(client, nullptr);
+        auto output = [&] {
+            std::ifstream in(out);
+            return std::string(std::istreambuf_iterator<char>(in), {});
+        };
+        // The client holds its socket open after the echoes until told to close it.
+        bool held = status_becomes(
+            [&](const nlohmann::json& s) {
+                return output().find("echo ok") != std::string::npos && in_use(s, fn) == 1;
+            },
+            60s);
+        EXPECT_TRUE(held) << output() << status().dump(2);
+        std::fputs("close\n", client);
+        std::fflush(client);
+        int rc = pclose(client);
+        EXPECT_EQ(rc, 0) << output();
+        EXPECT_NE(output().find("closed 1000"), std::string::npos) << output();
+        EXPECT_TRUE(status_becomes(
+            [&](const nlohmann::json& s) { return in_use(s, fn) == (fn == "ws1" ? -1 : 0); }, 5s))
+            << status().dump(2);
+    }
+    EXPECT_EQ(invoke("/invoke/ws/hello"), "hello from unifaas\n");  // a plain GET still works
+    EXPECT_NE(metrics().find("unifaas_tunnels_total{function=\"ws\"} 1"), std::string::npos)
+        << metrics();
+}
+
+// Frames sent right behind the handshake are not lost; a client that drops its connection
+// mid-tunnel (reset, or a plain close) gives the slot back at once; single-use is retired. An
+// upgrade the function does not switch for is an ordinary exchange; a stopping daemon ends an
+// open tunnel.
+TEST_F(Streaming, WebSocketClientDroppingTheConnectionReleasesTheSlot) {
+    add_hello("ws");
+    add_hello("ws1", "single-use = true");
+    start_daemon();
+    for (const std::string fn : {"ws", "ws1"}) {
+        for (bool reset : {true, false}) {
+            SCOPED_TRACE(fn + (reset ? " reset" : " close"));
+            auto c = std::make_unique<StreamClient>(port());
+            // The handshake and a first frame in one write: the frame is pipelined.
+            ASSERT_TRUE(c->send(ws_handshake("/invoke/" + fn + "/ws") + ws_frame(1, "early")));
+            std::string head = c->read_head();
+            ASSERT_EQ(head.rfind("HTTP/1.1 101 ", 0), 0u) << head;
+            EXPECT_TRUE(has_field(head, "Connection: Upgrade")) << head;
+            EXPECT_TRUE(has_field(head, "Upgrade: websocket")) << head;
+            EXPECT_TRUE(has_field(head, "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="))
+                << head;
+            EXPECT_EQ(c->read_exact(7, 10s), ws_server_frame(1, "early"));
+            ASSERT_TRUE(c->send(ws_frame(9, "ping?")));
+            EXPECT_EQ(c->read_exact(7, 10s), ws_server_frame(10, "ping?"));
+            EXPECT_EQ(in_use(status(), fn), 1);
+            if (reset) {
+                c->reset();
+            } else {
+                c.reset();  // close(): a FIN, passed on to the function, which ends
+            }
+            EXPECT_TRUE(status_becomes(
+                [&](const nlohmann::json& s) { return in_use(s, fn) == (fn == "ws1" ? -1 : 0); },
+                5s))
+                << status().dump(2);
+        }
+    }
+    // An upgrade request the function does not switch for is an ordinary exchange.
+    StreamClient c(port());
+    ASSERT_TRUE(c.send(ws_handshake("/invoke/ws/hello") + get("/invoke/ws/hello")));
+    for (int i = 0; i < 2; ++i) {
+        std::string head = c.read_head();
+        EXPECT_EQ(head.rfind("HTTP/1.1 200 ", 0), 0u) << head;
+        EXPECT_EQ(c.read_exact(19, 10s), "hello from unifaas\n");
+    }
+    // A daemon that stops ends a tunnel still open (after shutdown-grace, 5 s here) and exits
+    // cleanly.
+    StreamClient open_ws(port());
+    ASSERT_TRUE(open_ws.send(ws_handshake("/invoke/ws/ws")));
+    std::string head = open_ws.read_head();
+    ASSERT_EQ(head.rfind("HTTP/1.1 101 ", 0), 0u) << head;
+    EXPECT_EQ(daemon_->terminate(30s), 0) << daemon_->log();
+    EXPECT_TRUE(open_ws.read_to_close(10s)) << "the tunnel outlived the daemon";
+}
+
+// stream-idle-timeout applies to a tunnel: nothing moving either way for that long closes it and
+// gives the slot back; traffic keeps it open.
+TEST_F(Streaming, WebSocketIdleForTheStreamIdleTimeoutIsClosed) {
+    add_hello("quiet", "stream-idle-timeout = 1");
+    start_daemon();
+    StreamClient c(port());
+    ASSERT_TRUE(c.send(ws_handshake("/invoke/quiet/ws")));
+    std::string head = c.read_head();
+    ASSERT_EQ(head.rfind("HTTP/1.1 101 ", 0), 0u) << head;
+    for (int i = 0; i < 3; ++i) {  // 1.5 s of traffic in all: longer than the idle limit
+        ASSERT_TRUE(c.send(ws_frame(1, "still here")));
+        ASSERT_EQ(c.read_exact(12, 10s), ws_server_frame(1, "still here")) << "round " << i;
+        std::this_thread::sleep_for(500ms);  // the pause under test, not a synchronisation
+    }
+    auto opened = Clock::now();
+    EXPECT_TRUE(c.read_to_close(10s)) << "the idle tunnel was not closed";
+    EXPECT_GE(Clock::now() - opened, 200ms);  // about 0.5 s of the limit was left
+    EXPECT_TRUE(
+        status_becomes([&](const nlohmann::json& s) { return in_use(s, "quiet") == 0; }, 5s))
+        << status().dump(2);
 }
 
 }  // namespace

@@ -318,5 +318,46 @@ TEST(HttpForwarding, StreamedHeadSaysHowTheBodyIsDelimited) {
     EXPECT_TRUE(back.keep_alive);
 }
 
+TEST(HttpForwarding, UpgradeRequestsAreRecognised) {
+    EXPECT_EQ(upgrade_protocol(request("GET /ws HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\n"
+                                       "Upgrade: websocket\r\n\r\n")),
+              "websocket");
+    // Not an upgrade: no Connection: upgrade, no Upgrade field, HTTP/1.0, a body.
+    EXPECT_EQ(upgrade_protocol(request("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n")), "");
+    EXPECT_EQ(upgrade_protocol(request("GET /ws HTTP/1.1\r\nConnection: upgrade\r\n\r\n")), "");
+    EXPECT_EQ(upgrade_protocol(request("GET /ws HTTP/1.0\r\nConnection: upgrade\r\n"
+                                       "Upgrade: websocket\r\n\r\n")),
+              "");
+    EXPECT_EQ(upgrade_protocol(request("POST /ws HTTP/1.1\r\nConnection: upgrade\r\n"
+                                       "Upgrade: h2c\r\nContent-Length: 3\r\n\r\n")),
+              "");
+}
+
+TEST(HttpForwarding, UpgradeSurvivesForwardingOnlyForAnUpgradeRequest) {
+    RequestHead head = request(
+        "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        "Sec-WebSocket-Key: k\r\n\r\n");
+    std::string out;
+    append_upstream_request_head(out, head, "/ws", "10.20.0.2:8080", "192.0.2.7", 0, false,
+                                 upgrade_protocol(head));
+    EXPECT_EQ(out,
+              "GET /ws HTTP/1.1\r\nHost: h\r\nSec-WebSocket-Key: k\r\n"
+              "X-Forwarded-For: 192.0.2.7\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    EXPECT_EQ(upstream("GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\n"
+                       "Upgrade: websocket\r\n\r\n"),
+              "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 192.0.2.7\r\n\r\n");
+}
+
+TEST(HttpForwarding, SwitchingProtocolsHeadKeepsUpgradeAndNoFraming) {
+    ResponseHead head = response(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Keep-Alive: x\r\nSec-WebSocket-Accept: abc\r\n\r\n");
+    std::string out;
+    append_upgrade_response_head(out, head);
+    EXPECT_EQ(out,
+              "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: abc\r\n"
+              "Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+}
+
 }  // namespace
 }  // namespace unifaas::http

@@ -120,8 +120,13 @@ TEST(HttpResponseHead, InterimResponseThenFinal) {
     EXPECT_EQ(rest.substr(p.head.size), "ok");
 }
 
-TEST(HttpResponseHead, SwitchingProtocolsIsNeverExpected) {
-    expect_failure("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
+TEST(HttpResponseHead, SwitchingProtocolsParsesWithoutBody) {
+    std::string text = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nframe";
+    auto p = parse(text);
+    ASSERT_EQ(p.state, ParseState::Complete);
+    EXPECT_EQ(p.head.status, 101);
+    EXPECT_EQ(p.head.framing, BodyFraming::None);
+    EXPECT_EQ(text.substr(p.head.size), "frame");
 }
 
 TEST(HttpResponseHead, NoBodyByDefinition) {

@@ -1226,6 +1226,49 @@ TEST_F(HttpServerTest, ClientClosingBeforeItsAnswerIsGone) {
     EXPECT_TRUE(eventually([&] { return server->connections() == 0; }));
 }
 
+// take_connection (a tunnel after a 101): the server lets go of the socket without closing or
+// answering it, hands over what the client sent after the request's head, and counts it no more.
+TEST_F(HttpServerTest, TakenConnectionLeavesTheServerWithTheBytesAfterTheHead) {
+    start_queued();
+    RawClient c(port);
+    ASSERT_TRUE(c.send_all(get("/upgrade") + "pipelined frame"));
+    auto ex = queue.pop();
+    ASSERT_TRUE(ex);
+    std::promise<std::optional<TakenConnection>> taken;
+    auto gone = std::make_shared<Signal>();
+    ex->loop().post([&, ex, gone] {
+        ex->on_client_gone([gone] { gone->fire(); });
+        taken.set_value(ex->take_connection());
+    });
+    auto t = taken.get_future().get();
+    ASSERT_TRUE(t);
+    ASSERT_TRUE(t->fd);
+    // What the server had not read yet is still in the socket.
+    std::string unread = t->unread;
+    auto deadline = Clock::now() + 3s;
+    while (unread.size() < 15 && Clock::now() < deadline) {
+        pollfd p{t->fd.get(), POLLIN, 0};
+        if (poll(&p, 1, 100) == 1) {
+            char buf[64];
+            ssize_t n = recv(t->fd.get(), buf, sizeof(buf), MSG_DONTWAIT);
+            if (n > 0) {
+                unread.append(buf, static_cast<std::size_t>(n));
+            }
+        }
+    }
+    EXPECT_EQ(unread, "pipelined frame");
+    ASSERT_TRUE(::send(t->fd.get(), "mine now", 8, MSG_NOSIGNAL) == 8);
+    EXPECT_EQ(c.read_more(Clock::now() + 3s), RawClient::Read::Data);
+    EXPECT_EQ(c.buffer(), "mine now") << "the server answered a connection it gave away";
+    EXPECT_FALSE(gone->wait(0ms)) << "on_client_gone ran for a connection taken over";
+    respond_later(ex, 200, "too late");  // ignored: the exchange is no longer the server's
+    ex.reset();  // (counted while a handler holds it, as every connection is)
+    EXPECT_TRUE(eventually([&] { return server->connections() == 0; }));
+    t->fd.reset();
+    EXPECT_TRUE(c.wait_closed());
+    EXPECT_EQ(c.buffer(), "mine now");
+}
+
 TEST_F(HttpServerTest, ClientResetReachesTheHandlerAndTheProducer) {
     start_queued();
     {  // while the answer is being made

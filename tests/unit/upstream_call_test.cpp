@@ -713,6 +713,50 @@ TEST_F(UpstreamCallTest, InterimResponsesAreSkipped) {
     EXPECT_FALSE(has_field(reply.head, "Link")) << reply.head;
 }
 
+// A 101 to an upgrade request ends the call with the connection handed over (and the bytes the
+// instance sent after the head); to any other request it is invalid.
+TEST_F(UpstreamCallTest, SwitchingProtocolsHandsTheConnectionOverOnlyForAnUpgrade) {
+    const std::string switched =
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Accept: abc\r\n\r\n";
+    TestUpstream up([&](int conn, int, const std::string&) {
+        return TestUpstream::Reply{switched + (conn == 0 ? "first frame" : kOk), false, false};
+    });
+    auto l = lease(up.port());
+    UpstreamRequest req = request("GET");
+    req.upgrade = true;
+    auto f = start_call(l, std::move(req));
+    ASSERT_EQ(f.wait_for(5s), std::future_status::ready);
+    auto reply = f.get();
+    EXPECT_EQ(reply.error_status, 0) << reply.error;
+    EXPECT_EQ(reply.status, 101);
+    EXPECT_FALSE(reply.body);
+    ASSERT_TRUE(reply.tunnel);
+    EXPECT_EQ(reply.head,
+              "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: abc\r\n"
+              "Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    ASSERT_NE(reply.tunnel->connection, nullptr);
+    std::string first = reply.tunnel->first;
+    int fd = reply.tunnel->connection->fd();
+    while (first.size() < 11) {  // the rest of what the instance wrote, from the same socket
+        pollfd p{fd, POLLIN, 0};
+        ASSERT_GT(poll(&p, 1, 5000), 0);
+        char buf[64];
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        ASSERT_GT(n, 0);
+        first.append(buf, static_cast<std::size_t>(n));
+    }
+    EXPECT_EQ(first, "first frame");
+    l->drop_cache();
+    l.reset();
+
+    // The same 101 to a request that did not ask for it: the instance is broken (502).
+    auto reply2 = call(lease(up.port()), request("GET"));
+    EXPECT_EQ(reply2.error_status, 502);
+    EXPECT_TRUE(contains(reply2.error, "unexpected 101")) << reply2.error;
+    EXPECT_FALSE(reply2.tunnel);
+}
+
 TEST_F(UpstreamCallTest, InvalidResponseGives502) {
     TestUpstream up([](int, int, const std::string&) {
         return TestUpstream::Reply{"this is not http\r\n\r\n"};
