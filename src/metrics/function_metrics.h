@@ -30,11 +30,12 @@ struct FunctionMetrics {
     std::array<std::atomic<std::uint64_t>, 600> invocations{};
     std::atomic<std::uint64_t> cold_starts{0};
     std::atomic<std::uint64_t> restore_starts{0};  // of cold_starts: clones of a snapshot
+    std::atomic<std::uint64_t> spare_starts{0};    // of cold_starts: sandboxes prepared ahead
     // Streamed responses cut off after their head was sent (instance error, stream timeouts).
     std::atomic<std::uint64_t> truncated_responses{0};
-    Histogram cold_start_seconds;                  // instance created -> ready
-    Histogram restore_seconds;                     // the same, for clones restored from a snapshot
-    Histogram invocation_seconds;                  // request accepted -> response ready
+    Histogram cold_start_seconds;  // instance created -> ready
+    Histogram restore_seconds;     // the same, for clones restored from a snapshot
+    Histogram invocation_seconds;  // request accepted -> response ready
     Histogram queue_wait_seconds;  // time spent waiting for a slot (queued requests only)
 
     void count_invocation(int status) {
