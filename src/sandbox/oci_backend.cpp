@@ -62,6 +62,12 @@ bool is_crun(const std::string& exe) {
     return fs::path(exe).filename() == "crun";
 }
 
+// Spares are started the way crun start does (the init reads exec.fifo); runc's init writes it.
+bool spares_possible(const FunctionSpec& spec) {
+    return spec.is_container() && spec.container().engine == ContainerEngine::Oci &&
+           is_crun(spec.container().runtime.value_or(kDefaultRuntime));
+}
+
 // `<runtime> --root <state> [--cgroup-manager=disabled] <args...>`
 std::vector<std::string> runtime_argv(const std::string& exe, const fs::path& state_root,
                                       bool cgroups_disabled, std::vector<std::string> args) {
@@ -430,7 +436,7 @@ void OciBackend::prepare_ahead(const std::vector<std::shared_ptr<const FunctionS
     }
     std::vector<std::shared_ptr<const FunctionSpec>> oci;
     for (const auto& spec : specs) {
-        if (spec->is_container() && spec->container().engine == ContainerEngine::Oci) {
+        if (spares_possible(*spec)) {
             oci.push_back(spec);
         }
     }
@@ -439,7 +445,7 @@ void OciBackend::prepare_ahead(const std::vector<std::shared_ptr<const FunctionS
 
 std::shared_ptr<Prepared> OciBackend::take_prepared(
     const std::shared_ptr<const FunctionSpec>& spec) {
-    if (!spares_) {
+    if (!spares_ || !spares_possible(*spec)) {
         return nullptr;
     }
     auto spare = spares_->take(spec);

@@ -28,6 +28,13 @@ int open_pidfd(pid_t pid) {
     return fd;
 }
 
+// ExitWatcher::unwatch(0) would wait for a callback that never runs.
+void unwatch(ExitWatcher& exits, ExitWatcher::Id id) {
+    if (id != 0) {
+        exits.unwatch(id);
+    }
+}
+
 bool exited(int pidfd) {
     pollfd p{pidfd, POLLIN, 0};
     return ::poll(&p, 1, 0) > 0;
@@ -49,7 +56,7 @@ OciSpare::OciSpare(OciSpareParts parts, pid_t init_pid, const VmEnvironment& env
       pidfd_(open_pidfd(init_pid)) {}
 
 OciSpare::~OciSpare() {
-    exits_.unwatch(watch_);
+    unwatch(exits_, watch_);
     if (!exited(pidfd_)) {
         runtime({"kill", container(), "KILL"});
         pollfd p{pidfd_, POLLIN, 0};
@@ -206,7 +213,7 @@ std::unique_ptr<OciSpare> OciSpares::take(const std::shared_ptr<const FunctionSp
     if (!spare) {
         return nullptr;
     }
-    exits_.unwatch(watch);  // from now its exit is the instance's
+    unwatch(exits_, watch);  // from now its exit is the instance's
     if (!spare->alive()) {
         std::lock_guard lk(mu_);
         garbage_.push_back({std::move(spare), 0});
@@ -261,7 +268,7 @@ void OciSpares::run() {
             Garbage g = std::move(garbage_.front());
             garbage_.pop_front();
             lk.unlock();
-            exits_.unwatch(g.watch);
+            unwatch(exits_, g.watch);
             g.spare.reset();
             lk.lock();
             continue;
