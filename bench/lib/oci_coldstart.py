@@ -129,14 +129,19 @@ def unifaas_run(function):
 
 
 def wait_spare(runtime_dir, timeout=30):
-    """Until the daemon's state root holds exactly one container: the spare (no instance runs)."""
+    """Until the daemon's state root holds exactly one container, the spare (no instance runs),
+    and it is created (crun create wrote the init's pid file)."""
     deadline = time.monotonic() + timeout
     state = os.path.join(runtime_dir, "oci")
     while time.monotonic() < deadline:
         try:
-            if len([n for n in os.listdir(state) if n.startswith("unifaas-")]) == 1:
-                return
-        except OSError:
+            names = [n for n in os.listdir(state) if n.startswith("unifaas-")]
+            if len(names) == 1:
+                pid_file = os.path.join(runtime_dir, "instances", names[0][8:], "init.pid")
+                with open(pid_file) as f:
+                    if int(f.read().strip() or 0) > 0:
+                        return
+        except (OSError, ValueError):
             pass
         time.sleep(0.02)
     raise RuntimeError(f"no spare container in {state} within {timeout} s")

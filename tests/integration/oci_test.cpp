@@ -116,13 +116,25 @@ class OciTest : public RegistryTest {
         }
         return ids;
     }
-    // Containers that are not instances: the spares.
+    // Created containers that are not instances: the spares. Created = crun create wrote the
+    // init's pid file (the state directory appears earlier).
     std::set<std::string> spares() {
-        std::set<std::string> ids = containers();
+        std::set<std::string> ids;
+        for (const auto& id : containers()) {
+            if (init_pid(id) > 0) {
+                ids.insert(id);
+            }
+        }
         for (const auto& instance : instances_of_all()) {
             ids.erase(instance);
         }
         return ids;
+    }
+    pid_t init_pid(const std::string& id) const {
+        std::ifstream file(daemon_->runtime_dir() / "instances" / id / "init.pid");
+        pid_t pid = 0;
+        file >> pid;
+        return pid;
     }
     std::set<std::string> instances_of_all() {
         std::set<std::string> ids;
@@ -476,8 +488,8 @@ TEST_F(OciTest, SpareServesTheColdStartAndTheNextIsMade) {
     EXPECT_FALSE(next.empty()) << "no spare made after the first was used";
     EXPECT_NE(next, spare);
     // The started spare runs the function (entrypoint exec'd) under the precompiled filter.
-    auto pids = hello_processes();
-    EXPECT_EQ(pids.size(), 2u) << "the instance and the new spare's init";
+    EXPECT_TRUE(eventually([] { return hello_processes().size() == 2; }, 10s))
+        << "not the instance and the new spare's init: " << hello_processes().size();
     EXPECT_EQ(get("/invoke/ocispare/hello")->status, 200) << "warm";
     EXPECT_EQ(instances("ocispare").size(), 1u);
 }
@@ -522,7 +534,8 @@ TEST_F(OciTest, RemovedAndRedefinedFunctionsLoseTheirSpares) {
         20s))
         << daemon_->log();
     EXPECT_EQ(interfaces_with_prefix("faasv").size(), 1u) << "veths of removed spares left";
-    EXPECT_EQ(hello_processes().size(), 1u) << "inits of removed spares left";
+    EXPECT_TRUE(eventually([] { return hello_processes().size() == 1; }, 10s))
+        << "inits of removed spares left: " << hello_processes().size();
     std::string spare = *spares().begin();
     auto res = get("/invoke/ocichanged/echo/x");
     ASSERT_TRUE(res);
@@ -537,9 +550,7 @@ TEST_F(OciTest, SpareWhoseInitDiedIsReplaced) {
     start_daemon_with_spares();
     std::string spare = one_spare();
     ASSERT_FALSE(spare.empty()) << daemon_->log();
-    std::ifstream pid_file(daemon_->runtime_dir() / "instances" / spare / "init.pid");
-    pid_t init = 0;
-    pid_file >> init;
+    pid_t init = init_pid(spare);
     ASSERT_GT(init, 0);
     ASSERT_EQ(::kill(init, SIGKILL), 0);
     std::string replacement;
