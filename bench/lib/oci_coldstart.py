@@ -130,13 +130,13 @@ def unifaas_run(function):
 
 def wait_spare(runtime_dir, timeout=30):
     """Until the daemon's state root holds exactly one container, the spare (no instance runs),
-    and it is created (crun create wrote the init's pid file)."""
+    created (crun create wrote the init's pid file) and not started (its exec.fifo is there)."""
     deadline = time.monotonic() + timeout
     state = os.path.join(runtime_dir, "oci")
     while time.monotonic() < deadline:
         try:
             names = [n for n in os.listdir(state) if n.startswith("unifaas-")]
-            if len(names) == 1:
+            if len(names) == 1 and os.path.exists(os.path.join(state, names[0], "exec.fifo")):
                 pid_file = os.path.join(runtime_dir, "instances", names[0][8:], "init.pid")
                 with open(pid_file) as f:
                     if int(f.read().strip() or 0) > 0:
