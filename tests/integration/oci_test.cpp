@@ -116,14 +116,17 @@ class OciTest : public RegistryTest {
         }
         return ids;
     }
-    // Created containers not started: the spares. Created = crun create wrote the init's pid
-    // file (the state directory appears earlier); not started = its exec.fifo is still there
-    // (starting unlinks it, as crun start does).
+    // Created containers not started, in the daemon's list: the spares. Created = crun create wrote
+    // the init's pid file (the state directory appears earlier); not started = its exec.fifo is
+    // still there (starting unlinks it, as crun start does).
     std::set<std::string> spares() {
+        std::string log = daemon_->log();
         std::set<std::string> ids;
         for (const auto& id : containers()) {
+            // Created is not yet handed to the daemon's spare list: its debug line says so.
             if (init_pid(id) > 0 &&
-                fs::exists(daemon_->runtime_dir() / "oci" / ("unifaas-" + id) / "exec.fifo")) {
+                fs::exists(daemon_->runtime_dir() / "oci" / ("unifaas-" + id) / "exec.fifo") &&
+                log.find("spare container " + id + " ready") != std::string::npos) {
                 ids.insert(id);
             }
         }
