@@ -129,17 +129,19 @@ def unifaas_run(function):
 
 
 def wait_spare(runtime_dir, timeout=30):
-    """Until the daemon's state root holds exactly one container, the spare (no instance runs),
-    created (crun create wrote the init's pid file) and not started (its exec.fifo is there)."""
+    """Until the daemon's state root holds a spare: a container created (crun create wrote the
+    init's pid file) and not started (its exec.fifo is there)."""
     deadline = time.monotonic() + timeout
     state = os.path.join(runtime_dir, "oci")
     while time.monotonic() < deadline:
         try:
-            names = [n for n in os.listdir(state) if n.startswith("unifaas-")]
-            if len(names) == 1 and os.path.exists(os.path.join(state, names[0], "exec.fifo")):
-                pid_file = os.path.join(runtime_dir, "instances", names[0][8:], "init.pid")
+            for name in os.listdir(state):
+                if not os.path.exists(os.path.join(state, name, "exec.fifo")):
+                    continue
+                pid_file = os.path.join(runtime_dir, "instances", name[8:], "init.pid")
                 with open(pid_file) as f:
                     if int(f.read().strip() or 0) > 0:
+                        time.sleep(0.05)  # handed to the daemon's list just after create exits
                         return
         except (OSError, ValueError):
             pass
