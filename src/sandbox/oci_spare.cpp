@@ -111,7 +111,7 @@ bool OciSpare::start(std::function<void(const std::string&)> on_exit) {
         return false;
     }
     std::string name = fs::path(parts_.runtime).filename().string();
-    watch_ = exits_.watch(pidfd_, [this, on_exit = std::move(on_exit), name] {
+    watch_ = exits_.watch(pidfd_, [on_exit = std::move(on_exit), name] {
         // The init's parent is not the daemon: its status is not ours to read.
         on_exit(
             fmt::format("container exited ({}, started from a spare: exit status not known "
