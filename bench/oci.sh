@@ -9,6 +9,10 @@
 # level: each start's phase timeline ("runc 0.1 image 0.0 netns 0.2 ...") is summarised at the
 # end (median per phase). Everything runs inside a network namespace made here
 # (unifaas-ocibench-PID) and deleted on exit. Reports, never passes or fails on timing.
+# Spares (README, oci-spare-memory): the daemon may keep 64 MiB of spares; only hello-oci-spare
+# (memory 64) fits, the other functions (memory 96) always start with `crun run`, so the
+# cold-start table has unifaas-oci (no spare), unifaas-spare (a spare ready before each run) and
+# bare crun, alternating.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -50,17 +54,19 @@ trap 'exit 130' INT TERM
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 ip netns add "$ns"
 ip -n "$ns" link set lo up
-printf 'runtime-dir = "%s"\nshutdown-grace = 5\ndrain-delay = 0\n' "$work/run" >"$work/unifaas.toml"
-fn() {  # fn NAME extra-lines...
+printf 'runtime-dir = "%s"\nshutdown-grace = 5\ndrain-delay = 0\noci-spare-memory = 64\n' \
+  "$work/run" >"$work/unifaas.toml"
+fn() {  # fn NAME extra-lines...   (memory 96: above the spare cap; $mem overrides)
   mkdir -p "$work/reg/$1"
   {
     printf '%s\n' "${@:2}"
-    printf '\n[container]\nengine = "oci"\nimage = "%s"\nentrypoint = ["/hello"]\nmemory = 64\n' \
-      "$build/examples/hello-rootfs"
+    printf '\n[container]\nengine = "oci"\nimage = "%s"\nentrypoint = ["/hello"]\nmemory = %s\n' \
+      "$build/examples/hello-rootfs" "${mem:-96}"
   } >"$work/reg/$1/function.toml"
 }
 fn hello-oci-once "concurrent-requests = 1" "single-use = true" "keepalive = 30"
 fn hello-oci-keep "keepalive = 600"
+mem=64 fn hello-oci-spare "concurrent-requests = 1" "single-use = true" "keepalive = 30"
 fn hello-oci-burst "concurrent-requests = 1" "single-use = true" "max-instances = 10" \
   "queue-timeout = 60"
 nsenter --net="/run/netns/$ns" "${UNIFAAS_BIN:-$build/unifaas}" --config "$work/unifaas.toml" \
@@ -69,8 +75,9 @@ nsenter --net="/run/netns/$ns" "${UNIFAAS_BIN:-$build/unifaas}" --config "$work/
 daemon_pid=$!
 pyin "$lib/status.py" healthy 60 || { tail -n 30 "$out/daemon.log" >&2; exit 1; }
 
-echo "== cold start: unifaas-oci vs bare crun run ($runs runs per side)"
+echo "== cold start: unifaas-oci vs unifaas-spare vs bare crun run ($runs runs per side)"
 pyin "$lib/oci_coldstart.py" "$out/raw.jsonl" --function hello-oci-once --runs "$runs" \
+  --spare-function hello-oci-spare --runtime-dir "$work/run" \
   --rootfs "$build/examples/hello-rootfs" --callback-port 9192 \
   --template tests/data/oci/config.json --workdir "$work/oci" \
   --seccomp-from "$work/run:hello-oci-keep"

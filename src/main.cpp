@@ -32,8 +32,8 @@
 #include "sandbox/firecracker_backend.h"
 #include "sandbox/oci_backend.h"
 #include "sandbox/qemu_backend.h"
-#include "sandbox/vm_template.h"
 #include "sandbox/restore_channel.h"
+#include "sandbox/vm_template.h"
 #include "systemd/console_forwarder.h"
 #include "systemd/journal_sink.h"
 #include "systemd/listen_fds.h"
@@ -273,12 +273,9 @@ std::unique_ptr<Firewall> open_firewall(const DaemonConfig& config,
     if (!network) {
         return nullptr;
     }
-    FirewallConfig rules{callback_port,
-                         invoke_port,
-                         config.egress_interface,
-                         {config.network.tap_prefix},
-                         {config.network.subnet},
-                         kRestorePort};
+    FirewallConfig rules{callback_port,           invoke_port,
+                         config.egress_interface, {config.network.tap_prefix},
+                         {config.network.subnet}, kRestorePort};
     try {
         auto firewall = std::make_unique<Firewall>(std::move(rules));
         spdlog::info(
@@ -496,7 +493,7 @@ int run(const DaemonConfig& config) {
     backends.set_container(make_docker_backend(config, callback_port, scopes != nullptr));
     add_vm_backends(backends, config, vm_env);
     if (network) {
-        backends.set_oci(std::make_unique<OciBackend>(vm_env));
+        backends.set_oci(std::make_unique<OciBackend>(vm_env, config.oci_spare_memory_mib));
     }
     if (unsigned removed = backends.remove_leftovers(); removed > 0) {
         spdlog::info("removed {} sandboxes left behind by an earlier run", removed);

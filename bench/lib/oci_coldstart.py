@@ -128,6 +128,27 @@ def unifaas_run(function):
     return (done - start) * 1000
 
 
+def wait_spare(runtime_dir, timeout=30):
+    """Until the daemon's state root holds a spare: a container created (crun create wrote the
+    init's pid file) and not started (its exec.fifo is there)."""
+    deadline = time.monotonic() + timeout
+    state = os.path.join(runtime_dir, "oci")
+    while time.monotonic() < deadline:
+        try:
+            for name in os.listdir(state):
+                if not os.path.exists(os.path.join(state, name, "exec.fifo")):
+                    continue
+                pid_file = os.path.join(runtime_dir, "instances", name[8:], "init.pid")
+                with open(pid_file) as f:
+                    if int(f.read().strip() or 0) > 0:
+                        time.sleep(0.05)  # handed to the daemon's list just after create exits
+                        return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"no spare container in {state} within {timeout} s")
+
+
 def daemon_annotations(runtime_dir, function):
     """The annotations (the precompiled seccomp filter) of a live instance's config.json."""
     code, body = http_get(*UNIFAAS, f"/invoke/{function}/hello", timeout=60)
@@ -156,6 +177,9 @@ def main():
     p.add_argument("--callback-port", type=int, required=True)
     p.add_argument("--workdir", required=True)
     p.add_argument("--runtime", default="crun")
+    p.add_argument("--spare-function", help="a function served from spares (daemon key "
+                   "oci-spare-memory): timed once its spare is ready; omit to leave it out")
+    p.add_argument("--runtime-dir", help="the daemon's runtime-dir (with --spare-function)")
     p.add_argument("--seccomp-from", metavar="RUNTIME_DIR:FUNCTION",
                    help="give the bare side the daemon's seccomp filter: invoke FUNCTION (kept "
                         "alive) once and copy its config.json annotations")
@@ -169,18 +193,27 @@ def main():
         template["annotations"] = daemon_annotations(*args.seccomp_from.rsplit(":", 1))
     net = BareNetwork()
     listener = CallbackListener(args.callback_port, bind=HOST_IP)
-    times = {"unifaas-oci": [], "crun ready": [], "crun response": [], "unifaas-docker": []}
+    times = {"unifaas-oci": [], "unifaas-spare": [], "crun ready": [], "crun response": [],
+             "unifaas-docker": []}
     try:
         unifaas_run(args.function)  # warm-up: the daemon's namespace pool starts here
         wait_instances(args.function, 0, 30)
         time.sleep(1)  # the pool fills in the background (not timed)
-        sides = ["oci", "bare", "docker"] if args.docker_function else ["oci", "bare"]
+        sides = ["oci", "bare"]
+        if args.spare_function:
+            sides.append("spare")
+        if args.docker_function:
+            sides.append("docker")
         for run in range(args.runs):
             order = sides[run % len(sides):] + sides[:run % len(sides)]
             for side in order:
                 time.sleep(SETTLE_S)
                 if side == "oci":
                     times["unifaas-oci"].append(unifaas_run(args.function))
+                elif side == "spare":
+                    wait_instances(args.spare_function, 0, 30)
+                    wait_spare(args.runtime_dir)
+                    times["unifaas-spare"].append(unifaas_run(args.spare_function))
                 elif side == "docker":
                     times["unifaas-docker"].append(unifaas_run(args.docker_function))
                 else:
@@ -202,6 +235,9 @@ def main():
         show(side, values)
     show("oci overhead", [a - b for a, b in zip(times["unifaas-oci"], times["crun response"])],
          "(unifaas-oci minus crun response, paired)")
+    if times["unifaas-spare"]:
+        show("spare gain", [a - b for a, b in zip(times["unifaas-oci"], times["unifaas-spare"])],
+             "(unifaas-oci minus unifaas-spare, paired)")
 
 
 def show(label, values, note=""):

@@ -222,6 +222,8 @@ DaemonConfig load_daemon_config(const fs::path& file) {
     }
     set(config.snapshot_dir, reader.path("snapshot-dir", base));
     set(config.snapshot_max_mib, reader.integer<std::uint64_t>("snapshot-max-size", 0, 1u << 30));
+    set(config.oci_spare_memory_mib,
+        reader.integer<std::uint64_t>("oci-spare-memory", 0, 1u << 30));
     set(config.stream_watermark,
         reader.integer<std::size_t>("stream-watermark", 4096, 64 * 1024 * 1024));
     reader.finish();

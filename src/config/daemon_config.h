@@ -53,6 +53,8 @@ struct DaemonConfig {
     // Snapshot templates of functions with [vm] snapshot = true.
     std::filesystem::path snapshot_dir = "/var/lib/unifaas/snapshots";
     std::uint64_t snapshot_max_mib = 8192;  // all templates together
+    // engine = "oci": containers created ahead (spares), counted by their functions' memory.
+    std::uint64_t oci_spare_memory_mib = 512;  // 0: no spares
     // Streamed response bytes a client connection may have pending before the instance waits.
     std::size_t stream_watermark = 256 * 1024;
 };

@@ -35,14 +35,20 @@ std::string render_metrics(
         }
     }
     header(out, "unifaas_cold_starts_total", "counter",
-           "Instances started, by how: boot, or restore of a snapshot template.");
+           "Instances started, by how: boot, restore of a snapshot template, or start of a "
+           "spare (a container created ahead).");
     for (const auto& [p, m] : pools) {
         auto all = m->cold_starts.load(std::memory_order_relaxed);
         auto restored = m->restore_starts.load(std::memory_order_relaxed);
+        auto spares = m->spare_starts.load(std::memory_order_relaxed);
         out += fmt::format("unifaas_cold_starts_total{{{},kind=\"boot\"}} {}\n", function_label(p),
-                           all - std::min(all, restored));
+                           all - std::min(all, restored + spares));
         out += fmt::format("unifaas_cold_starts_total{{{},kind=\"restore\"}} {}\n",
                            function_label(p), restored);
+        if (spares > 0) {
+            out += fmt::format("unifaas_cold_starts_total{{{},kind=\"spare\"}} {}\n",
+                               function_label(p), spares);
+        }
     }
     header(out, "unifaas_truncated_responses_total", "counter",
            "Streamed responses cut off after their head was sent.");

@@ -30,6 +30,7 @@ struct FunctionMetrics {
     std::array<std::atomic<std::uint64_t>, 600> invocations{};
     std::atomic<std::uint64_t> cold_starts{0};
     std::atomic<std::uint64_t> restore_starts{0};  // of cold_starts: clones of a snapshot
+    std::atomic<std::uint64_t> spare_starts{0};    // of cold_starts: sandboxes prepared ahead
     // Streamed responses cut off after their head was sent (instance error, stream timeouts).
     std::atomic<std::uint64_t> truncated_responses{0};
     // Exchanges that switched protocols (101, e.g. WebSocket) and became a tunnel.

@@ -47,16 +47,20 @@ std::shared_ptr<Pool> FunctionTable::pool_for(const std::string& name,
 std::pair<unsigned, unsigned> FunctionTable::load_all() {
     unsigned loaded = 0;
     unsigned broken = 0;
+    std::vector<std::shared_ptr<const FunctionSpec>> specs;
     for (const auto& name : registry_.scan()) {
         auto fn = resolve(name);
         if (fn.kind == ResolvedFunction::Kind::Ok) {
             ++loaded;
             fn.pool->update(fn.spec);
+            specs.push_back(fn.spec);
         } else if (fn.kind == ResolvedFunction::Kind::Broken) {
             ++broken;
             spdlog::error("function {}: {}", name, fn.error);
         }
     }
+    // Sandboxes made ahead follow the registry: made for these, removed for functions gone.
+    services_.backends.prepare_ahead(specs);
     return {loaded, broken};
 }
 

@@ -60,6 +60,7 @@ struct PooledInstance {
     bool exhausted = false;  // single-use: its one request has been claimed
     std::uint64_t requests = 0;
 
+    std::shared_ptr<Prepared> prepared;  // until run_start: the backend's sandbox made ahead
     std::unique_ptr<Instance> sandbox;
     std::string address;
     std::uint16_t port = 0;
@@ -291,8 +292,11 @@ Pool::Claim Pool::claim_slot_locked(const std::shared_ptr<PooledInstance>& inst)
 
 std::shared_ptr<PooledInstance> Pool::create_instance_locked() {
     auto inst = std::make_shared<PooledInstance>();
-    inst->id = random_hex(6);
-    inst->token = services_.readiness.issue();
+    // A sandbox the backend prepared ahead gives the instance its identity (id, callback token).
+    Backend* backend = services_.backends.for_spec(*spec_);
+    inst->prepared = backend ? backend->take_prepared(spec_) : nullptr;
+    inst->id = inst->prepared ? inst->prepared->instance_id : random_hex(6);
+    inst->token = inst->prepared ? inst->prepared->token : services_.readiness.issue();
     inst->spec = spec_;
     inst->capacity = spec_->single_use ? 1 : spec_->concurrent_requests;
     for (unsigned i = inst->capacity; i > 0; --i) {
@@ -364,6 +368,7 @@ void Pool::run_start(std::shared_ptr<PooledInstance> inst) {
     ctx.instance_id = inst->id;
     ctx.spec = inst->spec;
     ctx.callback_path = "/ready/" + inst->token;
+    ctx.prepared = std::move(inst->prepared);
     std::weak_ptr<PooledInstance> weak = inst;
     std::weak_ptr<Pool> self = weak_from_this();
     ctx.on_exit = [self, weak](const std::string& reason) {
@@ -408,6 +413,8 @@ void Pool::run_start(std::shared_ptr<PooledInstance> inst) {
     inst->start_kind = sandbox->start_kind();
     if (inst->start_kind == std::string_view("restore")) {
         metrics_.restore_starts.fetch_add(1, std::memory_order_relaxed);
+    } else if (inst->start_kind == std::string_view("spare")) {
+        metrics_.spare_starts.fetch_add(1, std::memory_order_relaxed);
     }
     inst->sandbox = std::move(sandbox);
     if (inst->state == InstanceState::Stopping) {

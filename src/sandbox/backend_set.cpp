@@ -45,4 +45,11 @@ unsigned BackendSet::remove_leftovers() {
     return removed;
 }
 
+void BackendSet::prepare_ahead(const std::vector<std::shared_ptr<const FunctionSpec>>& specs) {
+    // Only the OCI backend prepares sandboxes ahead; the others ignore it.
+    if (oci_) {
+        oci_->prepare_ahead(specs);
+    }
+}
+
 }  // namespace unifaas

@@ -16,6 +16,7 @@ class BackendSet : public Backends {
     void set_vm(HypervisorType type, std::unique_ptr<Backend> backend);
 
     Backend* for_spec(const FunctionSpec& spec) override;
+    void prepare_ahead(const std::vector<std::shared_ptr<const FunctionSpec>>& specs) override;
     // Asks every backend to remove what a crashed earlier run left behind; returns the count.
     unsigned remove_leftovers();
 

@@ -18,47 +18,11 @@
 #include "sandbox/oci_seccomp.h"
 #include "systemd/console_forwarder.h"
 #include "systemd/scope_manager.h"
+#include "util/random.h"
 
 namespace unifaas {
 
 namespace fs = std::filesystem;
-
-namespace {
-
-constexpr const char* kDefaultRuntime = "crun";
-constexpr int kStopWaitMs = 5000;
-constexpr std::uint32_t kPidsLimit = 256;
-
-std::string container_id(const std::string& instance_id) {
-    return "unifaas-" + instance_id;
-}
-
-bool is_crun(const std::string& exe) {
-    return fs::path(exe).filename() == "crun";
-}
-
-// `<runtime> --root <state> [--cgroup-manager=disabled] <args...>`
-std::vector<std::string> runtime_argv(const std::string& exe, const fs::path& state_root,
-                                      bool cgroups_disabled, std::vector<std::string> args) {
-    std::vector<std::string> argv = {exe, "--root", state_root.string()};
-    if (cgroups_disabled) {
-        argv.emplace_back("--cgroup-manager=disabled");
-    }
-    argv.insert(argv.end(), args.begin(), args.end());
-    return argv;
-}
-
-// A signal-killed container makes `crun run` exit with 128 + signal.
-std::string exit_reason(int status, std::uint64_t memory_mib) {
-    if (status == 128 + 9) {
-        return fmt::format("killed by SIGKILL, most likely out of memory (limit {} MiB)",
-                           memory_mib);
-    }
-    if (status > 128) {
-        return fmt::format("killed by signal {} ({})", status - 128, strsignal(status - 128));
-    }
-    return fmt::format("exited with status {}", status);
-}
 
 // Where a cold start's time goes: each phase of OciBackend::start, logged at debug level as one
 // line ("runtime 0.1 image 0.0 netns 0.2 ... total 9.8 ms"). The rest of the cold start (the
@@ -83,6 +47,49 @@ class StartTimeline {
     Clock::time_point last_ = begin_;
     std::string text_;
 };
+
+namespace {
+
+constexpr const char* kDefaultRuntime = "crun";
+constexpr int kStopWaitMs = 5000;
+constexpr std::uint32_t kPidsLimit = 256;
+
+std::string container_id(const std::string& instance_id) {
+    return "unifaas-" + instance_id;
+}
+
+bool is_crun(const std::string& exe) {
+    return fs::path(exe).filename() == "crun";
+}
+
+// Spares are started the way crun start does (the init reads exec.fifo); runc's init writes it.
+bool spares_possible(const FunctionSpec& spec) {
+    return spec.is_container() && spec.container().engine == ContainerEngine::Oci &&
+           is_crun(spec.container().runtime.value_or(kDefaultRuntime));
+}
+
+// `<runtime> --root <state> [--cgroup-manager=disabled] <args...>`
+std::vector<std::string> runtime_argv(const std::string& exe, const fs::path& state_root,
+                                      bool cgroups_disabled, std::vector<std::string> args) {
+    std::vector<std::string> argv = {exe, "--root", state_root.string()};
+    if (cgroups_disabled) {
+        argv.emplace_back("--cgroup-manager=disabled");
+    }
+    argv.insert(argv.end(), args.begin(), args.end());
+    return argv;
+}
+
+// A signal-killed container makes `crun run` exit with 128 + signal.
+std::string exit_reason(int status, std::uint64_t memory_mib) {
+    if (status == 128 + 9) {
+        return fmt::format("killed by SIGKILL, most likely out of memory (limit {} MiB)",
+                           memory_mib);
+    }
+    if (status > 128) {
+        return fmt::format("killed by signal {} ({})", status - 128, strsignal(status - 128));
+    }
+    return fmt::format("exited with status {}", status);
+}
 
 class OciInstance : public Instance {
   public:
@@ -247,15 +254,34 @@ void fill_process(const OciProcessInput& in, OciLaunch& launch) {
     launch.env = std::move(env);
 }
 
-OciBackend::OciBackend(VmEnvironment env)
+struct OciBackend::Bundle {
+    std::string runtime;
+    std::unique_ptr<NetnsLease> lease;
+    std::unique_ptr<WorkDir> workdir;
+};
+
+OciBackend::OciBackend(VmEnvironment env, std::uint64_t spare_memory_mib)
     : env_(std::move(env)),
       state_root_(env_.runtime_dir / "oci"),
       images_(env_.runtime_dir / "images"),
       // Without systemd nothing takes the containers' lines to a journal: the files are capped.
-      output_cap_(env_.consoles == nullptr ? std::make_unique<OciOutputCap>() : nullptr) {}
+      output_cap_(env_.consoles == nullptr ? std::make_unique<OciOutputCap>() : nullptr) {
+    // A spare's callback token comes from the daemon's registry before any instance exists.
+    if (spare_memory_mib > 0 && env_.callbacks != nullptr && env_.network != nullptr) {
+        spares_ = std::make_unique<OciSpares>(
+            spare_memory_mib,
+            [this](std::shared_ptr<const FunctionSpec> spec) {
+                return make_spare(std::move(spec));
+            },
+            *env_.exits);
+    }
+}
 
-std::unique_ptr<Instance> OciBackend::start(const InstanceContext& ctx) {
-    StartTimeline timeline;
+OciBackend::~OciBackend() {
+    spares_.reset();  // before the members its containers use
+}
+
+OciBackend::Bundle OciBackend::make_bundle(const InstanceContext& ctx, StartTimeline& timeline) {
     const FunctionSpec& spec = *ctx.spec;
     const ContainerSpec& container = spec.container();
     std::string runtime_name = container.runtime.value_or(kDefaultRuntime);
@@ -313,16 +339,121 @@ std::unique_ptr<Instance> OciBackend::start(const InstanceContext& ctx) {
     try {
         fs::create_directories(state_root_);
         write_file(workdir->path() / "config.json", oci_config(launch).dump(2));
-        timeline.mark("config");
-        auto instance =
-            std::make_unique<OciInstance>(ctx, runtime, std::move(lease), std::move(workdir),
-                                          state_root_, env_, output_cap_.get(), timeline);
-        spdlog::debug("function {} instance {}: {} run, {}", spec.name, ctx.instance_id, runtime,
-                      timeline.summary());
+    } catch (const std::system_error& e) {
+        throw SandboxError(502, fmt::format("function \"{}\": {}", spec.name, e.what()));
+    }
+    timeline.mark("config");
+    return Bundle{std::move(runtime), std::move(lease), std::move(workdir)};
+}
+
+std::unique_ptr<Instance> OciBackend::start(const InstanceContext& ctx) {
+    StartTimeline timeline;
+    const FunctionSpec& spec = *ctx.spec;
+    if (auto* prepared = dynamic_cast<OciPrepared*>(ctx.prepared.get());
+        prepared != nullptr && prepared->spare) {
+        std::unique_ptr<OciSpare> spare = std::move(prepared->spare);
+        if (spare->start(ctx.on_exit)) {
+            timeline.mark("fifo");
+            spdlog::debug("function {} instance {}: spare started, {}", spec.name, ctx.instance_id,
+                          timeline.summary());
+            return spare;
+        }
+        spare.reset();  // its init is gone: removed; the usual way under the same identity
+    }
+    Bundle bundle = make_bundle(ctx, timeline);
+    try {
+        auto instance = std::make_unique<OciInstance>(ctx, bundle.runtime, std::move(bundle.lease),
+                                                      std::move(bundle.workdir), state_root_, env_,
+                                                      output_cap_.get(), timeline);
+        spdlog::debug("function {} instance {}: {} run, {}", spec.name, ctx.instance_id,
+                      bundle.runtime, timeline.summary());
         return instance;
     } catch (const std::system_error& e) {
         throw SandboxError(502, fmt::format("function \"{}\": {}", spec.name, e.what()));
     }
+}
+
+std::unique_ptr<OciSpare> OciBackend::make_spare(std::shared_ptr<const FunctionSpec> spec) {
+    StartTimeline timeline;
+    InstanceContext ctx;
+    ctx.instance_id = random_hex(6);
+    ctx.spec = spec;
+    OciSpareParts parts;
+    parts.token = env_.callbacks->issue();
+    // Until it is handed over, nobody expects this token: a forged early callback is refused.
+    struct ForgetOnFailure {
+        CallbackRegistry* callbacks;
+        std::string* token;
+        ~ForgetOnFailure() {
+            if (token != nullptr) {
+                callbacks->forget(*token);
+            }
+        }
+    } forget{env_.callbacks, &parts.token};
+    ctx.callback_path = "/ready/" + parts.token;
+    Bundle bundle = make_bundle(ctx, timeline);
+    parts.instance_id = ctx.instance_id;
+    parts.spec = spec;
+    parts.runtime = bundle.runtime;
+    parts.state_root = state_root_;
+    parts.cgroups_disabled = env_.scopes != nullptr && is_crun(bundle.runtime);
+    parts.lease = std::move(bundle.lease);
+    parts.workdir = std::move(bundle.workdir);
+    fs::path dir = parts.workdir->path();
+    std::string id = container_id(ctx.instance_id);
+    pid_t init = 0;
+    {
+        // Held under systemd: in the scope before it execs, so the container's init is too.
+        ChildProcess create(runtime_argv(parts.runtime, state_root_, parts.cgroups_disabled,
+                                         {"create", "--no-new-keyring", "--bundle", dir.string(),
+                                          "--pid-file", (dir / "init.pid").string(), id}),
+                            dir / "output.log", {}, /*held=*/parts.cgroups_disabled);
+        if (parts.cgroups_disabled) {
+            parts.scope = start_instance_scope(env_.scopes, ctx, create.pid(),
+                                               spec->container().memory_mib << 20);
+        }
+        create.release();
+        if (int status = create.wait(); status != 0) {
+            // What it made (state, cgroup) goes with a forced delete.
+            run_command(runtime_argv(parts.runtime, state_root_, parts.cgroups_disabled,
+                                     {"delete", "--force", id}),
+                        dir / "stop.log");
+            throw SandboxError(
+                502, fmt::format("function \"{}\": {} create {}: {}", spec->name, parts.runtime,
+                                 exit_reason(status, spec->container().memory_mib),
+                                 OciOutputCap::tail(dir / "output.log", 5)));
+        }
+        std::ifstream pid_file(dir / "init.pid");
+        pid_file >> init;
+    }
+    timeline.mark("create");
+    forget.token = nullptr;
+    auto spare = std::make_unique<OciSpare>(std::move(parts), init, env_, output_cap_.get());
+    spdlog::debug("function {}: spare {} created, {}", spec->name, ctx.instance_id,
+                  timeline.summary());
+    return spare;
+}
+
+void OciBackend::prepare_ahead(const std::vector<std::shared_ptr<const FunctionSpec>>& specs) {
+    if (!spares_) {
+        return;
+    }
+    std::vector<std::shared_ptr<const FunctionSpec>> oci;
+    for (const auto& spec : specs) {
+        if (spares_possible(*spec)) {
+            oci.push_back(spec);
+        }
+    }
+    spares_->keep_for(oci);
+}
+
+std::shared_ptr<Prepared> OciBackend::take_prepared(
+    const std::shared_ptr<const FunctionSpec>& spec) {
+    if (!spares_ || !spares_possible(*spec)) {
+        return nullptr;
+    }
+    auto spare = spares_->take(spec);
+    return spare ? std::make_shared<OciPrepared>(std::move(spare)) : nullptr;
 }
 
 unsigned OciBackend::remove_leftovers() {

@@ -15,25 +15,42 @@
 
 #include "sandbox/oci_image.h"
 #include "sandbox/oci_output.h"
+#include "sandbox/oci_spare.h"
 #include "sandbox/sandbox.h"
 #include "sandbox/vm_common.h"
 
 namespace unifaas {
 
+class StartTimeline;
+
 class OciBackend : public Backend {
   public:
     // `env.network` must manage container namespaces (NetworkConfig::netns_dir set).
-    explicit OciBackend(VmEnvironment env);
+    // `spare_memory_mib`: what containers created ahead (spares, see oci_spare.h) may reserve
+    // together, counted by their functions' `memory`; 0: no spares.
+    explicit OciBackend(VmEnvironment env, std::uint64_t spare_memory_mib = 0);
+    ~OciBackend() override;
 
+    // Starts the spare in ctx.prepared when there is one and it is alive; otherwise `crun run`.
     std::unique_ptr<Instance> start(const InstanceContext& ctx) override;
     // Kills and deletes containers in the state root, removes half-unpacked images.
     unsigned remove_leftovers() override;
+    void prepare_ahead(const std::vector<std::shared_ptr<const FunctionSpec>>& specs) override;
+    std::shared_ptr<Prepared> take_prepared(
+        const std::shared_ptr<const FunctionSpec>& spec) override;
 
   private:
+    struct Bundle;
+    // Runtime, image, network namespace, policy and config.json of one container.
+    Bundle make_bundle(const InstanceContext& ctx, StartTimeline& timeline);
+    // `crun create` of a spare for spec (its own instance id and callback token).
+    std::unique_ptr<OciSpare> make_spare(std::shared_ptr<const FunctionSpec> spec);
+
     VmEnvironment env_;
     std::filesystem::path state_root_;
     OciImageCache images_;
     std::unique_ptr<OciOutputCap> output_cap_;  // not under systemd: output files bounded
+    std::unique_ptr<OciSpares> spares_;         // last: its thread uses the members above
 };
 
 // The process of an instance: the function's entrypoint (or the image's) with the callback URL

@@ -7,6 +7,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "config/function_spec.h"
 
@@ -26,6 +27,17 @@ class SandboxError : public std::runtime_error {
     int http_status_;
 };
 
+// A sandbox a backend made ahead of need (the OCI backend's pre-created containers), already
+// waiting under its own identity: the pool names the instance it creates next after it and passes
+// it to start() in InstanceContext::prepared. Dropped unused, it removes its sandbox.
+class Prepared {
+  public:
+    virtual ~Prepared() = default;
+    std::string instance_id;  // as InstanceContext::instance_id
+    std::string token;        // the callback token it calls back with (issued by the daemon's
+                              // readiness registry)
+};
+
 struct InstanceContext {
     std::string instance_id;                   // [0-9a-f]{12}, unique among live instances
     std::shared_ptr<const FunctionSpec> spec;  // the spec this instance runs with, fixed for life
@@ -34,6 +46,9 @@ struct InstanceContext {
     // Called (from any thread, at most once) when the sandbox ends by itself, with a short reason.
     // Never called after the Instance has been destroyed.
     std::function<void(const std::string& reason)> on_exit;
+    // Set: the sandbox the backend prepared under this instance_id (its take_prepared()); start()
+    // uses it when it is still alive.
+    std::shared_ptr<Prepared> prepared;
 };
 
 // A started sandbox. Destroying it stops the sandbox and gives back everything it holds
@@ -50,7 +65,8 @@ class Instance {
     virtual std::string output_tail() const = 0;
     // The systemd unit (transient scope) or cgroup holding the sandbox; "" when none.
     virtual std::string unit() const { return {}; }
-    // How the sandbox came up: "boot", or "restore" (a clone of a saved snapshot template).
+    // How the sandbox came up: "boot", "restore" (a clone of a saved snapshot template) or
+    // "spare" (a sandbox prepared ahead, only started now).
     virtual const char* start_kind() const { return "boot"; }
 };
 
@@ -61,6 +77,15 @@ class Backend {
     virtual std::unique_ptr<Instance> start(const InstanceContext& ctx) = 0;
     // Removes sandboxes an earlier run of the daemon left behind (after a crash). Returns count.
     virtual unsigned remove_leftovers() { return 0; }
+    // The functions now defined (startup, reload): a backend that prepares sandboxes ahead makes
+    // them for its functions in the background and removes those of functions not listed.
+    virtual void prepare_ahead(const std::vector<std::shared_ptr<const FunctionSpec>>& /*specs*/) {}
+    // A sandbox prepared for exactly this definition, now the caller's; nullptr when none. Never
+    // blocks on sandbox work (the pool calls it with its lock held).
+    virtual std::shared_ptr<Prepared> take_prepared(
+        const std::shared_ptr<const FunctionSpec>& /*spec*/) {
+        return nullptr;
+    }
 };
 
 // Picks the backend for a spec; nullptr when this build/daemon has none for it.
@@ -68,6 +93,8 @@ class Backends {
   public:
     virtual ~Backends() = default;
     virtual Backend* for_spec(const FunctionSpec& spec) = 0;
+    // Backend::prepare_ahead on every backend.
+    virtual void prepare_ahead(const std::vector<std::shared_ptr<const FunctionSpec>>& /*specs*/) {}
 };
 
 }  // namespace unifaas

@@ -209,13 +209,20 @@ class FaultTest : public RegistryTest {
         return name;
     }
 
+    // These checks count containers, processes and working dirs of instances: no OCI spares
+    // (containers created ahead, README "Spares"; OciTest covers them).
+    static constexpr const char* kNoSpares = "\noci-spare-memory = 0\n";
+    void start_daemon(const std::string& extra = "") {
+        RegistryTest::start_daemon(extra + kNoSpares);
+    }
+
     // A daemon on a runtime dir that outlives it (restarts after kill -9).
     void start_daemon_in(const fs::path& run, const std::string& extra_config) {
         DaemonProcess::Options o;
         o.registry = registry_;
         o.docker_socket = engine().socket_path();
         o.runtime_dir = run;
-        o.extra_config = extra_config;
+        o.extra_config = extra_config + kNoSpares;
         daemon_ = std::make_unique<DaemonProcess>(o);
         callback_ports_.insert(daemon_->callback_port());
     }

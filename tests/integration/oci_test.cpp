@@ -86,14 +86,88 @@ class OciTest : public RegistryTest {
         }
     }
 
+    // Tests of the `crun run` path have no spares (they count containers and exit statuses);
+    // those of spares turn them on.
+    void start_daemon(const std::string& extra = "oci-spare-memory = 0") {
+        RegistryTest::start_daemon(extra);
+    }
+    void start_daemon_with_spares() { start_daemon("oci-spare-memory = 256"); }
+
     // A daemon on a runtime dir that outlives it (for a restart after kill -9).
-    void start_daemon_in(const fs::path& run) {
+    void start_daemon_in(const fs::path& run, const std::string& extra = "oci-spare-memory = 0") {
         fixed_run_ = run;
         DaemonProcess::Options o;
         o.registry = registry_;
         o.docker_socket = engine().socket_path();
         o.runtime_dir = run;
+        o.extra_config = extra;
         daemon_ = std::make_unique<DaemonProcess>(o);
+    }
+
+    // Containers in the runtime's state root (a spare, or an instance's), by instance id.
+    std::set<std::string> containers() const {
+        std::set<std::string> ids;
+        std::error_code ec;
+        for (const auto& entry : fs::directory_iterator(daemon_->runtime_dir() / "oci", ec)) {
+            std::string name = entry.path().filename();
+            if (name.rfind("unifaas-", 0) == 0) {
+                ids.insert(name.substr(8));
+            }
+        }
+        return ids;
+    }
+    // Created containers not started, in the daemon's list: the spares. Created = crun create wrote
+    // the init's pid file (the state directory appears earlier); not started = its exec.fifo is
+    // still there (starting unlinks it, as crun start does).
+    std::set<std::string> spares() {
+        std::string log = daemon_->log();
+        std::set<std::string> ids;
+        for (const auto& id : containers()) {
+            // Created is not yet handed to the daemon's spare list: its debug line says so.
+            if (init_pid(id) > 0 &&
+                fs::exists(daemon_->runtime_dir() / "oci" / ("unifaas-" + id) / "exec.fifo") &&
+                log.find("spare container " + id + " ready") != std::string::npos) {
+                ids.insert(id);
+            }
+        }
+        for (const auto& instance : instances_of_all()) {
+            ids.erase(instance);
+        }
+        return ids;
+    }
+    pid_t init_pid(const std::string& id) const {
+        std::ifstream file(daemon_->runtime_dir() / "instances" / id / "init.pid");
+        pid_t pid = 0;
+        file >> pid;
+        return pid;
+    }
+    std::set<std::string> instances_of_all() {
+        std::set<std::string> ids;
+        auto res = get("/status");
+        if (res) {
+            for (auto& f : nlohmann::json::parse(res->body)["functions"]) {
+                for (auto& i : f["instances"]) {
+                    ids.insert(i["id"].get<std::string>());
+                }
+            }
+        }
+        return ids;
+    }
+    // Waits for exactly one spare (bounded) and returns its id ("" when none came).
+    std::string one_spare(std::chrono::milliseconds timeout = 15s) {
+        std::string id;
+        eventually(
+            [&] {
+                auto s = spares();
+                id = s.size() == 1 ? *s.begin() : "";
+                return !id.empty();
+            },
+            timeout);
+        return id;
+    }
+    std::string metrics() {
+        auto res = get("/metrics");
+        return res ? res->body : "";
     }
 
     void expect_nothing_left(const fs::path& run) {
@@ -391,6 +465,127 @@ TEST_F(OciTest, Kill9ThenRestartLeavesNothing) {
     EXPECT_TRUE(interfaces_with_prefix("faasv").empty());
     EXPECT_TRUE(empty_or_missing(run / "oci"));
     EXPECT_TRUE(empty_or_missing(run / "netns"));
+    EXPECT_TRUE(eventually([] { return hello_processes().empty(); }, 10s));
+}
+
+// ---- Spares: containers created ahead, started by the daemon writing their exec.fifo ---------
+
+// A cold start is served by the spare made at load (same instance id, the container's own
+// UNIFAAS_INSTANCE), and the next spare is made afterwards.
+TEST_F(OciTest, SpareServesTheColdStartAndTheNextIsMade) {
+    add_oci("ocispare", "concurrent-requests = 2");
+    start_daemon_with_spares();
+    std::string spare = one_spare();
+    ASSERT_FALSE(spare.empty()) << "no spare made at load\n" << daemon_->log();
+    auto cold = get("/invoke/ocispare/echo/x");
+    ASSERT_TRUE(cold);
+    ASSERT_EQ(cold->status, 200) << cold->body << daemon_->log();
+    EXPECT_NE(cold->body.find("instance: " + spare), std::string::npos) << cold->body;
+    auto list = instances("ocispare");
+    ASSERT_EQ(list.size(), 1u);
+    EXPECT_EQ(list[0]["id"], spare);
+    EXPECT_NE(list[0]["sandbox"].get<std::string>().find("spare"), std::string::npos)
+        << list[0].dump();
+    EXPECT_NE(metrics().find("unifaas_cold_starts_total{function=\"ocispare\",kind=\"spare\"} 1\n"),
+              std::string::npos)
+        << metrics();
+    std::string next = one_spare();
+    EXPECT_FALSE(next.empty()) << "no spare made after the first was used";
+    EXPECT_NE(next, spare);
+    // The started spare runs the function (entrypoint exec'd) under the precompiled filter.
+    EXPECT_TRUE(eventually([] { return hello_processes().size() == 2; }, 10s))
+        << "not the instance and the new spare's init: " << hello_processes().size();
+    EXPECT_EQ(get("/invoke/ocispare/hello")->status, 200) << "warm";
+    EXPECT_EQ(instances("ocispare").size(), 1u);
+}
+
+// Single-use: each request takes a spare when one is ready, and every container is gone after.
+TEST_F(OciTest, SingleUseWithSparesLeavesOnlyTheNextSpare) {
+    add_oci("ocisparonce", "single-use = true");
+    start_daemon_with_spares();
+    for (int i = 0; i < 3; ++i) {
+        ASSERT_FALSE(one_spare().empty()) << daemon_->log();
+        auto res = get("/invoke/ocisparonce/hello");
+        ASSERT_TRUE(res);
+        EXPECT_EQ(res->status, 200) << res->body;
+    }
+    EXPECT_NE(
+        metrics().find("unifaas_cold_starts_total{function=\"ocisparonce\",kind=\"spare\"} 3\n"),
+        std::string::npos)
+        << metrics();
+    EXPECT_TRUE(eventually([&] { return instances("ocisparonce").empty(); }, 10s));
+    EXPECT_TRUE(eventually([&] { return containers().size() == 1; }, 15s))
+        << "only the next spare should be left";
+    // TearDown: the daemon's stop removes the spare too (veth, namespace, state, bundle, init).
+}
+
+// A function removed from the registry loses its spare at the reload; a redefined one gets a
+// spare of its new definition; nothing of the old ones is left.
+TEST_F(OciTest, RemovedAndRedefinedFunctionsLoseTheirSpares) {
+    add_oci("ocigone");
+    add_oci("ocichanged");
+    start_daemon_with_spares();
+    ASSERT_TRUE(eventually([&] { return spares().size() == 2; }, 20s)) << daemon_->log();
+    std::set<std::string> before = spares();
+    fs::remove_all(registry_ / "ocigone");
+    add_oci("ocichanged", "keepalive = 7");
+    ASSERT_EQ(::kill(daemon_->pid(), SIGHUP), 0);
+    // One spare, made after the reload (none of the two before).
+    EXPECT_TRUE(eventually(
+        [&] {
+            auto now = spares();
+            return now.size() == 1 && !before.contains(*now.begin());
+        },
+        20s))
+        << daemon_->log();
+    EXPECT_TRUE(eventually([] { return hello_processes().size() == 1; }, 10s))
+        << "inits of removed spares left: " << hello_processes().size();
+    std::string spare = *spares().begin();
+    auto res = get("/invoke/ocichanged/echo/x");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200) << res->body;
+    EXPECT_NE(res->body.find("instance: " + spare), std::string::npos) << res->body;
+}
+
+// A spare whose init died before use is noticed (pidfd), removed and replaced; the cold start
+// that follows is served by the replacement.
+TEST_F(OciTest, SpareWhoseInitDiedIsReplaced) {
+    add_oci("ocisparedies");
+    start_daemon_with_spares();
+    std::string spare = one_spare();
+    ASSERT_FALSE(spare.empty()) << daemon_->log();
+    pid_t init = init_pid(spare);
+    ASSERT_GT(init, 0);
+    ASSERT_EQ(::kill(init, SIGKILL), 0);
+    std::string replacement;
+    EXPECT_TRUE(eventually(
+        [&] {
+            auto now = spares();
+            replacement = now.size() == 1 ? *now.begin() : "";
+            return !replacement.empty() && replacement != spare;
+        },
+        15s))
+        << daemon_->log();
+    EXPECT_FALSE(fs::exists(daemon_->runtime_dir() / "instances" / spare)) << "bundle left";
+    auto res = get("/invoke/ocisparedies/echo/x");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200) << res->body;
+    EXPECT_NE(res->body.find("instance: " + replacement), std::string::npos) << res->body;
+}
+
+// kill -9 of a daemon holding a spare: the next start removes it (state, namespace, veth, init).
+TEST_F(OciTest, Kill9WithASpareThenRestartLeavesNothing) {
+    add_oci("ocisparecrash");
+    fs::path run = registry_.string() + "-run";
+    start_daemon_in(run, "oci-spare-memory = 256");
+    ASSERT_FALSE(one_spare().empty()) << daemon_->log();
+    daemon_->kill9();
+    EXPECT_FALSE(hello_processes().empty()) << "a crashed daemon's spare is still there";
+    start_daemon_in(run);  // without spares: nothing new is made
+    EXPECT_TRUE(interfaces_with_prefix("faasv").empty());
+    EXPECT_TRUE(empty_or_missing(run / "oci"));
+    EXPECT_TRUE(empty_or_missing(run / "netns"));
+    EXPECT_TRUE(empty_or_missing(run / "instances"));
     EXPECT_TRUE(eventually([] { return hello_processes().empty(); }, 10s));
 }
 

@@ -337,6 +337,17 @@ TEST_F(DaemonConfigTest, SnapshotKeys) {
     EXPECT_EQ(config.snapshot_max_mib, 512u);
 }
 
+TEST_F(DaemonConfigTest, OciSpareMemory) {
+    EXPECT_EQ(load("").oci_spare_memory_mib, 512u);
+    EXPECT_EQ(load("oci-spare-memory = 0\n").oci_spare_memory_mib, 0u);
+    try {
+        load("oci-spare-memory = -1\n");
+        ADD_FAILURE() << "a negative oci-spare-memory loaded";
+    } catch (const ConfigError& e) {
+        EXPECT_NE(std::string(e.what()).find("oci-spare-memory"), std::string::npos) << e.what();
+    }
+}
+
 }  // namespace
 }  // namespace unifaas
 
