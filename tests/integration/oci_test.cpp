@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "docker_engine.h"
+#include "guest_netns_fixture.h"
 #include "link_events.h"
 #include "registry_fixture.h"
 
@@ -34,20 +35,6 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
 const fs::path kRootfs = fs::path(UNIFAAS_BINARY_DIR) / "examples" / "hello-rootfs";
-
-std::string shell(const std::string& cmd) {
-    std::string out;
-    FILE* p = popen(cmd.c_str(), "r");
-    if (!p) {
-        return out;
-    }
-    char buf[4096];
-    while (std::size_t n = fread(buf, 1, sizeof(buf), p)) {
-        out.append(buf, n);
-    }
-    pclose(p);
-    return out;
-}
 
 // Processes whose root directory is the example rootfs: the containers of these tests. The
 // root is compared by inode (stat through /proc/<pid>/root): its path as readlink shows it is
@@ -194,17 +181,7 @@ class OciTest : public RegistryTest {
     fs::path fixed_run_;
 
     nlohmann::json instances(const std::string& function) {
-        auto res = get("/status");
-        if (!res) {
-            return nlohmann::json::array();
-        }
-        auto status = nlohmann::json::parse(res->body);
-        for (auto& f : status["functions"]) {
-            if (f["name"] == function) {
-                return f["instances"];
-            }
-        }
-        return nlohmann::json::array();
+        return function_instances(*daemon_, function);
     }
 
     // Bounded wait for a daemon state nothing announces to a client.
@@ -420,8 +397,8 @@ TEST_F(OciTest, DockerAndOciFunctionsSideBySide) {
 // ENTRYPOINT comes from the image config.
 TEST_F(OciTest, DockerArchiveIsUnpackedOnceAndItsEntrypointUsed) {
     fs::path archive = registry_ / "hello.tar";
-    shell("docker -H unix://" + engine().socket_path() + " save -o " + archive.string() + " " +
-          engine().image_name() + " 2>&1");
+    run_command("docker -H unix://" + engine().socket_path() + " save -o " + archive.string() +
+                " " + engine().image_name() + " 2>&1");
     ASSERT_TRUE(fs::exists(archive));
     write_function("ociarchive", "single-use = true\n[container]\nengine = \"oci\"\nimage = \"" +
                                      archive.string() + "\"\n");
