@@ -190,10 +190,13 @@ examples/import-image.sh "$dsock" "$build/examples/hello-epoll-rootfs.tar" unifa
 # ---------------------------------------------------------------------------------------------
 # Registries and the daemon
 
+# No OCI spares: the cold-start table times `crun run` through unifaas against bare `crun run`;
+# starts from a spare have their own side in bench/oci.sh.
 cat >"$work/unifaas.toml" <<TOML
 runtime-dir = "$work/run"
 shutdown-grace = 5
 drain-delay = 0
+oci-spare-memory = 0
 TOML
 
 container_fn() {  # [image=IMAGE] container_fn DIR [extra toml lines...]
