@@ -380,7 +380,9 @@ if $have_units && $have_guest; then
 
   # The instance's scope, D-Bus entry and place in the slice exist only when it came up.
   if $invoked; then
-    scope=$(in_ct systemctl list-units --plain --no-legend --type=scope 'unifaas-*' | awk '{ print $1 }' | head -n1)
+    # hello-vm's scope: unifaas-hello\x2dvm-<id>.scope (hello-oci's spare has one too)
+    scope=$(in_ct systemctl list-units --plain --no-legend --type=scope 'unifaas-*' | awk '{ print $1 }' |
+      grep -F 'x2dvm-' | head -n1 || true)
     if [ -n "$scope" ]; then
       pass "the instance runs in a transient scope: $scope"
     else
@@ -425,16 +427,22 @@ if $have_units && $have_guest; then
     answer=$(in_ct curl -sS --max-time 30 http://127.0.0.1:8123/invoke/hello-oci/hello 2>&1 || true)
     if [ "$answer" = "hello from unifaas" ]; then
       pass "curl 127.0.0.1:8123/invoke/hello-oci/hello is answered by crun's container: '$answer'"
-      # unifaas-hello\x2doci-<id>.scope (systemd-escape of the function name)
-      oci_scope=$(in_ct systemctl list-units --plain --no-legend --type=scope 'unifaas-*' |
-        awk '{ print $1 }' | grep -F 'x2doci-' | head -n1 || true)
-      if [ -n "$oci_scope" ]; then
-        pass "the OCI instance runs in a transient scope: $oci_scope"
-        hello_in_scope() { in_ct systemctl status "$oci_scope" --no-pager | grep -q '/hello'; }
-        check "... and the function's process /hello is in it" hello_in_scope
-      else
-        fail "the OCI instance runs in a transient scope (none named unifaas-hello\\x2doci-*)"
-      fi
+      # The instance names itself in /echo; its scope is unifaas-hello\x2doci-<id>.scope (the
+      # function name systemd-escaped). Spares made ahead have scopes of their own.
+      oci_id=$(in_ct curl -sS --max-time 30 http://127.0.0.1:8123/invoke/hello-oci/echo 2>&1 |
+        sed -n 's/^instance: //p')
+      oci_scope="unifaas-hello\\x2doci-$oci_id.scope"
+      oci_scope_active() { [ -n "$oci_id" ] && in_ct systemctl is-active --quiet "$oci_scope"; }
+      check "the OCI instance ($oci_id) runs in its transient scope $oci_scope" oci_scope_active
+      hello_in_scope() { in_ct systemctl status "$oci_scope" --no-pager | grep -q '/hello'; }
+      check "... and the function's process /hello is in it" hello_in_scope
+      # The daemon made a spare (crun create, held in its scope) while hello-vm booted: the
+      # invocation started it.
+      from_spare() {
+        in_ct curl -sS --max-time 10 http://127.0.0.1:8123/metrics |
+          grep -F 'unifaas_cold_starts_total{function="hello-oci",kind="spare"} 1'
+      }
+      check "... started from a spare created ahead (/metrics kind=\"spare\")" from_spare
     else
       fail "curl 127.0.0.1:8123/invoke/hello-oci/hello answered '$answer'"
       in_ct journalctl -u 'unifaas*' --no-pager -n 30 | sed 's/^/    | /'
