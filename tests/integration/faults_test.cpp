@@ -74,18 +74,6 @@ bool empty_or_missing(const fs::path& dir) {
     return !fs::exists(dir) || fs::is_empty(dir);
 }
 
-// Bounded wait for a state nothing announces.
-bool eventually(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (!done()) {
-        if (std::chrono::steady_clock::now() > deadline) {
-            return false;
-        }
-        std::this_thread::sleep_for(20ms);
-    }
-    return true;
-}
-
 std::size_t open_fds(pid_t pid) {
     std::size_t n = 0;
     for ([[maybe_unused]] const auto& entry :

@@ -10,6 +10,7 @@
 #include <iterator>
 #include <regex>
 #include <sstream>
+#include <thread>
 
 #include "docker_engine.h"
 
@@ -85,6 +86,17 @@ nlohmann::json function_instances(const DaemonProcess& daemon, const std::string
         }
     }
     return nlohmann::json::array();
+}
+
+bool eventually(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!done()) {
+        if (std::chrono::steady_clock::now() > deadline) {
+            return false;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return true;
 }
 
 std::string hello_vm_toml(const HelloVm& vm) {

@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -42,6 +43,10 @@ std::vector<pid_t> qemu_processes(const std::string& marker);
 // "<prefix><pid>x<5 digits>": a marker for one test's function names, so that its qemu
 // processes can be told apart from other suites' and other helpers'.
 std::string unique_marker(const std::string& prefix);
+
+// Polls `done` every 20 ms until it holds (true) or `timeout` passes (false): a bounded wait for
+// a state nothing announces.
+bool eventually(const std::function<bool()>& done, std::chrono::milliseconds timeout);
 
 // The "instances" of `function` in the daemon's /status; an empty array when it does not answer
 // or has no such function.

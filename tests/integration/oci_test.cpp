@@ -183,18 +183,6 @@ class OciTest : public RegistryTest {
     nlohmann::json instances(const std::string& function) {
         return function_instances(*daemon_, function);
     }
-
-    // Bounded wait for a daemon state nothing announces to a client.
-    bool eventually(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
-        auto deadline = std::chrono::steady_clock::now() + timeout;
-        while (!done()) {
-            if (std::chrono::steady_clock::now() > deadline) {
-                return false;
-            }
-            std::this_thread::sleep_for(20ms);
-        }
-        return true;
-    }
 };
 
 TEST_F(OciTest, ColdStartThenWarmOnOneInstanceWithItsOwnVeth) {
