@@ -33,6 +33,15 @@ void append_field(std::string& out, std::string_view name, std::string_view valu
     out.append("\r\n");
 }
 
+// "HTTP/1.1 <status> <reason>\r\n"; the standard phrase when `reason` is empty.
+void append_status_line(std::string& out, int status, std::string_view reason) {
+    out.append("HTTP/1.1 ");
+    append_number(out, static_cast<std::uint64_t>(status));
+    out.append(" ");
+    out.append(reason.empty() ? reason_phrase(status) : reason);
+    out.append("\r\n");
+}
+
 // The Connection fields of a head, found once, so each field's check is cheap when there are none.
 class ConnectionOptions {
   public:
@@ -129,11 +138,7 @@ std::string_view upgrade_protocol(const RequestHead& in) {
 
 void append_upgrade_response_head(std::string& out, const ResponseHead& in) {
     ConnectionOptions connection(in.headers);
-    out.append("HTTP/1.1 ");
-    append_number(out, static_cast<std::uint64_t>(in.status));
-    out.append(" ");
-    out.append(in.reason.empty() ? reason_phrase(in.status) : in.reason);
-    out.append("\r\n");
+    append_status_line(out, in.status, in.reason);
     for (const HeaderField& field : in.headers) {
         if (is_dropped_when_forwarding(field.name) || connection.names(field.name)) {
             continue;
@@ -157,11 +162,7 @@ void append_streamed_response_head(std::string& out, const ResponseHead& in,
                                    bool keep_alive) {
     ConnectionOptions connection(in.headers);
     bool bodiless = in.framing == BodyFraming::None;
-    out.append("HTTP/1.1 ");
-    append_number(out, static_cast<std::uint64_t>(in.status));
-    out.append(" ");
-    out.append(in.reason.empty() ? reason_phrase(in.status) : in.reason);
-    out.append("\r\n");
+    append_status_line(out, in.status, in.reason);
     for (const HeaderField& field : in.headers) {
         bool keep = bodiless && iequals(field.name, "Content-Length");
         if ((!keep && is_dropped_when_forwarding(field.name)) || connection.names(field.name)) {
@@ -194,11 +195,7 @@ void append_simple_response(std::string& out, int status, std::string_view conte
                             std::string_view body, bool keep_alive,
                             std::span<const HeaderField> extra) {
     bool bodiless = (status >= 100 && status < 200) || status == 204;
-    out.append("HTTP/1.1 ");
-    append_number(out, static_cast<std::uint64_t>(status));
-    out.append(" ");
-    out.append(reason_phrase(status));
-    out.append("\r\n");
+    append_status_line(out, status, {});
     if (!content_type.empty()) {
         append_field(out, "Content-Type", content_type);
     }
