@@ -275,27 +275,20 @@ static int fill_to(int fd, struct buf* b, size_t n) {
     return 0;
 }
 
-// Decodes a chunked body that starts at b->data[*pos]; advances *pos past the trailer.
-static int read_chunked_body(int fd, struct buf* b, size_t* pos, struct buf* body) {
-    for (;;) {
-        char* eol;
-        while ((eol = memmem(b->data + *pos, b->len - *pos, "\r\n", 2)) == NULL) {
-            if (b->len - *pos > 1024 || read_more(fd, b) <= 0)
-                return -1;
-        }
-        unsigned long long size = strtoull(b->data + *pos, NULL, 16);
-        *pos = (size_t)(eol - b->data) + 2;
-        if (size == 0)
-            break;
-        if (body->len + size > MAX_BODY_BYTES)
+// The size line of a chunk at b->data[*pos] (extensions ignored); advances *pos past it.
+static int read_chunk_size(int fd, struct buf* b, size_t* pos, unsigned long long* size) {
+    char* eol;
+    while ((eol = memmem(b->data + *pos, b->len - *pos, "\r\n", 2)) == NULL) {
+        if (b->len - *pos > 1024 || read_more(fd, b) <= 0)
             return -1;
-        if (fill_to(fd, b, *pos + size + 2) != 0)
-            return -1;
-        if (buf_append(body, b->data + *pos, size) != 0)
-            return -1;
-        *pos += size + 2;
     }
-    // Trailer section: header lines up to an empty line.
+    *size = strtoull(b->data + *pos, NULL, 16);
+    *pos = (size_t)(eol - b->data) + 2;
+    return 0;
+}
+
+// The trailer section after the last chunk: header lines up to an empty one; advances *pos past.
+static int skip_trailer(int fd, struct buf* b, size_t* pos) {
     for (;;) {
         char* eol;
         while ((eol = memmem(b->data + *pos, b->len - *pos, "\r\n", 2)) == NULL) {
@@ -307,6 +300,25 @@ static int read_chunked_body(int fd, struct buf* b, size_t* pos, struct buf* bod
         if (line_len == 0)
             return 0;
     }
+}
+
+// Decodes a chunked body that starts at b->data[*pos]; advances *pos past the trailer.
+static int read_chunked_body(int fd, struct buf* b, size_t* pos, struct buf* body) {
+    for (;;) {
+        unsigned long long size;
+        if (read_chunk_size(fd, b, pos, &size) != 0)
+            return -1;
+        if (size == 0)
+            break;
+        if (body->len + size > MAX_BODY_BYTES)
+            return -1;
+        if (fill_to(fd, b, *pos + size + 2) != 0)
+            return -1;
+        if (buf_append(body, b->data + *pos, size) != 0)
+            return -1;
+        *pos += size + 2;
+    }
+    return skip_trailer(fd, b, pos);
 }
 
 // /upload: takes n body bytes from b[*pos...] and the socket into the count and hash, keeping
@@ -336,30 +348,16 @@ static int read_upload_body(int fd, struct buf* b, size_t* pos, struct request* 
     if (!r->chunked)
         return hash_body_bytes(fd, b, pos, r->content_length > 0 ? r->content_length : 0, r);
     for (;;) {
-        char* eol;
-        while ((eol = memmem(b->data + *pos, b->len - *pos, "\r\n", 2)) == NULL) {
-            if (b->len - *pos > 1024 || read_more(fd, b) <= 0)
-                return -1;
-        }
-        unsigned long long size = strtoull(b->data + *pos, NULL, 16);
-        *pos = (size_t)(eol - b->data) + 2;
+        unsigned long long size;
+        if (read_chunk_size(fd, b, pos, &size) != 0)
+            return -1;
         if (size == 0)
             break;
         if (hash_body_bytes(fd, b, pos, size, r) != 0 || fill_to(fd, b, *pos + 2) != 0)
             return -1;
         *pos += 2;
     }
-    for (;;) {  // the trailer section: lines up to an empty one
-        char* eol;
-        while ((eol = memmem(b->data + *pos, b->len - *pos, "\r\n", 2)) == NULL) {
-            if (b->len - *pos > MAX_HEADER_BYTES || read_more(fd, b) <= 0)
-                return -1;
-        }
-        size_t line_len = (size_t)(eol - (b->data + *pos));
-        *pos += line_len + 2;
-        if (line_len == 0)
-            return 0;
-    }
+    return skip_trailer(fd, b, pos);
 }
 
 // Reads one whole request. Returns 1 on success, 0 on a clean EOF between requests, -1 on error
