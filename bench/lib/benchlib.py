@@ -82,6 +82,14 @@ def summary_ms(values):
     }
 
 
+def parse_target(text):
+    """NAME=HOST:PORT/PREFIX -> (name, host, port, "/PREFIX")."""
+    name, rest = text.split("=", 1)
+    hostport, _, prefix = rest.partition("/")
+    host, port = hostport.rsplit(":", 1)
+    return name, host, int(port), "/" + prefix
+
+
 def append_record(path, record):
     """Appends one JSON object as a line to the raw results file."""
     with open(path, "a") as f:

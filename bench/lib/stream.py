@@ -25,14 +25,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import append_record, median, percentile  # noqa: E402
-
-
-def parse_target(text):
-    name, rest = text.split("=", 1)
-    hostport, _, prefix = rest.partition("/")
-    host, port = hostport.rsplit(":", 1)
-    return name, host, int(port), "/" + prefix
+from benchlib import append_record, median, parse_target, percentile  # noqa: E402
 
 
 def read_head(sock, buf):
