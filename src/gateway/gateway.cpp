@@ -132,6 +132,10 @@ HttpServer::Options Gateway::invoke_options() const {
     o.stream_request_bodies = true;  // uploads go to the instance as they arrive
     o.body_limit = [this](const http::RequestHead& head) { return body_limit(head.target); };
     o.keep_alive_allowed = [this] { return drain_ == nullptr || !drain_->draining(); };
+    // Registry edits are seen through its change watch, served first in every batch: a lookup
+    // from a loop then needs no syscall.
+    o.first_watch_fd = functions_.registry().watch_fd();
+    o.on_first_watch = [this] { functions_.registry().drain_changes(); };
     return o;
 }
 
@@ -235,7 +239,7 @@ void Gateway::invoke(const std::shared_ptr<HttpExchange>& ex) {
     call->function = std::move(target->function);
     call->upstream_target = std::move(target->upstream_target);
     const std::string& name = call->function;
-    auto fn = functions_.resolve(name);
+    auto fn = functions_.resolve(name, Registry::Freshness::Watched);
     switch (fn.kind) {
         case ResolvedFunction::Kind::Unknown:
             send_error(*ex, 404, fmt::format("function {}: no such function", name), 0,
@@ -390,7 +394,7 @@ std::size_t Gateway::body_limit(std::string_view target) const {
     if (!invoked) {
         return config_.max_body_bytes;
     }
-    auto fn = functions_.resolve(invoked->function);
+    auto fn = functions_.resolve(invoked->function, Registry::Freshness::Watched);
     if (fn.kind != ResolvedFunction::Kind::Ok || !fn.spec->max_body_size) {
         return config_.max_body_bytes;
     }

@@ -965,6 +965,10 @@ class HttpServer::Loop : public EventLoop::Handler, public ConnectionSet {
         listen_fd_ = fd;
         loop_.add(fd, EPOLLIN | EPOLLEXCLUSIVE, this);
     }
+    void watch_first(int fd, const std::function<void()>& on_readable) {
+        first_watch_.on_readable = on_readable;
+        loop_.add_first(fd, &first_watch_);
+    }
     void unlisten() {
         if (listen_fd_ >= 0) {
             loop_.remove(listen_fd_);
@@ -1030,6 +1034,12 @@ class HttpServer::Loop : public EventLoop::Handler, public ConnectionSet {
     }
 
   private:
+    struct FirstWatch : EventLoop::Handler {
+        std::function<void()> on_readable;
+        void on_events(std::uint32_t) override { on_readable(); }
+    };
+    FirstWatch first_watch_;
+
     // accept() failed for want of descriptors or memory: the connection stays in the backlog
     // and the socket stays readable, so accepting is paused instead of spinning on the error.
     void out_of_resources(int err) {
@@ -1121,7 +1131,13 @@ void HttpServer::serve(int listen_fd) {
     started_ = true;
     for (auto& loop : loops_) {
         Loop* l = loop.get();
-        run_on(l->events(), [l, listen_fd] { l->listen(listen_fd); });
+        const Options& o = shared_->options;
+        run_on(l->events(), [l, listen_fd, &o] {
+            if (o.first_watch_fd >= 0) {
+                l->watch_first(o.first_watch_fd, o.on_first_watch);
+            }
+            l->listen(listen_fd);
+        });
     }
     accepting_ = true;
 }

@@ -146,6 +146,11 @@ class HttpServer {
         // Asked for every response: false answers "Connection: close" and ends the connection
         // after it (a draining node sends its keep-alive clients elsewhere); empty: always true.
         std::function<bool()> keep_alive_allowed;
+        // A descriptor every loop serves before the other events of a batch
+        // (EventLoop::add_first), and what to do when it is readable: the registry's change
+        // watch, so a request read in a batch sees every edit finished before the batch began.
+        int first_watch_fd = -1;
+        std::function<void()> on_first_watch;
     };
 
     HttpServer(Options options, RequestHandler handler, ErrorText error_text);

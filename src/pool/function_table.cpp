@@ -9,9 +9,9 @@ namespace unifaas {
 FunctionTable::FunctionTable(Registry& registry, PoolServices services)
     : registry_(registry), services_(services) {}
 
-ResolvedFunction FunctionTable::resolve(std::string_view name) {
+ResolvedFunction FunctionTable::resolve(std::string_view name, Registry::Freshness freshness) {
     ResolvedFunction out;
-    auto entry = registry_.lookup(name);
+    auto entry = registry_.lookup(name, freshness);
     if (!entry) {
         return out;
     }

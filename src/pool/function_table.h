@@ -26,7 +26,11 @@ class FunctionTable {
   public:
     FunctionTable(Registry& registry, PoolServices services);
 
-    ResolvedFunction resolve(std::string_view name);
+    // `freshness` as in Registry::lookup: an event loop serving registry().watch_fd() first
+    // (the gateway's) resolves Watched, everyone else Checked.
+    ResolvedFunction resolve(std::string_view name,
+                             Registry::Freshness freshness = Registry::Freshness::Checked);
+    Registry& registry() { return registry_; }
 
     // Loads every function in the registry now: logs broken ones, starts min-instances.
     // Returns {loaded, broken}.

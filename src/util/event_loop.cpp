@@ -75,6 +75,11 @@ void EventLoop::add(int fd, std::uint32_t events, Handler* handler) {
     }
 }
 
+void EventLoop::add_first(int fd, Handler* handler) {
+    add(fd, EPOLLIN, handler);
+    first_ = handler;
+}
+
 void EventLoop::modify(int fd, std::uint32_t events, Handler* handler) {
     epoll_event ev{};
     ev.events = events;
@@ -165,7 +170,20 @@ void EventLoop::run() {
         if (n < 0 && errno != EINTR) {
             throw_errno("epoll_wait");
         }
+        int first = -1;
+        for (int i = 0; first_ != nullptr && i < n; ++i) {
+            if (events[i].data.ptr == first_) {
+                first = i;
+                first_->on_events(events[i].events);
+            }
+        }
+        if (first_ != nullptr && first < 0 && n == kBatch) {
+            first_->on_events(EPOLLIN);  // it may be ready but beyond a full batch
+        }
         for (int i = 0; i < n; ++i) {
+            if (i == first) {
+                continue;
+            }
             if (events[i].data.ptr == nullptr) {
                 run_posted();
             } else {

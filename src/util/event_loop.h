@@ -53,6 +53,10 @@ class EventLoop {
     void add(int fd, std::uint32_t events, Handler* handler);
     void modify(int fd, std::uint32_t events, Handler* handler);
     void remove(int fd);  // never throws; the fd may already be closed
+    // add(fd, EPOLLIN, handler) for a descriptor that in every batch is served before the other
+    // events (one per loop): what it signals (e.g. a registry change) is then known to every
+    // handler of the batch. Throws std::system_error.
+    void add_first(int fd, Handler* handler);
     // modify(), or add() when this loop does not watch fd yet: for EPOLLONESHOT registrations
     // that stay in place (disarmed) between uses, saving an add/remove pair per use.
     void arm(int fd, std::uint32_t events, Handler* handler);
@@ -74,6 +78,7 @@ class EventLoop {
     void release_graveyard();
 
     UniqueFd epoll_;
+    Handler* first_ = nullptr;
     UniqueFd wake_;
     std::thread thread_;
     std::atomic<bool> stopping_{false};

@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -426,6 +427,47 @@ TEST(HttpServerEventLoop, ReleaseLaterKeepsAnObjectUntilTheBatchEnds) {
     auto [in_batch, after] = f.get();
     EXPECT_TRUE(in_batch);
     EXPECT_FALSE(after);
+}
+
+// A descriptor added with add_first() is served before the others of its batch, even when it
+// became ready after them: what it signals is known to every handler of that batch.
+TEST(HttpServerEventLoop, FirstHandlerRunsBeforeTheRestOfItsBatch) {
+    struct Recorder : EventLoop::Handler {
+        Recorder(char name, std::string& log, int fd) : name(name), log(log), fd(fd) {}
+        void on_events(std::uint32_t) override {
+            std::uint64_t value = 0;
+            (void)!read(fd, &value, sizeof(value));
+            log += name;
+            if (log.size() == 2) {
+                done.set_value(log);
+            }
+        }
+        char name;
+        std::string& log;
+        int fd;
+        std::promise<std::string> done;
+    };
+    UniqueFd plain(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+    UniqueFd first(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+    std::string log;  // loop thread only
+    Recorder plain_handler('P', log, plain.get());
+    Recorder first_handler('F', log, first.get());
+    auto result = plain_handler.done.get_future();
+    EventLoop loop;
+    loop.start("test-loop");
+    loop.post([&] {
+        loop.add(plain.get(), EPOLLIN, &plain_handler);
+        loop.add_first(first.get(), &first_handler);
+        std::uint64_t one = 1;
+        // Both become ready while the loop is busy here: one batch, the plain one first in it.
+        EXPECT_EQ(write(plain.get(), &one, sizeof(one)), 8);
+        EXPECT_EQ(write(first.get(), &one, sizeof(one)), 8);
+    });
+    ASSERT_EQ(result.wait_for(3s), std::future_status::ready)
+        << "the plain handler did not run last";
+    EXPECT_EQ(result.get(), "FP");
+    loop.stop();
+    loop.join();
 }
 
 // ---- HttpServer: requests and responses --------------------------------------------------------

@@ -1,8 +1,10 @@
-// Registry: lookups, caching by file identity, edits picked up without restart, scan().
+// Registry: lookups, caching (by change events, else by file identity), edits picked up without
+// restart, scan().
 #include "registry/registry.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -137,6 +139,99 @@ TEST_F(RegistryTest, SameSizeInPlaceEditIsPickedUp) {
     auto after = registry.lookup("hello");
     ASSERT_TRUE(after && after->spec);
     EXPECT_EQ(after->spec->keepalive, Seconds(2));
+}
+
+// The same inode, the same size, and (most of the time) the same timestamp tick: a stat cannot
+// tell the versions apart, the change event can.
+TEST_F(RegistryTest, SameSizeInPlaceEditInOneTickIsPickedUp) {
+    write("hello", "keepalive = 1\n" + kContainer);
+    Registry registry(dir_);
+    ASSERT_GE(registry.watch_fd(), 0) << "no inotify here";
+    for (int i = 2; i <= 9; ++i) {
+        write("hello", "keepalive = " + std::to_string(i) + "\n" + kContainer);
+        auto entry = registry.lookup("hello");
+        ASSERT_TRUE(entry && entry->spec);
+        EXPECT_EQ(entry->spec->keepalive, Seconds(i));
+    }
+}
+
+// A Watched lookup costs no syscall: it trusts its event loop to drain the change watch first.
+// Until that happens it keeps the cached definition; the watch is readable from the edit on.
+TEST_F(RegistryTest, WatchedLookupSeesAnEditOnceTheWatchIsDrained) {
+    write("hello", "keepalive = 1\n" + kContainer);
+    Registry registry(dir_);
+    ASSERT_GE(registry.watch_fd(), 0) << "no inotify here";
+    auto before = registry.lookup("hello", Registry::Freshness::Watched);
+    ASSERT_TRUE(before && before->spec);
+    pollfd p{registry.watch_fd(), POLLIN, 0};
+    EXPECT_EQ(poll(&p, 1, 0), 0);  // nothing pending
+
+    replace("hello", "keepalive = 22\n" + kContainer);
+    EXPECT_EQ(poll(&p, 1, 0), 1);  // the event is queued when the rename returns
+    auto stale = registry.lookup("hello", Registry::Freshness::Watched);
+    ASSERT_TRUE(stale && stale->spec);
+    EXPECT_EQ(stale->spec.get(), before->spec.get());
+
+    registry.drain_changes();
+    EXPECT_EQ(poll(&p, 1, 0), 0);
+    auto after = registry.lookup("hello", Registry::Freshness::Watched);
+    ASSERT_TRUE(after && after->spec);
+    EXPECT_EQ(after->spec->keepalive, Seconds(22));
+    // Cached again: the same definition until the next change.
+    EXPECT_EQ(registry.lookup("hello", Registry::Freshness::Watched)->spec.get(),
+              after->spec.get());
+}
+
+// A linked function.toml is edited where it points: the watch cannot see that, so such a file is
+// compared by stat on every lookup, Watched or not.
+TEST_F(RegistryTest, SymlinkedFunctionTomlIsStatEveryTime) {
+    fs::create_directories(dir_ / "elsewhere");
+    std::ofstream(dir_ / "elsewhere" / "real.toml") << "keepalive = 1\n" << kContainer;
+    fs::create_directories(dir_ / "linked");
+    fs::create_symlink(dir_ / "elsewhere" / "real.toml", toml("linked"));
+    Registry registry(dir_);
+    auto before = registry.lookup("linked", Registry::Freshness::Watched);
+    ASSERT_TRUE(before && before->spec);
+    std::ofstream(dir_ / "elsewhere" / "new.toml") << "keepalive = 333\n" << kContainer;
+    fs::rename(dir_ / "elsewhere" / "new.toml", dir_ / "elsewhere" / "real.toml");
+    auto after = registry.lookup("linked", Registry::Freshness::Watched);
+    ASSERT_TRUE(after && after->spec);
+    EXPECT_EQ(after->spec->keepalive, Seconds(333));
+}
+
+// A function directory swapped for another (mv old away, mv new in): the new one is read, and
+// later edits of the new one are seen too (the watch follows the name, not the old directory).
+TEST_F(RegistryTest, SwappedFunctionDirectoryIsWatchedAfresh) {
+    write("hello", "keepalive = 1\n" + kContainer);
+    Registry registry(dir_);
+    ASSERT_TRUE(registry.lookup("hello", Registry::Freshness::Watched));
+    write("next", "keepalive = 2\n" + kContainer);
+    fs::rename(dir_ / "hello", dir_ / "old");
+    fs::rename(dir_ / "next", dir_ / "hello");
+    registry.drain_changes();
+    auto swapped = registry.lookup("hello", Registry::Freshness::Watched);
+    ASSERT_TRUE(swapped && swapped->spec);
+    EXPECT_EQ(swapped->spec->keepalive, Seconds(2));
+
+    write("old", "keepalive = 7\n" + kContainer);  // the directory watched before: not "hello"
+    registry.drain_changes();
+    EXPECT_EQ(registry.lookup("hello", Registry::Freshness::Watched)->spec->keepalive, Seconds(2));
+    replace("hello", "keepalive = 3\n" + kContainer);
+    registry.drain_changes();
+    EXPECT_EQ(registry.lookup("hello", Registry::Freshness::Watched)->spec->keepalive, Seconds(3));
+}
+
+// Two names linked to one directory share its watch; an edit reaches both.
+TEST_F(RegistryTest, TwoNamesForOneDirectoryBothSeeAnEdit) {
+    write("hello", "keepalive = 1\n" + kContainer);
+    fs::create_directory_symlink(dir_ / "hello", dir_ / "alias");
+    Registry registry(dir_);
+    ASSERT_TRUE(registry.lookup("hello", Registry::Freshness::Watched));
+    ASSERT_TRUE(registry.lookup("alias", Registry::Freshness::Watched));
+    replace("hello", "keepalive = 5\n" + kContainer);
+    registry.drain_changes();
+    EXPECT_EQ(registry.lookup("hello", Registry::Freshness::Watched)->spec->keepalive, Seconds(5));
+    EXPECT_EQ(registry.lookup("alias", Registry::Freshness::Watched)->spec->keepalive, Seconds(5));
 }
 
 TEST_F(RegistryTest, NewDirectoryAppears) {
