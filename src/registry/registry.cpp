@@ -17,12 +17,14 @@ constexpr const char* kSpecFile = "function.toml";
 
 // What is watched. The registry directory: function directories (or links to them) appearing,
 // going or changing; the directory itself going. A function directory: its function.toml
-// written, replaced, removed or touched; the directory itself going.
+// closed after writing, replaced, removed or touched; the directory itself going. Not IN_MODIFY:
+// every write() to any file there (an image being built next to function.toml) would wake the
+// loops, and a file half written is better not read before it is closed.
 constexpr std::uint32_t kRegistryEvents = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO |
                                           IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR;
-constexpr std::uint32_t kFunctionDirEvents = IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB | IN_CREATE |
-                                             IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO |
-                                             IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR;
+constexpr std::uint32_t kFunctionDirEvents = IN_CLOSE_WRITE | IN_ATTRIB | IN_CREATE | IN_DELETE |
+                                             IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF |
+                                             IN_MOVE_SELF | IN_ONLYDIR;
 constexpr std::uint32_t kWatchGone = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED;
 
 std::string errno_text(int err) {

@@ -182,6 +182,20 @@ TEST_F(RegistryTest, WatchedLookupSeesAnEditOnceTheWatchIsDrained) {
               after->spec.get());
 }
 
+// Other files of a function's directory (an image being built there) keep its definition cached.
+TEST_F(RegistryTest, OtherFilesInTheFunctionDirectoryKeepTheDefinition) {
+    write("hello", kContainer);
+    Registry registry(dir_);
+    auto before = registry.lookup("hello", Registry::Freshness::Watched);
+    ASSERT_TRUE(before && before->spec);
+    std::ofstream(dir_ / "hello" / "rootfs.img") << std::string(4096, 'x');
+    fs::create_directories(dir_ / "hello" / "rootfs");
+    registry.drain_changes();
+    EXPECT_EQ(registry.lookup("hello", Registry::Freshness::Watched)->spec.get(),
+              before->spec.get());
+    EXPECT_EQ(registry.lookup("hello")->spec.get(), before->spec.get());
+}
+
 // A linked function.toml is edited where it points: the watch cannot see that, so such a file is
 // compared by stat on every lookup, Watched or not.
 TEST_F(RegistryTest, SymlinkedFunctionTomlIsStatEveryTime) {
