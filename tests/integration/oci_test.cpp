@@ -578,6 +578,8 @@ TEST_F(OciTest, RemovedAndRedefinedFunctionsLoseTheirSpares) {
         << daemon_->log();
     EXPECT_TRUE(eventually([] { return hello_processes().size() == 1; }, 10s))
         << "inits of removed spares left: " << hello_processes().size();
+    EXPECT_TRUE(eventually([&] { return shim_processes(daemon_->runtime_dir()).size() == 1; }, 10s))
+        << "shims of removed spares left: " << shim_processes(daemon_->runtime_dir()).size();
     std::string spare = *spares().begin();
     auto res = get("/invoke/ocichanged/echo/x");
     ASSERT_TRUE(res);
