@@ -31,7 +31,6 @@
 #include "sandbox/docker_backend.h"
 #include "sandbox/firecracker_backend.h"
 #include "sandbox/oci_backend.h"
-#include "sandbox/oci_shim.h"
 #include "sandbox/qemu_backend.h"
 #include "sandbox/restore_channel.h"
 #include "sandbox/vm_template.h"
@@ -567,10 +566,6 @@ void raise_fd_limit() {
 }  // namespace
 
 int main(int argc, char** argv) {
-    // A spare container's shim (sandbox/oci_shim.h): the daemon exec'd itself; nothing else runs.
-    if (argc > 1 && std::strcmp(argv[1], kOciShimFlag) == 0) {
-        return oci_shim_main(argc, argv);
-    }
     Flags flags = parse_flags(argc, argv);
     DaemonConfig config;
     try {

@@ -240,9 +240,16 @@ OciBackend::OciBackend(VmEnvironment env, std::uint64_t spare_memory_mib)
       state_root_(env_.runtime_dir / "oci"),
       images_(env_.runtime_dir / "images"),
       // Without systemd nothing takes the containers' lines to a journal: the files are capped.
-      output_cap_(env_.consoles == nullptr ? std::make_unique<OciOutputCap>() : nullptr) {
+      output_cap_(env_.consoles == nullptr ? std::make_unique<OciOutputCap>() : nullptr),
+      shim_exe_(oci_shim_executable()) {
     // A spare's callback token comes from the daemon's registry before any instance exists.
-    if (spare_memory_mib > 0 && env_.callbacks != nullptr && env_.network != nullptr) {
+    if (spare_memory_mib > 0 && env_.callbacks != nullptr && env_.network != nullptr &&
+        shim_exe_.empty()) {
+        spdlog::warn(
+            "OCI spares are off: {} is neither next to the daemon's executable nor in "
+            "../libexec/unifaas (every cold start runs crun run)",
+            kOciShimName);
+    } else if (spare_memory_mib > 0 && env_.callbacks != nullptr && env_.network != nullptr) {
         spares_ = std::make_unique<OciSpares>(
             spare_memory_mib,
             [this](std::shared_ptr<const FunctionSpec> spec) {
@@ -380,6 +387,7 @@ std::unique_ptr<OciSpare> OciBackend::make_spare(std::shared_ptr<const FunctionS
     // systemd, create is held until it is in the scope, so the container's init is too; the shim
     // stays in the daemon's cgroup, outside the container's memory limit.
     auto shim = std::make_unique<OciShim>(
+        shim_exe_,
         runtime_argv(parts.runtime, state_root_, parts.cgroups_disabled,
                      {"create", "--no-new-keyring", "--bundle", dir.string(), "--pid-file",
                       (dir / "init.pid").string(), id}),

@@ -1,17 +1,12 @@
 #include "sandbox/oci_shim.h"
 
-#include <fcntl.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
-#include <string_view>
 #include <system_error>
 #include <utility>
 
@@ -19,143 +14,7 @@
 
 namespace unifaas {
 
-namespace {
-
-constexpr int kChannelFd = 3;  // the shim's end of the socket pair
-
-// ---- the shim process -------------------------------------------------------------------------
-
-[[noreturn]] void fail(const char* what) {
-    std::fprintf(stderr, "unifaas oci shim: %s: %s\n", what, std::strerror(errno));
-    _exit(125);
-}
-
-bool write_pid(int fd, pid_t pid) {
-    char line[32];
-    int n = std::snprintf(line, sizeof line, "%d\n", static_cast<int>(pid));
-    return ::send(fd, line, static_cast<std::size_t>(n), MSG_NOSIGNAL) == n;
-}
-
-// Ends the shim as `status` (from waitpid) ended its child: the same exit code, or killed by
-// the same signal. The shim is not dumpable, so a SIGSEGV or SIGABRT leaves no core of it.
-[[noreturn]] void end_as(int status) {
-    if (WIFEXITED(status)) {
-        _exit(WEXITSTATUS(status));
-    }
-    int sig = WTERMSIG(status);
-    struct sigaction dfl {};
-    dfl.sa_handler = SIG_DFL;
-    sigaction(sig, &dfl, nullptr);
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, sig);
-    sigprocmask(SIG_UNBLOCK, &set, nullptr);
-    ::kill(::getpid(), sig);
-    _exit(128 + sig);  // a signal that does not end a process by default
-}
-
-pid_t wait_for(pid_t pid, int& status) {
-    pid_t got;
-    while ((got = ::waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
-    }
-    return got;
-}
-
-// The held runtime: runs when the daemon has put it where it belongs (its scope).
-[[noreturn]] void run_create(char** argv, int gate, pid_t shim) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    char go = 0;
-    if (::getppid() != shim || ::read(gate, &go, 1) != 1) {
-        _exit(125);  // the shim or the daemon gave up on this create
-    }
-    ::execv(argv[0], argv);
-    std::fprintf(stderr, "unifaas oci shim: cannot run %s: %s\n", argv[0], std::strerror(errno));
-    _exit(127);
-}
-
-pid_t read_pid_file(const char* path) {
-    FILE* file = std::fopen(path, "re");
-    if (file == nullptr) {
-        return 0;
-    }
-    int pid = 0;
-    if (std::fscanf(file, "%d", &pid) != 1) {
-        pid = 0;
-    }
-    std::fclose(file);
-    return pid;
-}
-
-}  // namespace
-
-int oci_shim_main(int argc, char** argv) {
-    if (argc < 5 || std::string_view(argv[3]) != "--" || fcntl(kChannelFd, F_GETFD) < 0) {
-        std::fprintf(stderr,
-                     "usage (the daemon's own): unifaas --oci-shim PID-FILE -- RUNTIME ARGS... "
-                     "with a socket as fd 3\n");
-        return 2;
-    }
-    const char* pid_file = argv[2];
-    char** create_argv = argv + 4;
-    // Only 0-2 and the channel are ours; the channel is not the runtime's.
-    ::close_range(kChannelFd + 1, ~0U, 0);
-    fcntl(kChannelFd, F_SETFD, FD_CLOEXEC);
-    if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0 || prctl(PR_SET_DUMPABLE, 0) != 0) {
-        fail("prctl");
-    }
-    int gate[2];
-    if (::pipe2(gate, O_CLOEXEC) != 0) {
-        fail("pipe");
-    }
-    pid_t shim = ::getpid();
-    pid_t create = ::fork();
-    if (create < 0) {
-        fail("fork");
-    }
-    if (create == 0) {
-        ::close(gate[1]);
-        run_create(create_argv, gate[0], shim);
-    }
-    ::close(gate[0]);
-    char go = 0;
-    if (!write_pid(kChannelFd, create) || ::read(kChannelFd, &go, 1) != 1) {
-        _exit(125);  // the daemon is gone or gave up: create never runs (its gate closes)
-    }
-    if (::write(gate[1], &go, 1) != 1) {
-        fail("gate");
-    }
-    ::close(gate[1]);
-    int status = 0;
-    if (wait_for(create, status) != create) {
-        fail("waitpid");
-    }
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        end_as(status);  // create failed: its stderr is in the output already
-    }
-    pid_t init = read_pid_file(pid_file);
-    siginfo_t info{};
-    if (init <= 0 ||
-        ::waitid(P_PID, static_cast<id_t>(init), &info, WEXITED | WNOHANG | WNOWAIT) != 0) {
-        std::fprintf(stderr, "unifaas oci shim: the container's init (pid file %s) is not ours\n",
-                     pid_file);
-        _exit(125);
-    }
-    if (!write_pid(kChannelFd, init)) {
-        _exit(125);
-    }
-    ::close(kChannelFd);
-    for (;;) {
-        pid_t got = wait_for(-1, status);
-        if (got == init) {
-            end_as(status);
-        }
-        if (got < 0) {
-            fail("waitpid");  // ECHILD: the init was reaped by nobody else, cannot happen
-        }
-    }
-}
-
-// ---- the daemon's side ------------------------------------------------------------------------
+namespace fs = std::filesystem;
 
 std::string oci_exit_reason(int status, std::uint64_t memory_mib) {
     // A signal-killed container makes `crun run` exit with 128 + signal; a shim is killed by it.
@@ -184,9 +43,10 @@ std::string oci_exit_text(pid_t child, std::uint64_t memory_mib) {
 
 namespace {
 
-std::vector<std::string> shim_argv(const std::vector<std::string>& create_argv,
+std::vector<std::string> shim_argv(const std::string& shim,
+                                   const std::vector<std::string>& create_argv,
                                    const std::filesystem::path& pid_file) {
-    std::vector<std::string> argv = {"/proc/self/exe", kOciShimFlag, pid_file.string(), "--"};
+    std::vector<std::string> argv = {shim, pid_file.string(), "--"};
     argv.insert(argv.end(), create_argv.begin(), create_argv.end());
     return argv;
 }
@@ -210,9 +70,25 @@ OciShim::Channel::~Channel() {
     }
 }
 
-OciShim::OciShim(const std::vector<std::string>& create_argv, const std::filesystem::path& pid_file,
-                 const std::filesystem::path& output)
-    : child_(shim_argv(create_argv, pid_file), output, {}, false, {}, channel_.theirs) {
+std::string oci_shim_executable() {
+    std::error_code ec;
+    fs::path dir = fs::read_symlink("/proc/self/exe", ec).parent_path();
+    if (ec) {
+        return {};
+    }
+    // Next to the daemon in a build tree; installed, in <prefix>/libexec/unifaas.
+    for (const fs::path& candidate :
+         {dir / kOciShimName, dir.parent_path() / "libexec" / "unifaas" / kOciShimName}) {
+        if (::access(candidate.c_str(), X_OK) == 0) {
+            return candidate.string();
+        }
+    }
+    return {};
+}
+
+OciShim::OciShim(const std::string& shim, const std::vector<std::string>& create_argv,
+                 const fs::path& pid_file, const fs::path& output)
+    : child_(shim_argv(shim, create_argv, pid_file), output, {}, false, {}, channel_.theirs) {
     ::close(std::exchange(channel_.theirs, -1));  // the shim has its copy (fd 3)
 }
 

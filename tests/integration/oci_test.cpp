@@ -59,7 +59,7 @@ std::vector<pid_t> hello_processes() {
     return pids;
 }
 
-// Spare shims (`unifaas --oci-shim`) of the daemon whose runtime dir is `run` (their argv
+// Spare shims (unifaas-oci-shim) of the daemon whose runtime dir is `run` (their argv
 // names the bundle's pid file under it); zombies have no command line and do not count.
 std::vector<pid_t> shim_processes(const fs::path& run) {
     std::vector<pid_t> pids;
@@ -70,7 +70,7 @@ std::vector<pid_t> shim_processes(const fs::path& run) {
         }
         std::ifstream file(entry.path() / "cmdline", std::ios::binary);
         std::string cmdline((std::istreambuf_iterator<char>(file)), {});
-        if (cmdline.find(std::string("--oci-shim") + '\0' + run.string() + "/") !=
+        if (cmdline.find(std::string("unifaas-oci-shim") + '\0' + run.string() + "/") !=
             std::string::npos) {
             pids.push_back(std::stoi(name));
         }

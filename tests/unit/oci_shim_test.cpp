@@ -18,6 +18,7 @@
 #include <gtest/gtest.h>
 
 #include "sandbox/oci_shim.h"
+#include "shim/shim.h"
 
 namespace unifaas {
 namespace {
@@ -60,7 +61,7 @@ class OciShimTest : public ::testing::Test {
         int pair[2];
         EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
         std::vector<std::string> args = {
-            "unifaas", kOciShimFlag, pid_file.string(), "--", "/bin/sh", "-c", create};
+            "unifaas-oci-shim", pid_file.string(), "--", "/bin/sh", "-c", create};
         std::vector<char*> argv;
         for (auto& a : args) {
             argv.push_back(a.data());
@@ -140,8 +141,8 @@ TEST_F(OciShimTest, AnInitThatIsNotItsChildIsRefused) {
 }
 
 TEST_F(OciShimTest, WithoutItsChannelItIsAUsageError) {
-    char arg0[] = "unifaas";
-    char arg1[] = "--oci-shim";
+    char arg0[] = "unifaas-oci-shim";
+    char arg1[] = "/tmp/init.pid";
     char* argv[] = {arg0, arg1, nullptr};
     EXPECT_EQ(oci_shim_main(2, argv), 2);
 }
