@@ -143,7 +143,7 @@ int oci_shim_main(int argc, char** argv) {
             end_as(status);
         }
         if (got < 0) {
-            fail("waitpid");  // ECHILD: the init was reaped by nobody else, cannot happen
+            fail("waitpid");  // ECHILD: no child left, impossible while the init lives
         }
     }
 }
