@@ -1,6 +1,6 @@
 // The OCI shim's protocol and status mirroring, with /bin/sh standing in for `crun create`: it
 // starts a background "init", writes its pid to the pid file and exits, as create does. The shim
-// (oci_shim_main, in a forked child with fd 3 a socket) must adopt that orphan and end as it ends.
+// (the built unifaas-oci-shim, fd 3 a socket) must adopt that orphan and end as it ends.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -61,7 +61,7 @@ class OciShimTest : public ::testing::Test {
         int pair[2];
         EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
         std::vector<std::string> args = {
-            "unifaas-oci-shim", pid_file.string(), "--", "/bin/sh", "-c", create};
+            UNIFAAS_OCI_SHIM, pid_file.string(), "--", "/bin/sh", "-c", create};
         std::vector<char*> argv;
         for (auto& a : args) {
             argv.push_back(a.data());
@@ -72,8 +72,13 @@ class OciShimTest : public ::testing::Test {
             int out = ::open(output.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
             ::dup2(out, 1);
             ::dup2(out, 2);
-            ::dup2(pair[1], 3);
-            _exit(oci_shim_main(static_cast<int>(args.size()), argv.data()));
+            if (pair[1] == 3) {
+                ::fcntl(3, F_SETFD, 0);  // dup2 onto itself would keep CLOEXEC
+            } else {
+                ::dup2(pair[1], 3);
+            }
+            ::execv(argv[0], argv.data());
+            _exit(127);
         }
         ::close(pair[1]);
         ShimRun r;
