@@ -348,19 +348,18 @@ TEST_F(OciTest, RuncRunsTheSameFunction) {
 }
 
 // Started by `crun run` (spares off) or from a spare (its shim ends as the init ended): the same
-// 502 texts, with the last output lines; a used spare is replaced. (A signal other than SIGKILL
-// cannot be sent to a container's init from outside, nor raised by it: the shim's mirroring of
-// one is a unit test, oci_shim_test.)
+// 502 texts (exit code, signal, OOM), with the last output lines; a used spare is replaced.
 class OciExitTest : public OciTest, public ::testing::WithParamInterface<bool> {};
 
-TEST_P(OciExitTest, EarlyExitAndOomAnswer502NamingTheCause) {
+TEST_P(OciExitTest, EarlyExitCrashAndOomAnswer502NamingTheCause) {
     const bool from_spare = GetParam();
     add_oci("ociquits", "[env]\nHELLO_EXIT_BEFORE_READY = \"1\"\n");
     add_oci("ocihog", "[env]\nHELLO_ALLOCATE_MIB = \"256\"\n");
+    add_oci("ocisegv", "[env]\nHELLO_CRASH_BEFORE_READY = \"1\"\n");
     start_daemon(from_spare ? "oci-spare-memory = 256" : "oci-spare-memory = 0");
     std::set<std::string> made;
     if (from_spare) {
-        ASSERT_TRUE(eventually([&] { return spares().size() == 2; }, 20s)) << daemon_->log();
+        ASSERT_TRUE(eventually([&] { return spares().size() == 3; }, 20s)) << daemon_->log();
         made = spares();
     }
     auto quits = get("/invoke/ociquits/hello");
@@ -378,7 +377,15 @@ TEST_P(OciExitTest, EarlyExitAndOomAnswer502NamingTheCause) {
                              "MiB) (crun)"),
               std::string::npos)
         << hog->body;
-    for (const char* fn : {"ociquits", "ocihog"}) {
+    auto crash = get("/invoke/ocisegv/hello");
+    ASSERT_TRUE(crash);
+    EXPECT_EQ(crash->status, 502);
+    EXPECT_NE(crash->body.find("container killed by signal 11 (Segmentation fault) (crun)"),
+              std::string::npos)
+        << crash->body;
+    EXPECT_NE(crash->body.find("HELLO_CRASH_BEFORE_READY=1"), std::string::npos)
+        << "no output lines: " << crash->body;
+    for (const char* fn : {"ociquits", "ocihog", "ocisegv"}) {
         EXPECT_TRUE(eventually([&] { return instances(fn).empty(); }, 10s)) << fn;
     }
     if (from_spare) {
@@ -389,11 +396,15 @@ TEST_P(OciExitTest, EarlyExitAndOomAnswer502NamingTheCause) {
         EXPECT_NE(metrics().find("unifaas_cold_starts_total{function=\"ocihog\",kind=\"spare\"} 1"),
                   std::string::npos)
             << metrics();
+        EXPECT_NE(
+            metrics().find("unifaas_cold_starts_total{function=\"ocisegv\",kind=\"spare\"} 1"),
+            std::string::npos)
+            << metrics();
         // Every used spare is replaced, by a new one.
         EXPECT_TRUE(eventually(
             [&] {
                 auto now = spares();
-                if (now.size() != 2) {
+                if (now.size() != 3) {
                     return false;
                 }
                 for (const auto& id : now) {
@@ -406,11 +417,11 @@ TEST_P(OciExitTest, EarlyExitAndOomAnswer502NamingTheCause) {
             20s))
             << daemon_->log();
         EXPECT_TRUE(
-            eventually([&] { return shim_processes(daemon_->runtime_dir()).size() == 2; }, 10s))
+            eventually([&] { return shim_processes(daemon_->runtime_dir()).size() == 3; }, 10s))
             << "one shim per spare, none of the ended instances: "
             << shim_processes(daemon_->runtime_dir()).size();
     }
-    EXPECT_TRUE(eventually([&] { return containers().size() == (from_spare ? 2u : 0u); }, 10s))
+    EXPECT_TRUE(eventually([&] { return containers().size() == (from_spare ? 3u : 0u); }, 10s))
         << "containers of the ended instances left";
     // TearDown: nothing left (veths, namespaces, state, bundles, processes, shims).
 }
