@@ -26,6 +26,8 @@
 //             HELLO_ALLOCATE_MIB=N touches N MiB of memory before listening (memory limits).
 //             HELLO_EXIT_AFTER_CALLBACK=1 exits with status 4 once the callback was answered;
 //             HELLO_GARBAGE=1 answers every request with bytes that are not HTTP.
+//             HELLO_CRASH_BEFORE_READY=1 dies of a real SIGSEGV before listening (a fault kills
+//             even a PID 1, which ignores signals sent to it).
 // Probe route, for the isolation tests only (what the function's network lets it reach):
 //   /connect?host=A.B.C.D&port=P  tries one TCP connect (1 s at most) and answers 200 with
 //                             "connected" or "failed: <reason>" (refused, unreachable, timeout).
@@ -1071,6 +1073,10 @@ int main(int argc, char** argv) {
     if (env_is("HELLO_EXIT_BEFORE_READY", "1")) {
         fprintf(stderr, "hello: HELLO_EXIT_BEFORE_READY=1, exiting with status 3\n");
         return 3;
+    }
+    if (env_is("HELLO_CRASH_BEFORE_READY", "1")) {
+        fprintf(stderr, "hello: HELLO_CRASH_BEFORE_READY=1, writing through a null pointer\n");
+        *(volatile int*)0 = 1;
     }
     const char* allocate = getenv("HELLO_ALLOCATE_MIB");
     if (allocate && *allocate) {

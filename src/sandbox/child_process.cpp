@@ -74,6 +74,7 @@ struct SpawnPlan {
     int exec_pipe = -1;  // write end, CLOEXEC: an exec error is written here
     int gate = -1;       // read end of the held child's gate, or -1
     std::string cwd;     // working directory before exec, or empty
+    int pass = -1;       // becomes fd 3 (without CLOEXEC), or -1
     pid_t parent = 0;
 };
 
@@ -100,6 +101,11 @@ int spawn_child(void* arg) {
     dup2(plan->null, 0);
     dup2(plan->out, 1);
     dup2(plan->out, 2);
+    if (plan->pass == 3) {
+        fcntl(3, F_SETFD, 0);
+    } else if (plan->pass >= 0) {
+        dup2(plan->pass, 3);  // the copy has no CLOEXEC
+    }
     setsid();
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != plan->parent) {
@@ -152,10 +158,11 @@ struct ChildProcess::Spawn {
 ChildProcess::ChildProcess(const std::vector<std::string>& argv,
                            const std::filesystem::path& output,
                            const std::vector<std::string>& extra_env, bool held,
-                           const std::filesystem::path& cwd)
+                           const std::filesystem::path& cwd, int pass_fd)
     : spawn_(std::make_unique<Spawn>()) {
     SpawnPlan& plan = spawn_->plan;
     plan.cwd = cwd.string();
+    plan.pass = pass_fd;
     plan.exe = find_executable(argv.at(0));
     exe_ = plan.exe;
     if (plan.exe.empty()) {

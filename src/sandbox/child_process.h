@@ -27,12 +27,13 @@ class ChildProcess {
     // With `held`, the child waits before exec until release() (or the ChildProcess's end): the
     // caller can move it into a cgroup first, so nothing it forks starts outside.
     // A non-empty `cwd` is the child's working directory (relative paths it is given resolve
-    // there).
+    // there). `pass_fd` (when >= 0) is the child's fd 3, inherited across exec (the caller
+    // keeps and closes its own copy; every other descriptor is CLOEXEC).
     // The child is a clone sharing the daemon's memory until exec (as posix_spawn does, but
     // able to wait at the gate): starting it costs no copy of the daemon's page tables.
     ChildProcess(const std::vector<std::string>& argv, const std::filesystem::path& output,
                  const std::vector<std::string>& extra_env = {}, bool held = false,
-                 const std::filesystem::path& cwd = {});
+                 const std::filesystem::path& cwd = {}, int pass_fd = -1);
     ~ChildProcess();  // SIGKILL if still running, then reaps
     ChildProcess(const ChildProcess&) = delete;
     ChildProcess& operator=(const ChildProcess&) = delete;

@@ -1,11 +1,8 @@
 #include "sandbox/oci_backend.h"
 
 #include <poll.h>
-#include <sys/wait.h>
 
 #include <chrono>
-#include <csignal>
-#include <cstring>
 
 #include <fstream>
 #include <system_error>
@@ -16,6 +13,7 @@
 #include "net/network.h"
 #include "sandbox/child_process.h"
 #include "sandbox/oci_seccomp.h"
+#include "sandbox/oci_shim.h"
 #include "systemd/console_forwarder.h"
 #include "systemd/scope_manager.h"
 #include "util/random.h"
@@ -77,18 +75,6 @@ std::vector<std::string> runtime_argv(const std::string& exe, const fs::path& st
     }
     argv.insert(argv.end(), args.begin(), args.end());
     return argv;
-}
-
-// A signal-killed container makes `crun run` exit with 128 + signal.
-std::string exit_reason(int status, std::uint64_t memory_mib) {
-    if (status == 128 + 9) {
-        return fmt::format("killed by SIGKILL, most likely out of memory (limit {} MiB)",
-                           memory_mib);
-    }
-    if (status > 128) {
-        return fmt::format("killed by signal {} ({})", status - 128, strsignal(status - 128));
-    }
-    return fmt::format("exited with status {}", status);
 }
 
 class OciInstance : public Instance {
@@ -169,18 +155,7 @@ class OciInstance : public Instance {
 
     std::string runtime_name() const { return fs::path(runtime_).filename().string(); }
 
-    std::string exit_text() const {
-        siginfo_t info{};
-        if (waitid(P_PID, static_cast<id_t>(child_.pid()), &info, WEXITED | WNOHANG | WNOWAIT) !=
-                0 ||
-            info.si_pid == 0) {
-            return "exited";
-        }
-        if (info.si_code == CLD_EXITED) {
-            return exit_reason(info.si_status, memory_mib_);
-        }
-        return exit_reason(128 + info.si_status, memory_mib_);
-    }
+    std::string exit_text() const { return oci_exit_text(child_.pid(), memory_mib_); }
 
     std::unique_ptr<NetnsLease> lease_;
     std::unique_ptr<WorkDir> workdir_;
@@ -265,9 +240,16 @@ OciBackend::OciBackend(VmEnvironment env, std::uint64_t spare_memory_mib)
       state_root_(env_.runtime_dir / "oci"),
       images_(env_.runtime_dir / "images"),
       // Without systemd nothing takes the containers' lines to a journal: the files are capped.
-      output_cap_(env_.consoles == nullptr ? std::make_unique<OciOutputCap>() : nullptr) {
+      output_cap_(env_.consoles == nullptr ? std::make_unique<OciOutputCap>() : nullptr),
+      shim_exe_(oci_shim_executable()) {
     // A spare's callback token comes from the daemon's registry before any instance exists.
-    if (spare_memory_mib > 0 && env_.callbacks != nullptr && env_.network != nullptr) {
+    if (spare_memory_mib > 0 && env_.callbacks != nullptr && env_.network != nullptr &&
+        shim_exe_.empty()) {
+        spdlog::warn(
+            "OCI spares are off: {} is neither next to the daemon's executable nor in "
+            "../libexec/unifaas (every cold start runs crun run)",
+            kOciShimName);
+    } else if (spare_memory_mib > 0 && env_.callbacks != nullptr && env_.network != nullptr) {
         spares_ = std::make_unique<OciSpares>(
             spare_memory_mib,
             [this](std::shared_ptr<const FunctionSpec> spec) {
@@ -401,34 +383,36 @@ std::unique_ptr<OciSpare> OciBackend::make_spare(std::shared_ptr<const FunctionS
     parts.workdir = std::move(bundle.workdir);
     fs::path dir = parts.workdir->path();
     std::string id = container_id(ctx.instance_id);
-    pid_t init = 0;
-    {
-        // Held under systemd: in the scope before it execs, so the container's init is too.
-        ChildProcess create(runtime_argv(parts.runtime, state_root_, parts.cgroups_disabled,
-                                         {"create", "--no-new-keyring", "--bundle", dir.string(),
-                                          "--pid-file", (dir / "init.pid").string(), id}),
-                            dir / "output.log", {}, /*held=*/parts.cgroups_disabled);
-        if (parts.cgroups_disabled) {
-            parts.scope = start_instance_scope(env_.scopes, ctx, create.pid(),
-                                               spec->container().memory_mib << 20);
-        }
-        create.release();
-        if (int status = create.wait(); status != 0) {
-            // What it made (state, cgroup) goes with a forced delete.
-            run_command(runtime_argv(parts.runtime, state_root_, parts.cgroups_disabled,
-                                     {"delete", "--force", id}),
-                        dir / "stop.log");
-            throw SandboxError(
-                502, fmt::format("function \"{}\": {} create {}: {}", spec->name, parts.runtime,
-                                 exit_reason(status, spec->container().memory_mib),
-                                 OciOutputCap::tail(dir / "output.log", 5)));
-        }
-        std::ifstream pid_file(dir / "init.pid");
-        pid_file >> init;
+    // `crun create` as the child of the spare's shim, which adopts the init (oci_shim.h). Under
+    // systemd, create is held until it is in the scope, so the container's init is too; the shim
+    // stays in the daemon's cgroup, outside the container's memory limit.
+    auto shim = std::make_unique<OciShim>(
+        shim_exe_,
+        runtime_argv(parts.runtime, state_root_, parts.cgroups_disabled,
+                     {"create", "--no-new-keyring", "--bundle", dir.string(), "--pid-file",
+                      (dir / "init.pid").string(), id}),
+        dir / "init.pid", dir / "output.log");
+    pid_t create = shim->create_pid();
+    if (create > 0 && parts.cgroups_disabled) {
+        parts.scope =
+            start_instance_scope(env_.scopes, ctx, create, spec->container().memory_mib << 20);
+    }
+    pid_t init = create > 0 ? shim->run_create() : 0;
+    if (init <= 0) {
+        int status = shim->wait();  // as create ended (or the shim, when it could not run it)
+        // What it made (state, cgroup) goes with a forced delete.
+        run_command(runtime_argv(parts.runtime, state_root_, parts.cgroups_disabled,
+                                 {"delete", "--force", id}),
+                    dir / "stop.log");
+        throw SandboxError(
+            502, fmt::format("function \"{}\": {} create {}: {}", spec->name, parts.runtime,
+                             oci_exit_reason(status, spec->container().memory_mib),
+                             OciOutputCap::tail(dir / "output.log", 5)));
     }
     timeline.mark("create");
     forget.token = nullptr;
-    auto spare = std::make_unique<OciSpare>(std::move(parts), init, env_, output_cap_.get());
+    auto spare = std::make_unique<OciSpare>(std::move(parts), std::move(shim), init, env_,
+                                            output_cap_.get());
     spdlog::debug("function {}: spare {} created, {}", spec->name, ctx.instance_id,
                   timeline.summary());
     return spare;

@@ -50,6 +50,7 @@ class OciBackend : public Backend {
     std::filesystem::path state_root_;
     OciImageCache images_;
     std::unique_ptr<OciOutputCap> output_cap_;  // not under systemd: output files bounded
+    std::string shim_exe_;                      // unifaas-oci-shim (spares), "" when missing
     std::unique_ptr<OciSpares> spares_;         // last: its thread uses the members above
 };
 

@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -18,15 +17,6 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr int kStopWaitMs = 5000;
-
-int open_pidfd(pid_t pid) {
-    int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-    if (fd < 0) {
-        throw std::system_error(errno, std::generic_category(),
-                                fmt::format("container init {} is gone", pid));
-    }
-    return fd;
-}
 
 // ExitWatcher::unwatch(0) would wait for a callback that never runs.
 void unwatch(ExitWatcher& exits, ExitWatcher::Id id) {
@@ -44,29 +34,29 @@ bool exited(int pidfd) {
 
 // ---- OciSpare ---------------------------------------------------------------------------------
 
-OciSpare::OciSpare(OciSpareParts parts, pid_t init_pid, const VmEnvironment& env,
-                   OciOutputCap* output_cap)
+OciSpare::OciSpare(OciSpareParts parts, std::unique_ptr<OciShim> shim, pid_t init_pid,
+                   const VmEnvironment& env, OciOutputCap* output_cap)
     : parts_(std::move(parts)),
       exits_(*env.exits),
       callbacks_(env.callbacks),
       console_(env.consoles, parts_.workdir->path() / "output.log", parts_.spec->name,
                parts_.instance_id),
       capped_(output_cap, parts_.workdir->path() / "output.log"),
-      pid_(init_pid),
-      pidfd_(open_pidfd(init_pid)) {}
+      shim_(std::move(shim)),
+      pid_(init_pid) {}
 
 OciSpare::~OciSpare() {
     unwatch(exits_, watch_);
-    if (!exited(pidfd_)) {
+    if (!exited(pidfd())) {
         runtime({"kill", container(), "KILL"});
-        pollfd p{pidfd_, POLLIN, 0};
+        pollfd p{pidfd(), POLLIN, 0};
         if (::poll(&p, 1, kStopWaitMs) <= 0) {
             spdlog::warn("container {}: still running {} ms after SIGKILL", container(),
                          kStopWaitMs);
         }
     }
     runtime({"delete", "--force", container()});
-    ::close(pidfd_);
+    shim_.reset();  // reaped (killed first if it still runs)
     if (callbacks_ != nullptr) {
         callbacks_->forget(parts_.token);  // unused spare: its token must not stay valid
     }
@@ -87,7 +77,7 @@ void OciSpare::runtime(const std::vector<std::string>& args) const {
 }
 
 bool OciSpare::alive() const {
-    return !exited(pidfd_);
+    return !exited(pidfd());
 }
 
 bool OciSpare::start(std::function<void(const std::string&)> on_exit) {
@@ -110,13 +100,11 @@ bool OciSpare::start(std::function<void(const std::string&)> on_exit) {
                      std::strerror(saved));
         return false;
     }
-    std::string name = fs::path(parts_.runtime).filename().string();
-    watch_ = exits_.watch(pidfd_, [on_exit = std::move(on_exit), name] {
-        // The init's parent is not the daemon: its status is not ours to read.
-        on_exit(
-            fmt::format("container exited ({}, started from a spare: exit status not known "
-                        "to the daemon)",
-                        name));
+    // Worded as a foreground `crun run` child's end: the shim ended as the init did.
+    watch_ = exits_.watch(pidfd(), [this, on_exit = std::move(on_exit)] {
+        on_exit(fmt::format("container {} ({})",
+                            oci_exit_text(shim_->pid(), parts_.spec->container().memory_mib),
+                            fs::path(parts_.runtime).filename().string()));
     });
     return true;
 }

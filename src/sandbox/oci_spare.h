@@ -2,12 +2,12 @@
 // set up, the entrypoint not yet exec'd), one per function, so a cold start is only the start.
 // OciSpare is one such container; started, it is the instance. Starting is what `crun start`
 // does, without exec'ing crun: write one byte to <state>/<id>/exec.fifo, where the container's
-// init waits before it execs the entrypoint. A spare is made under its own instance id and
-// callback token (baked into its config.json); the pool adopts that identity for the instance it
-// serves (Backend::take_prepared).
-// OciSpares keeps the spares: one thread makes them (off the request path) and removes what is
-// no longer wanted (function gone or redefined, init died), within a memory cap (the functions'
-// `memory`, summed).
+// init waits before it execs the entrypoint. Its init is the child of its shim (oci_shim.h),
+// which ends as the init ends: the daemon watches the shim. A spare is made under its own instance
+// id and callback token (baked into its config.json); the pool adopts that identity for the
+// instance it serves (Backend::take_prepared). OciSpares keeps the spares: one thread makes them
+// (off the request path) and removes what is no longer wanted (function gone or redefined, init
+// died), within a memory cap (the functions' `memory`, summed).
 #pragma once
 
 #include <sys/types.h>
@@ -28,6 +28,7 @@
 #include "net/network.h"
 #include "sandbox/child_process.h"
 #include "sandbox/oci_output.h"
+#include "sandbox/oci_shim.h"
 #include "sandbox/sandbox.h"
 #include "sandbox/vm_common.h"
 #include "systemd/console_forwarder.h"
@@ -50,16 +51,17 @@ struct OciSpareParts {
 
 class OciSpare : public Instance {
   public:
-    // Takes the container `unifaas-<instance_id>` just created, whose init is `init_pid`.
-    // Throws std::system_error when the init is already gone.
-    OciSpare(OciSpareParts parts, pid_t init_pid, const VmEnvironment& env,
-             OciOutputCap* output_cap);
+    // Takes the container `unifaas-<instance_id>` just created, whose init is `init_pid`, the
+    // child of `shim`.
+    OciSpare(OciSpareParts parts, std::unique_ptr<OciShim> shim, pid_t init_pid,
+             const VmEnvironment& env, OciOutputCap* output_cap);
     ~OciSpare() override;  // kills and deletes the container, then gives back the rest
 
     const std::string& instance_id() const { return parts_.instance_id; }
     const std::string& token() const { return parts_.token; }
     const std::shared_ptr<const FunctionSpec>& spec() const { return parts_.spec; }
-    int pidfd() const { return pidfd_; }
+    // Readable when the init (and so its shim) has ended.
+    int pidfd() const { return shim_->pidfd(); }
     // The init still waits to be started.
     bool alive() const;
     // Lets the init exec the entrypoint; on_exit as InstanceContext::on_exit. False when the
@@ -82,8 +84,8 @@ class OciSpare : public Instance {
     CallbackRegistry* callbacks_;
     ForwardedConsole console_;
     CappedOutput capped_;
+    std::unique_ptr<OciShim> shim_;
     pid_t pid_;
-    int pidfd_ = -1;
     ExitWatcher::Id watch_ = 0;
 };
 

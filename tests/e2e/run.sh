@@ -443,6 +443,14 @@ if $have_units && $have_guest; then
           grep -F 'unifaas_cold_starts_total{function="hello-oci",kind="spare"} 1'
       }
       check "... started from a spare created ahead (/metrics kind=\"spare\")" from_spare
+      # Its shim (unifaas-oci-shim, the init's parent) stays in the service's cgroup: it is not
+      # charged to the instance's memory limit.
+      shim_outside_scope() {
+        in_ct systemctl status unifaas.service --no-pager -l | grep -qF -- "unifaas-oci-shim" &&
+          in_ct systemctl status unifaas.service --no-pager -l | grep -qF -- "$oci_id/init.pid" &&
+          ! in_ct systemctl status "$oci_scope" --no-pager -l | grep -qF -- "unifaas-oci-shim"
+      }
+      check "... its shim runs in unifaas.service, not in the instance's scope" shim_outside_scope
     else
       fail "curl 127.0.0.1:8123/invoke/hello-oci/hello answered '$answer'"
       in_ct journalctl -u 'unifaas*' --no-pager -n 30 | sed 's/^/    | /'

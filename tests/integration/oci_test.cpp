@@ -59,6 +59,25 @@ std::vector<pid_t> hello_processes() {
     return pids;
 }
 
+// Spare shims (unifaas-oci-shim) of the daemon whose runtime dir is `run` (their argv
+// names the bundle's pid file under it); zombies have no command line and do not count.
+std::vector<pid_t> shim_processes(const fs::path& run) {
+    std::vector<pid_t> pids;
+    for (const auto& entry : fs::directory_iterator("/proc")) {
+        std::string name = entry.path().filename();
+        if (name.find_first_not_of("0123456789") != std::string::npos) {
+            continue;
+        }
+        std::ifstream file(entry.path() / "cmdline", std::ios::binary);
+        std::string cmdline((std::istreambuf_iterator<char>(file)), {});
+        if (cmdline.find(std::string("unifaas-oci-shim") + '\0' + run.string() + "/") !=
+            std::string::npos) {
+            pids.push_back(std::stoi(name));
+        }
+    }
+    return pids;
+}
+
 class OciTest : public RegistryTest {
   protected:
     // Stops the daemon and checks what it made is gone before its runtime dir is removed.
@@ -163,6 +182,7 @@ class OciTest : public RegistryTest {
         EXPECT_TRUE(empty_or_missing(run / "oci")) << "runtime state leaked";
         EXPECT_TRUE(empty_or_missing(run / "instances")) << "bundles leaked";
         EXPECT_TRUE(hello_processes().empty()) << "container processes leaked";
+        EXPECT_TRUE(shim_processes(run).empty()) << "spare shims leaked";
     }
 
     static bool empty_or_missing(const fs::path& dir) {
@@ -327,23 +347,87 @@ TEST_F(OciTest, RuncRunsTheSameFunction) {
     EXPECT_TRUE(eventually([] { return hello_processes().empty(); }, 10s));
 }
 
-TEST_F(OciTest, EarlyExitAndOomAnswer502NamingTheCause) {
+// Started by `crun run` (spares off) or from a spare (its shim ends as the init ended): the same
+// 502 texts (exit code, signal, OOM), with the last output lines; a used spare is replaced.
+class OciExitTest : public OciTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(OciExitTest, EarlyExitCrashAndOomAnswer502NamingTheCause) {
+    const bool from_spare = GetParam();
     add_oci("ociquits", "[env]\nHELLO_EXIT_BEFORE_READY = \"1\"\n");
     add_oci("ocihog", "[env]\nHELLO_ALLOCATE_MIB = \"256\"\n");
-    start_daemon();
+    add_oci("ocisegv", "[env]\nHELLO_CRASH_BEFORE_READY = \"1\"\n");
+    start_daemon(from_spare ? "oci-spare-memory = 256" : "oci-spare-memory = 0");
+    std::set<std::string> made;
+    if (from_spare) {
+        ASSERT_TRUE(eventually([&] { return spares().size() == 3; }, 20s)) << daemon_->log();
+        made = spares();
+    }
     auto quits = get("/invoke/ociquits/hello");
     ASSERT_TRUE(quits);
     EXPECT_EQ(quits->status, 502);
     EXPECT_NE(quits->body.find("ociquits"), std::string::npos) << quits->body;
-    EXPECT_NE(quits->body.find("exited with status 3"), std::string::npos) << quits->body;
+    EXPECT_NE(quits->body.find("container exited with status 3 (crun)"), std::string::npos)
+        << quits->body;
     EXPECT_NE(quits->body.find("HELLO_EXIT_BEFORE_READY=1"), std::string::npos)
         << "no output lines: " << quits->body;
     auto hog = get("/invoke/ocihog/hello");
     ASSERT_TRUE(hog);
     EXPECT_EQ(hog->status, 502);
-    EXPECT_NE(hog->body.find("out of memory (limit 64 MiB)"), std::string::npos) << hog->body;
-    EXPECT_TRUE(eventually([&] { return instances("ocihog").empty(); }, 10s));
+    EXPECT_NE(hog->body.find("container killed by SIGKILL, most likely out of memory (limit 64 "
+                             "MiB) (crun)"),
+              std::string::npos)
+        << hog->body;
+    auto crash = get("/invoke/ocisegv/hello");
+    ASSERT_TRUE(crash);
+    EXPECT_EQ(crash->status, 502);
+    EXPECT_NE(crash->body.find("container killed by signal 11 (Segmentation fault) (crun)"),
+              std::string::npos)
+        << crash->body;
+    EXPECT_NE(crash->body.find("HELLO_CRASH_BEFORE_READY=1"), std::string::npos)
+        << "no output lines: " << crash->body;
+    for (const char* fn : {"ociquits", "ocihog", "ocisegv"}) {
+        EXPECT_TRUE(eventually([&] { return instances(fn).empty(); }, 10s)) << fn;
+    }
+    if (from_spare) {
+        EXPECT_NE(
+            metrics().find("unifaas_cold_starts_total{function=\"ociquits\",kind=\"spare\"} 1"),
+            std::string::npos)
+            << metrics();
+        EXPECT_NE(metrics().find("unifaas_cold_starts_total{function=\"ocihog\",kind=\"spare\"} 1"),
+                  std::string::npos)
+            << metrics();
+        EXPECT_NE(
+            metrics().find("unifaas_cold_starts_total{function=\"ocisegv\",kind=\"spare\"} 1"),
+            std::string::npos)
+            << metrics();
+        // Every used spare is replaced, by a new one.
+        EXPECT_TRUE(eventually(
+            [&] {
+                auto now = spares();
+                if (now.size() != 3) {
+                    return false;
+                }
+                for (const auto& id : now) {
+                    if (made.contains(id)) {
+                        return false;
+                    }
+                }
+                return true;
+            },
+            20s))
+            << daemon_->log();
+        EXPECT_TRUE(
+            eventually([&] { return shim_processes(daemon_->runtime_dir()).size() == 3; }, 10s))
+            << "one shim per spare, none of the ended instances: "
+            << shim_processes(daemon_->runtime_dir()).size();
+    }
+    EXPECT_TRUE(eventually([&] { return containers().size() == (from_spare ? 3u : 0u); }, 10s))
+        << "containers of the ended instances left";
+    // TearDown: nothing left (veths, namespaces, state, bundles, processes, shims).
 }
+
+INSTANTIATE_TEST_SUITE_P(Oci, OciExitTest, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "FromSpare" : "CrunRun"; });
 
 TEST_F(OciTest, BadInputIsAClearErrorAndOthersKeepServing) {
     add_oci("ocinoruntime", "", "runtime = \"no-such-runtime\"");
@@ -505,6 +589,8 @@ TEST_F(OciTest, RemovedAndRedefinedFunctionsLoseTheirSpares) {
         << daemon_->log();
     EXPECT_TRUE(eventually([] { return hello_processes().size() == 1; }, 10s))
         << "inits of removed spares left: " << hello_processes().size();
+    EXPECT_TRUE(eventually([&] { return shim_processes(daemon_->runtime_dir()).size() == 1; }, 10s))
+        << "shims of removed spares left: " << shim_processes(daemon_->runtime_dir()).size();
     std::string spare = *spares().begin();
     auto res = get("/invoke/ocichanged/echo/x");
     ASSERT_TRUE(res);
@@ -538,14 +624,27 @@ TEST_F(OciTest, SpareWhoseInitDiedIsReplaced) {
     EXPECT_NE(res->body.find("instance: " + replacement), std::string::npos) << res->body;
 }
 
-// kill -9 of a daemon holding a spare: the next start removes it (state, namespace, veth, init).
+// kill -9 of a daemon holding a spare and an instance started from a spare: their shims die
+// with it (PR_SET_PDEATHSIG); the next start removes the rest (state, namespace, veth, init).
 TEST_F(OciTest, Kill9WithASpareThenRestartLeavesNothing) {
     add_oci("ocisparecrash");
     fs::path run = registry_.string() + "-run";
     start_daemon_in(run, "oci-spare-memory = 256");
-    ASSERT_FALSE(one_spare().empty()) << daemon_->log();
+    std::string first = one_spare();
+    ASSERT_FALSE(first.empty()) << daemon_->log();
+    ASSERT_EQ(get("/invoke/ocisparecrash/hello")->status, 200);
+    ASSERT_TRUE(eventually(
+        [&] {
+            std::string next = one_spare();
+            return !next.empty() && next != first;
+        },
+        15s))
+        << daemon_->log();
+    EXPECT_EQ(shim_processes(run).size(), 2u) << "a shim per spare and per instance from one";
     daemon_->kill9();
     EXPECT_FALSE(hello_processes().empty()) << "a crashed daemon's spare is still there";
+    EXPECT_TRUE(eventually([&] { return shim_processes(run).empty(); }, 10s))
+        << "shims outlived the daemon";
     start_daemon_in(run);  // without spares: nothing new is made
     EXPECT_TRUE(interfaces_with_prefix("faasv").empty());
     EXPECT_TRUE(empty_or_missing(run / "oci"));

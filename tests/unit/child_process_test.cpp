@@ -1,5 +1,6 @@
 // ChildProcess: started as a clone sharing the daemon's memory until exec (CLONE_VFORK when not
 // held; a held child waits at its gate on a stack of its own), with real programs.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/stat.h>
@@ -42,6 +43,20 @@ TEST_F(ChildProcessTest, RunsWithOutputAndEnvironmentAndReportsItsExit) {
     EXPECT_GT(child.pidfd(), 0);
     EXPECT_EQ(child.wait(), 7);
     EXPECT_EQ(read(dir_ / "out.log"), "out value\nerr\n");
+}
+
+// pass_fd is the child's fd 3, open across its exec.
+TEST_F(ChildProcessTest, PassedDescriptorIsItsFd3) {
+    int fds[2];
+    ASSERT_EQ(pipe2(fds, O_CLOEXEC), 0);
+    ChildProcess child({"/bin/sh", "-c", "echo through >&3"}, dir_ / "out.log", {}, false, {},
+                       fds[1]);
+    close(fds[1]);
+    EXPECT_EQ(child.wait(), 0);
+    char buf[16] = {};
+    EXPECT_EQ(::read(fds[0], buf, sizeof buf), 8);
+    close(fds[0]);
+    EXPECT_EQ(std::string(buf), "through\n");
 }
 
 TEST_F(ChildProcessTest, HeldChildExecsOnlyAfterRelease) {
