@@ -263,18 +263,23 @@ void Gateway::invoke(const std::shared_ptr<HttpExchange>& ex) {
             client_left(*c);
         }
     });
-    fn.pool->acquire_async(fn.spec, [this, call](AcquireResult result) {
-        // A free slot is handed over at once, on this loop; otherwise from another thread.
-        EventLoop& loop = call->ex->loop();
-        std::shared_ptr<Lease> lease = std::move(result.lease);
-        if (loop.in_loop_thread()) {
-            on_lease(call, std::move(lease), std::move(result.error));
-            return;
-        }
-        loop.post([this, call, lease, error = std::move(result.error)]() mutable {
-            on_lease(call, std::move(lease), std::move(error));
-        });
-    });
+    // The loop as affinity: a slot (its kept connection) stays with the loop that used it.
+    auto affinity = reinterpret_cast<std::uintptr_t>(&ex->loop());
+    fn.pool->acquire_async(
+        fn.spec,
+        [this, call](AcquireResult result) {
+            // A free slot is handed over at once, on this loop; otherwise from another thread.
+            EventLoop& loop = call->ex->loop();
+            std::shared_ptr<Lease> lease = std::move(result.lease);
+            if (loop.in_loop_thread()) {
+                on_lease(call, std::move(lease), std::move(result.error));
+                return;
+            }
+            loop.post([this, call, lease, error = std::move(result.error)]() mutable {
+                on_lease(call, std::move(lease), std::move(error));
+            });
+        },
+        affinity);
 }
 
 void Gateway::on_lease(const std::shared_ptr<Invocation>& call, std::shared_ptr<Lease> lease,

@@ -52,6 +52,7 @@ struct PooledInstance {
     unsigned capacity = 1;
     unsigned in_use = 0;  // slots leased or claimed by requests waiting for boot
     std::vector<unsigned> free_slots;
+    std::vector<std::uintptr_t> slot_affinity;  // per slot: the affinity of its last lease
     // Per-slot caches; the pointers (not the objects' use) and retired_reason are guarded by
     // caches_mu, so a retiring pool can abort requests in progress.
     mutable std::mutex caches_mu;
@@ -89,6 +90,7 @@ struct PooledInstance {
 
 struct Pool::Waiter {
     AcquireDone done;
+    std::uintptr_t affinity = 0;
     Clock::time_point queued_at = Clock::now();
     TimerQueue::Id timer = 0;
 };
@@ -190,7 +192,8 @@ std::unique_ptr<Lease> Pool::acquire(std::shared_ptr<const FunctionSpec> spec) {
     return std::move(r.lease);
 }
 
-void Pool::acquire_async(std::shared_ptr<const FunctionSpec> spec, AcquireDone done) {
+void Pool::acquire_async(std::shared_ptr<const FunctionSpec> spec, AcquireDone done,
+                         std::uintptr_t affinity) {
     Locked lk(*this);
     if (spec_ != spec && !closed_) {
         spec_ = std::move(spec);
@@ -202,13 +205,14 @@ void Pool::acquire_async(std::shared_ptr<const FunctionSpec> spec, AcquireDone d
         return;
     }
     if (waiters_.empty()) {
-        if (Claim claim = try_claim_locked()) {
+        if (Claim claim = try_claim_locked(affinity)) {
             deliver_locked(std::move(claim), std::move(done));
             return;
         }
     }
     auto waiter = std::make_shared<Waiter>();
     waiter->done = std::move(done);
+    waiter->affinity = affinity;
     std::weak_ptr<Pool> self = weak_from_this();
     std::weak_ptr<Waiter> weak = waiter;
     waiter->timer = services_.timers.schedule(waiter->queued_at + to_duration(spec_->queue_timeout),
@@ -254,7 +258,7 @@ void Pool::fail_locked(AcquireDone done, int status, std::string message, int re
     complete_locked(std::move(done), {nullptr, PoolError(status, message, retry_after_s)});
 }
 
-Pool::Claim Pool::try_claim_locked() {
+Pool::Claim Pool::try_claim_locked(std::uintptr_t affinity) {
     // 1. A ready instance with a free slot: the busiest one, so idle ones can expire.
     std::shared_ptr<PooledInstance> best;
     for (auto& inst : instances_) {
@@ -264,7 +268,7 @@ Pool::Claim Pool::try_claim_locked() {
         }
     }
     if (best) {
-        return claim_slot_locked(best);
+        return claim_slot_locked(best, affinity);
     }
     // 2. A slot on an instance that is still starting.
     for (auto& inst : instances_) {
@@ -280,9 +284,24 @@ Pool::Claim Pool::try_claim_locked() {
     return {};
 }
 
-Pool::Claim Pool::claim_slot_locked(const std::shared_ptr<PooledInstance>& inst) {
-    unsigned slot = inst->free_slots.back();
-    inst->free_slots.pop_back();
+// The slot freed last, or (up to kAffinityScan slots back) the last one freed by a lease of the
+// same affinity.
+Pool::Claim Pool::claim_slot_locked(const std::shared_ptr<PooledInstance>& inst,
+                                    std::uintptr_t affinity) {
+    constexpr std::size_t kAffinityScan = 16;
+    auto& free = inst->free_slots;
+    std::size_t pick = free.size() - 1;
+    for (std::size_t i = free.size(), scanned = 0;
+         affinity != 0 && i-- > 0 && scanned < kAffinityScan; ++scanned) {
+        if (inst->slot_affinity[free[i]] == affinity) {
+            pick = i;
+            break;
+        }
+    }
+    std::swap(free[pick], free.back());
+    unsigned slot = free.back();
+    free.pop_back();
+    inst->slot_affinity[slot] = affinity;
     ++inst->in_use;
     if (inst->spec->single_use) {
         inst->exhausted = true;
@@ -303,6 +322,7 @@ std::shared_ptr<PooledInstance> Pool::create_instance_locked() {
         inst->free_slots.push_back(i - 1);
     }
     inst->caches.resize(inst->capacity);
+    inst->slot_affinity.resize(inst->capacity);
     instances_.push_back(inst);
     ++starting_;
     metrics_.cold_starts.fetch_add(1, std::memory_order_relaxed);
@@ -328,7 +348,7 @@ std::size_t Pool::live_count_locked() const {
 
 void Pool::dispatch_waiters_locked() {
     while (!waiters_.empty() && !closed_) {
-        Claim claim = try_claim_locked();
+        Claim claim = try_claim_locked(waiters_.front()->affinity);
         if (!claim) {
             break;
         }

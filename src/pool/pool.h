@@ -144,7 +144,12 @@ class Pool : public std::enable_shared_from_this<Pool> {
     // PoolError.
     std::unique_ptr<Lease> acquire(std::shared_ptr<const FunctionSpec> spec);
     // The same without blocking: `done` receives the lease or the error (see AcquireDone).
-    void acquire_async(std::shared_ptr<const FunctionSpec> spec, AcquireDone done);
+    // `affinity` (0: none) is a key of the caller, e.g. the gateway's event loop: a free slot
+    // last leased with the same key is preferred, so a slot's kept connection, and behind a
+    // thread-per-connection function the thread serving it, stay with one loop and one CPU
+    // instead of being woken from each loop in turn.
+    void acquire_async(std::shared_ptr<const FunctionSpec> spec, AcquireDone done,
+                       std::uintptr_t affinity = 0);
 
     // Newer definition of the function (instances started from now on use it); starts instances
     // up to min-instances.
@@ -182,8 +187,9 @@ class Pool : public std::enable_shared_from_this<Pool> {
     void complete_locked(AcquireDone done, AcquireResult result);
     void fail_locked(AcquireDone done, int status, std::string message, int retry_after_s = 0);
     void on_queue_timeout(const std::shared_ptr<Waiter>& waiter);
-    Claim try_claim_locked();
-    Claim claim_slot_locked(const std::shared_ptr<PooledInstance>& inst);
+    Claim try_claim_locked(std::uintptr_t affinity = 0);
+    Claim claim_slot_locked(const std::shared_ptr<PooledInstance>& inst,
+                            std::uintptr_t affinity = 0);
     std::shared_ptr<PooledInstance> create_instance_locked();
     void dispatch_waiters_locked();
     void ensure_min_instances_locked();

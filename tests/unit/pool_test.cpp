@@ -169,6 +169,44 @@ TEST_F(PoolTest, ConcurrentRequestsShareOneInstanceUpToItsSlots) {
     EXPECT_EQ(d.get()->address(), "10.0.0.2");
 }
 
+// A free slot last leased with the caller's affinity (the gateway's loop) comes first, so its
+// connection stays with that loop; without affinity, the slot freed last.
+TEST_F(PoolTest, FreeSlotOfTheSameAffinityIsPreferred) {
+    struct Marker : SlotCache {
+        explicit Marker(std::string owner) : owner(std::move(owner)) {}
+        std::string owner;
+    };
+    auto spec = make_spec();
+    spec->concurrent_requests = 4;
+    spec->max_instances = 1;
+    auto acquire = [&](std::uintptr_t affinity) {
+        std::promise<AcquireResult> result;
+        pool->acquire_async(
+            spec, [&](AcquireResult r) { result.set_value(std::move(r)); }, affinity);
+        auto r = result.get_future().get();
+        EXPECT_FALSE(r.error.has_value());
+        return std::move(r.lease);
+    };
+    auto owner = [](Lease& lease, const std::string& name) {
+        auto& cache = lease.cache([&] { return std::make_unique<Marker>(name); });
+        return static_cast<Marker&>(cache).owner;
+    };
+    auto warm = acquire_async(spec);
+    make_ready(0);
+    warm.get().reset();
+
+    auto a = acquire(1);
+    auto b = acquire(2);
+    EXPECT_EQ(owner(*a, "a"), "a");
+    EXPECT_EQ(owner(*b, "b"), "b");
+    a.reset();
+    b.reset();  // b's slot is the one freed last
+    auto again = acquire(1);
+    EXPECT_EQ(owner(*again, "new"), "a");
+    auto any = acquire(0);
+    EXPECT_EQ(owner(*any, "new"), "b");
+}
+
 TEST_F(PoolTest, PacksOntoTheBusiestInstance) {
     auto spec = make_spec();
     spec->concurrent_requests = 2;
