@@ -50,13 +50,27 @@ class OciShimTest : public ::testing::Test {
         return line.empty() ? 0 : std::stoi(line);
     }
 
-    // `create` is the shell script standing in for `crun create`; PIDFILE in it is replaced.
+    // A create script whose background "init" (started by `starts_init`, which reads GATE
+    // before it ends) ends only after create has exited, as crun's init waits on its exec.fifo:
+    // an init that died first could be reaped by the shell, not adopted by the shim. The gate
+    // is a fifo create holds open for writing until it exits.
+    static std::string with_gate(const std::string& starts_init) {
+        return "mkfifo GATE; " + starts_init + " echo $! > PIDFILE; exec 5>GATE; exit 0";
+    }
+
+    // `create` is the shell script standing in for `crun create`; PIDFILE and GATE in it are
+    // replaced.
     ShimRun run(std::string create) {
         fs::path pid_file = dir_ / "init.pid";
         fs::path output = dir_ / "output.log";
         fs::remove(pid_file);
+        fs::path gate = dir_ / "init.gate";
+        fs::remove(gate);
         for (std::size_t at; (at = create.find("PIDFILE")) != std::string::npos;) {
             create.replace(at, 7, pid_file.string());
+        }
+        for (std::size_t at; (at = create.find("GATE")) != std::string::npos;) {
+            create.replace(at, 4, gate.string());
         }
         int pair[2];
         EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
@@ -101,7 +115,7 @@ class OciShimTest : public ::testing::Test {
 
 TEST_F(OciShimTest, EndsWithTheInitsExitCode) {
     // Another orphan of create ends first: reaped, not mirrored.
-    ShimRun r = run("sh -c 'exit 9' & sh -c 'sleep 0.2; exit 7' & echo $! > PIDFILE; exit 0");
+    ShimRun r = run(with_gate("sh -c 'exit 9' & sh -c 'cat GATE >/dev/null; exit 7' &"));
     EXPECT_GT(r.create, 0);
     EXPECT_GT(r.init, 0);
     EXPECT_EQ(r.init, r.pid_file);
@@ -111,7 +125,7 @@ TEST_F(OciShimTest, EndsWithTheInitsExitCode) {
 }
 
 TEST_F(OciShimTest, IsKilledByTheSignalThatKilledTheInitWithoutACoreDump) {
-    ShimRun r = run("sh -c 'kill -SEGV $$' & echo $! > PIDFILE; exit 0");
+    ShimRun r = run(with_gate("sh -c 'cat GATE >/dev/null; kill -SEGV $$' &"));
     EXPECT_EQ(r.init, r.pid_file);
     ASSERT_TRUE(WIFSIGNALED(r.status)) << r.status << " " << r.output;
     EXPECT_EQ(WTERMSIG(r.status), SIGSEGV);
@@ -121,7 +135,7 @@ TEST_F(OciShimTest, IsKilledByTheSignalThatKilledTheInitWithoutACoreDump) {
 }
 
 TEST_F(OciShimTest, SigkillReadsAsOutOfMemory) {
-    ShimRun r = run("sh -c 'kill -KILL $$' & echo $! > PIDFILE; exit 0");
+    ShimRun r = run(with_gate("sh -c 'cat GATE >/dev/null; kill -KILL $$' &"));
     ASSERT_TRUE(WIFSIGNALED(r.status)) << r.status << " " << r.output;
     EXPECT_EQ(WTERMSIG(r.status), SIGKILL);
     EXPECT_EQ(oci_exit_reason(128 + WTERMSIG(r.status), 64),
