@@ -9,6 +9,7 @@
 #include <sched.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -41,26 +42,17 @@ const fs::path kRootfs = fs::path(UNIFAAS_BINARY_DIR) / "examples" / "hello-root
 // port is in `ports`: their environment names it in UNIFAAS_CALLBACK. Other suites' containers
 // (other daemons, other ports) are not counted.
 std::vector<pid_t> instance_processes(const std::set<int>& ports) {
-    std::vector<pid_t> pids;
-    for (const auto& entry : fs::directory_iterator("/proc")) {
-        std::string name = entry.path().filename();
-        if (name.find_first_not_of("0123456789") != std::string::npos) {
-            continue;
-        }
-        std::ifstream in(entry.path() / "environ");
-        std::string env((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return processes_where([&](const fs::path& proc) {
+        std::string env = proc_file(proc, "environ");
         auto at = env.find("UNIFAAS_CALLBACK=http://");
         if (at == std::string::npos) {
-            continue;
+            return false;
         }
         std::string url = env.substr(at, env.find('\0', at) - at);
-        for (int port : ports) {
-            if (url.find(":" + std::to_string(port) + "/") != std::string::npos) {
-                pids.push_back(std::stoi(name));
-            }
-        }
-    }
-    return pids;
+        return std::any_of(ports.begin(), ports.end(), [&](int port) {
+            return url.find(":" + std::to_string(port) + "/") != std::string::npos;
+        });
+    });
 }
 
 // Elements of the daemon's verdict map (interface names), "" when there are none or no table.

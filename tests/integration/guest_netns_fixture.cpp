@@ -52,21 +52,28 @@ std::string nft_list(const std::string& what) {
                        " inet unifaas" + (what == "map" ? " guests" : "") + " 2>/dev/null");
 }
 
-std::vector<pid_t> qemu_processes(const std::string& marker) {
+std::vector<pid_t> processes_where(const std::function<bool(const fs::path&)>& matches) {
     std::vector<pid_t> pids;
     for (const auto& entry : fs::directory_iterator("/proc")) {
         std::string name = entry.path().filename();
-        if (name.find_first_not_of("0123456789") != std::string::npos) {
-            continue;
-        }
-        std::ifstream in(entry.path() / "cmdline");
-        std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-        if (cmdline.find("qemu-system") != std::string::npos &&
-            cmdline.find(marker) != std::string::npos) {
+        if (name.find_first_not_of("0123456789") == std::string::npos && matches(entry.path())) {
             pids.push_back(std::stoi(name));
         }
     }
     return pids;
+}
+
+std::string proc_file(const fs::path& proc_dir, const char* file) {
+    std::ifstream in(proc_dir / file, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+std::vector<pid_t> qemu_processes(const std::string& marker) {
+    return processes_where([&](const fs::path& proc) {
+        std::string cmdline = proc_file(proc, "cmdline");
+        return cmdline.find("qemu-system") != std::string::npos &&
+               cmdline.find(marker) != std::string::npos;
+    });
 }
 
 std::string unique_marker(const std::string& prefix) {

@@ -37,6 +37,13 @@ std::vector<std::string> taps();
 // there is no such object.
 std::string nft_list(const std::string& what);
 
+// The pids of /proc for which `matches(/proc/<pid>)` holds.
+std::vector<pid_t> processes_where(
+    const std::function<bool(const std::filesystem::path&)>& matches);
+
+// /proc/<pid>/<file> read whole (cmdline, environ: NUL-separated); "" when unreadable.
+std::string proc_file(const std::filesystem::path& proc_dir, const char* file);
+
 // qemu processes whose command line holds `marker` (a test's VM function names carry it).
 std::vector<pid_t> qemu_processes(const std::string& marker);
 

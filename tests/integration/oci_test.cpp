@@ -44,38 +44,20 @@ std::vector<pid_t> hello_processes() {
     if (stat(kRootfs.c_str(), &rootfs) != 0) {
         return {};
     }
-    std::vector<pid_t> pids;
-    for (const auto& entry : fs::directory_iterator("/proc")) {
-        std::string name = entry.path().filename();
-        if (name.find_first_not_of("0123456789") != std::string::npos) {
-            continue;
-        }
+    return processes_where([&](const fs::path& proc) {
         struct stat root {};
-        if (stat((entry.path() / "root").c_str(), &root) == 0 && root.st_dev == rootfs.st_dev &&
-            root.st_ino == rootfs.st_ino) {
-            pids.push_back(std::stoi(name));
-        }
-    }
-    return pids;
+        return stat((proc / "root").c_str(), &root) == 0 && root.st_dev == rootfs.st_dev &&
+               root.st_ino == rootfs.st_ino;
+    });
 }
 
 // Spare shims (unifaas-oci-shim) of the daemon whose runtime dir is `run` (their argv
 // names the bundle's pid file under it); zombies have no command line and do not count.
 std::vector<pid_t> shim_processes(const fs::path& run) {
-    std::vector<pid_t> pids;
-    for (const auto& entry : fs::directory_iterator("/proc")) {
-        std::string name = entry.path().filename();
-        if (name.find_first_not_of("0123456789") != std::string::npos) {
-            continue;
-        }
-        std::ifstream file(entry.path() / "cmdline", std::ios::binary);
-        std::string cmdline((std::istreambuf_iterator<char>(file)), {});
-        if (cmdline.find(std::string("unifaas-oci-shim") + '\0' + run.string() + "/") !=
-            std::string::npos) {
-            pids.push_back(std::stoi(name));
-        }
-    }
-    return pids;
+    std::string argv_start = std::string("unifaas-oci-shim") + '\0' + run.string() + "/";
+    return processes_where([&](const fs::path& proc) {
+        return proc_file(proc, "cmdline").find(argv_start) != std::string::npos;
+    });
 }
 
 class OciTest : public RegistryTest {
