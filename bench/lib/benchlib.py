@@ -90,6 +90,24 @@ def parse_target(text):
     return name, host, int(port), "/" + prefix
 
 
+def connect_nodelay(host, port, timeout=30):
+    """A TCP connection with TCP_NODELAY, as the measured clients use."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_head(sock, buf):
+    """Reads into `buf` until a response head is complete: (head, bytes after it)."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("connection closed before the response head")
+        buf += chunk
+    end = buf.index(b"\r\n\r\n") + 4
+    return bytes(buf[:end]), bytearray(buf[end:])
+
+
 def append_record(path, record):
     """Appends one JSON object as a line to the raw results file."""
     with open(path, "a") as f:

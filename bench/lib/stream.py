@@ -20,28 +20,17 @@ OUT_MD (also printed). Measures and reports; never fails on a number.
 
 import argparse
 import os
-import socket
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import append_record, median, parse_target, percentile  # noqa: E402
-
-
-def read_head(sock, buf):
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise RuntimeError("connection closed before the response head")
-        buf += chunk
-    end = buf.index(b"\r\n\r\n") + 4
-    return bytes(buf[:end]), bytearray(buf[end:])
+from benchlib import (append_record, connect_nodelay, median, parse_target,  # noqa: E402
+                      percentile, read_head)
 
 
 def throughput(host, port, path, size):
     """MiB/s of one download of `size` bytes (Content-Length) on a fresh connection."""
-    sock = socket.create_connection((host, port), timeout=60)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = connect_nodelay(host, port, timeout=60)
     start = time.monotonic()
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n".encode())
     head, rest = read_head(sock, bytearray())
@@ -59,12 +48,6 @@ def throughput(host, port, path, size):
     if got < size:
         raise RuntimeError(f"{path}: {got} of {size} bytes")
     return size / (1024 * 1024) / elapsed
-
-
-def sse_connection(host, port):
-    sock = socket.create_connection((host, port), timeout=30)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
 
 
 def first_events(sock, path, count):
@@ -113,7 +96,7 @@ def main():
                                   "bytes": a.bytes, "round": r + 1, "mib_s": round(v, 1)})
             print(f"  stream throughput {name}: {v:.0f} MiB/s", flush=True)
     first = {n: [] for n in names}
-    socks = {name: sse_connection(host, port) for name, host, port, _ in targets}
+    socks = {name: connect_nodelay(host, port) for name, host, port, _ in targets}
     for name, _, _, prefix in targets:
         first_events(socks[name], f"{prefix}sse?n=1", min(20, a.sse))  # warm-up
     batch = 25

@@ -17,28 +17,21 @@ OUT_MD (also printed). Measures and reports; never fails on a number.
 import argparse
 import base64
 import os
-import socket
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import append_record, median, parse_target, percentile  # noqa: E402
+from benchlib import (append_record, connect_nodelay, median, parse_target,  # noqa: E402
+                      percentile, read_head)
 
 
 def open_ws(host, port, path):
-    sock = socket.create_connection((host, port), timeout=30)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = connect_nodelay(host, port)
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: b\r\nConnection: Upgrade\r\n"
                  f"Upgrade: websocket\r\nSec-WebSocket-Key: {key}\r\n"
                  f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
-    buf = bytearray()
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise RuntimeError(f"{path}: closed during the handshake")
-        buf += chunk
-    head = bytes(buf[:buf.index(b"\r\n\r\n")])
+    head, _ = read_head(sock, bytearray())
     if not head.startswith(b"HTTP/1.1 101"):
         raise RuntimeError(f"{path}: {head[:60]!r}")
     return sock
