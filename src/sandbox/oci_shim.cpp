@@ -8,7 +8,6 @@
 #include <cerrno>
 #include <cstring>
 #include <system_error>
-#include <utility>
 
 #include <fmt/format.h>
 
@@ -53,21 +52,12 @@ std::vector<std::string> shim_argv(const std::string& shim,
 
 }  // namespace
 
-OciShim::Channel::Channel() {
+OciShim::Channel OciShim::socket_pair() {
     int pair[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
         throw std::system_error(errno, std::generic_category(), "socketpair");
     }
-    ours = pair[0];
-    theirs = pair[1];
-}
-
-OciShim::Channel::~Channel() {
-    for (int fd : {ours, theirs}) {
-        if (fd >= 0) {
-            ::close(fd);
-        }
-    }
+    return Channel{UniqueFd(pair[0]), UniqueFd(pair[1])};
 }
 
 std::string oci_shim_executable() {
@@ -88,8 +78,8 @@ std::string oci_shim_executable() {
 
 OciShim::OciShim(const std::string& shim, const std::vector<std::string>& create_argv,
                  const fs::path& pid_file, const fs::path& output)
-    : child_(shim_argv(shim, create_argv, pid_file), output, {}, false, {}, channel_.theirs) {
-    ::close(std::exchange(channel_.theirs, -1));  // the shim has its copy (fd 3)
+    : child_(shim_argv(shim, create_argv, pid_file), output, {}, false, {}, channel_.theirs.get()) {
+    channel_.theirs.reset();  // the shim has its copy (fd 3)
 }
 
 OciShim::~OciShim() = default;  // the shim is killed and reaped, then the channel closed
@@ -98,7 +88,7 @@ pid_t OciShim::read_pid() {
     std::string line;
     char c = 0;
     for (;;) {
-        ssize_t n = ::read(channel_.ours, &c, 1);
+        ssize_t n = ::read(channel_.ours.get(), &c, 1);
         if (n < 0 && errno == EINTR) {
             continue;
         }
@@ -123,11 +113,11 @@ pid_t OciShim::create_pid() {
 
 pid_t OciShim::run_create() {
     char go = 1;
-    if (::send(channel_.ours, &go, 1, MSG_NOSIGNAL) != 1) {
+    if (::send(channel_.ours.get(), &go, 1, MSG_NOSIGNAL) != 1) {
         return 0;  // the shim ended
     }
     pid_t init = read_pid();
-    ::close(std::exchange(channel_.ours, -1));
+    channel_.ours.reset();
     return init;
 }
 

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "sandbox/child_process.h"
+#include "util/unique_fd.h"
 
 namespace unifaas {
 
@@ -64,12 +65,11 @@ class OciShim {
     pid_t read_pid();
 
     struct Channel {  // a socket pair: ours, and the shim's fd 3 until it has its copy
-        int ours = -1;
-        int theirs = -1;
-        Channel();
-        ~Channel();
+        UniqueFd ours;
+        UniqueFd theirs;
     };
-    Channel channel_;
+    static Channel socket_pair();  // throws std::system_error
+    Channel channel_ = socket_pair();
     ChildProcess child_;
 };
 
