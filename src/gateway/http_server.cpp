@@ -717,7 +717,10 @@ class ClientConnection : public HttpExchange,
             }
         }
         if (pieces.size() > kMaxPieces) {
-            return 0;  // (never: the relay writes at most three pieces)
+            return 0;  // (never: the relay writes at most four pieces)
+        }
+        if (n == 0) {
+            return 0;  // nothing to send (an empty end of a body that is not chunked)
         }
         msghdr msg{};
         msg.msg_iov = iov;

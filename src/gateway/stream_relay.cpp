@@ -132,9 +132,11 @@ class StreamRelay : public BodyProducer,
                 if (take < data.size()) {
                     body_->reusable = false;  // more than it announced
                 }
-                if (forward(data.substr(0, take), false) && body_->remaining == 0) {
-                    complete();
+                if (body_->remaining == 0) {
+                    complete(data.substr(0, take));
+                    return;
                 }
+                forward(data.substr(0, take), false);
                 return;
             }
             case http::BodyFraming::Chunked: {
@@ -144,15 +146,14 @@ class StreamRelay : public BodyProducer,
                     fail("invalid chunked response: " + body_->decoder.error());
                     return;
                 }
-                if (!forward(decoded_, false)) {
-                    return;
-                }
                 if (body_->decoder.done()) {
                     if (used < data.size()) {
                         body_->reusable = false;
                     }
-                    complete();
+                    complete(decoded_);
+                    return;
                 }
+                forward(decoded_, false);
                 return;
             }
             default:
@@ -167,18 +168,7 @@ class StreamRelay : public BodyProducer,
         if (data.empty() && !always) {
             return true;
         }
-        bool room;
-        if (body_->downstream == http::DownstreamFraming::Chunked && !data.empty()) {
-            char size_line[24];
-            auto end = fmt::format_to(size_line, "{:x}\r\n", data.size());
-            std::string_view pieces[] = {
-                std::string_view(size_line, static_cast<std::size_t>(end - size_line)), data,
-                "\r\n"};
-            room = ex_->write_body(pieces);
-        } else {
-            std::string_view pieces[] = {data};
-            room = ex_->write_body(pieces);
-        }
+        bool room = write(data, false);
         if (finished_) {
             return false;  // the write found the client gone (cancel() ran)
         }
@@ -186,12 +176,31 @@ class StreamRelay : public BodyProducer,
         return true;
     }
 
-    void complete() {
-        end_upstream(body_->reusable);
-        if (body_->downstream == http::DownstreamFraming::Chunked) {
-            std::string_view last[] = {kLastChunk};
-            ex_->write_body(last);
+    // Writes body bytes in the client's framing, with the body's end when `last`: one write.
+    bool write(std::string_view data, bool last) {
+        bool chunked = body_->downstream == http::DownstreamFraming::Chunked;
+        char size_line[24];
+        std::string_view pieces[4];
+        std::size_t n = 0;
+        if (chunked && !data.empty()) {
+            auto end = fmt::format_to(size_line, "{:x}\r\n", data.size());
+            pieces[n++] = std::string_view(size_line, static_cast<std::size_t>(end - size_line));
+            pieces[n++] = data;
+            pieces[n++] = "\r\n";
+        } else if (!chunked || !last) {
+            pieces[n++] = data;
         }
+        if (chunked && last) {
+            pieces[n++] = kLastChunk;
+        }
+        return ex_->write_body(std::span<const std::string_view>(pieces, n));
+    }
+
+    // The body is whole: the slot is given back first, then its last bytes (`tail`) and end go
+    // to the client in one write.
+    void complete(std::string_view tail = {}) {
+        end_upstream(body_->reusable);
+        write(tail, true);
         ex_->end_body();
         report({StreamOutcome::Kind::Complete, {}});
     }
