@@ -112,6 +112,14 @@ std::optional<std::string> accel(TableReader& reader, std::string_view key) {
     return value;
 }
 
+std::optional<std::string> http_scheduling(TableReader& reader, std::string_view key) {
+    auto value = reader.string(key);
+    if (value && *value != "batch" && *value != "inherit") {
+        reader.fail(key, "unknown scheduling " + in_quotes(*value) + " (expected batch, inherit)");
+    }
+    return value;
+}
+
 std::optional<Ipv4Net> subnet(TableReader& reader, std::string_view key) {
     auto text = reader.string(key);
     if (!text) {
@@ -204,6 +212,7 @@ DaemonConfig load_daemon_config(const fs::path& file) {
     set(config.log_level, log_level(reader, "log-level"));
     set(config.max_body_bytes, reader.integer<std::size_t>("max-body-size", 1));
     set(config.http_threads, reader.integer<unsigned>("http-threads", 0, 256));
+    set(config.http_scheduling, http_scheduling(reader, "http-scheduling"));
     set(config.max_connections, reader.integer<std::size_t>("max-connections", 1, 1'000'000));
     set(config.shutdown_grace, reader.seconds("shutdown-grace", SecondsMin::Zero));
     set(config.runtime_dir, reader.path("runtime-dir", base));

@@ -34,6 +34,9 @@ struct DaemonConfig {
     std::string log_level = "info";                  // error|warn|info|debug|trace
     std::size_t max_body_bytes = 6 * 1024 * 1024;    // request body limit (413 above)
     unsigned http_threads = 0;                       // invocation event loops; 0: one per CPU
+    // "batch": the invocation loops run SCHED_BATCH (prefer_batch_scheduling); "inherit": they
+    // keep the daemon's policy.
+    std::string http_scheduling = "batch";
     std::size_t max_connections = 4096;  // open invocation connections (more are closed)
     Seconds shutdown_grace{10};          // in-flight requests get this long on stop
     std::filesystem::path runtime_dir = "/run/unifaas";  // per-instance working files

@@ -126,6 +126,7 @@ Gateway::~Gateway() {
 HttpServer::Options Gateway::invoke_options() const {
     HttpServer::Options o;
     o.threads = config_.http_threads;
+    o.batch_scheduling = config_.http_scheduling == "batch";
     o.max_connections = config_.max_connections;
     o.max_body_bytes = config_.max_body_bytes;
     o.stream_watermark = config_.stream_watermark;

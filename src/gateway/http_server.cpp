@@ -16,6 +16,7 @@
 
 #include "http/chunked.h"
 #include "http/forwarding.h"
+#include "util/thread_scheduling.h"
 
 namespace unifaas {
 
@@ -115,6 +116,7 @@ struct HttpServer::Shared {
     std::atomic<unsigned> next_loop{0};
     std::vector<Loop*> loops;
     std::atomic<bool> stopping{false};
+    std::atomic<bool> scheduling_warned{false};
 };
 
 // ---- ClientConnection --------------------------------------------------------------------------
@@ -961,7 +963,13 @@ class HttpServer::Loop : public EventLoop::Handler, public ConnectionSet {
 
     EventLoop& events() { return loop_; }
 
-    void start() { loop_.start("http-" + std::to_string(index_)); }
+    void start() {
+        std::function<void()> first;
+        if (shared_.options.batch_scheduling) {
+            first = [this] { use_batch_scheduling(); };
+        }
+        loop_.start("http-" + std::to_string(index_), std::move(first));
+    }
 
     // Loop thread.
     void listen(int fd) {
@@ -1059,6 +1067,14 @@ class HttpServer::Loop : public EventLoop::Handler, public ConnectionSet {
                 listen(fd);
             }
         });
+    }
+
+    void use_batch_scheduling() {
+        std::error_code error = prefer_batch_scheduling();
+        if (error && !shared_.scheduling_warned.exchange(true)) {
+            spdlog::warn("http: the invocation loops keep their scheduling policy: SCHED_BATCH: {}",
+                         error.message());
+        }
     }
 
     void warn_limit() {

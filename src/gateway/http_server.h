@@ -151,6 +151,9 @@ class HttpServer {
         // watch, so a request read in a batch sees every edit finished before the batch began.
         int first_watch_fd = -1;
         std::function<void()> on_first_watch;
+        // The loops run SCHED_BATCH (prefer_batch_scheduling): woken by a peer's write, a loop
+        // waits until the writer blocks instead of preempting it, and reads what it wrote whole.
+        bool batch_scheduling = false;
     };
 
     HttpServer(Options options, RequestHandler handler, ErrorText error_text);

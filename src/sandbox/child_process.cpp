@@ -76,6 +76,9 @@ struct SpawnPlan {
     std::string cwd;     // working directory before exec, or empty
     int pass = -1;       // becomes fd 3 (without CLOEXEC), or -1
     pid_t parent = 0;
+    // The spawning thread runs SCHED_BATCH for itself (prefer_batch_scheduling): the child does
+    // not.
+    bool normal_scheduling = false;
 };
 
 // Runs in the child on its own stack with every signal blocked, and calls only system calls:
@@ -105,6 +108,10 @@ int spawn_child(void* arg) {
         fcntl(3, F_SETFD, 0);
     } else if (plan->pass >= 0) {
         dup2(plan->pass, 3);  // the copy has no CLOEXEC
+    }
+    if (plan->normal_scheduling) {
+        sched_param param{};
+        sched_setscheduler(0, SCHED_OTHER, &param);
     }
     setsid();
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -213,6 +220,8 @@ ChildProcess::ChildProcess(const std::vector<std::string>& argv,
         gate_write = gate[1];
     }
     plan.parent = getpid();
+    // SCHED_RESET_ON_FORK passes on no real-time policy but does pass on SCHED_BATCH.
+    plan.normal_scheduling = sched_getscheduler(0) == (SCHED_BATCH | SCHED_RESET_ON_FORK);
     // Not held: CLONE_VFORK, this thread waits until the child has exec'd (or failed to). Held:
     // the child waits at its gate and this thread goes on; the plan stays until release().
     sigset_t all;

@@ -36,8 +36,13 @@ EventLoop::~EventLoop() {
     join();
 }
 
-void EventLoop::start(const std::string& name) {
-    thread_ = std::thread([this] { run(); });
+void EventLoop::start(const std::string& name, std::function<void()> first) {
+    thread_ = std::thread([this, first = std::move(first)] {
+        if (first) {
+            first();
+        }
+        run();
+    });
     pthread_setname_np(thread_.native_handle(), name.substr(0, 15).c_str());
 }
 

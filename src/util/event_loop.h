@@ -38,8 +38,8 @@ class EventLoop {
     EventLoop(const EventLoop&) = delete;
     EventLoop& operator=(const EventLoop&) = delete;
 
-    // Runs the loop on a new thread named `name`.
-    void start(const std::string& name);
+    // Runs the loop on a new thread named `name`; `first` runs on it before anything else.
+    void start(const std::string& name, std::function<void()> first = {});
     // Ends the loop after the current batch; tasks posted later are dropped. Any thread.
     void stop();
     void join();

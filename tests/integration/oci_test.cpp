@@ -2,6 +2,7 @@
 // rootfs (build/examples/hello-rootfs), network namespaces and veths made by the daemon inside
 // the suite's private network namespace.
 #include <httplib.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -13,6 +14,7 @@
 #include <fstream>
 #include <future>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -58,6 +60,20 @@ std::vector<pid_t> shim_processes(const fs::path& run) {
     return processes_where([&](const fs::path& proc) {
         return proc_file(proc, "cmdline").find(argv_start) != std::string::npos;
     });
+}
+
+// The scheduling policy of a process or thread (/proc/.../stat field 41), -1 when unreadable.
+int policy_of(const fs::path& proc) {
+    std::string stat = proc_file(proc, "stat");
+    std::size_t at = stat.rfind(')');
+    if (at == std::string::npos) {
+        return -1;
+    }
+    std::istringstream fields(stat.substr(at + 2));  // field 3 on
+    std::string field;
+    for (int i = 3; i <= 41 && fields >> field; ++i) {
+    }
+    return fields ? std::stoi(field) : -1;
 }
 
 class OciTest : public RegistryTest {
@@ -229,6 +245,18 @@ TEST_F(OciTest, ColdStartThenWarmOnOneInstanceWithItsOwnVeth) {
         }
     }
     EXPECT_EQ(seccomp, "Seccomp:\t2");
+    // The daemon's invocation loops run SCHED_BATCH (http-scheduling's default); the function
+    // crun started does not.
+    EXPECT_EQ(policy_of("/proc/" + std::to_string(pids[0])), SCHED_OTHER);
+    int loops = 0;
+    for (const auto& task :
+         fs::directory_iterator("/proc/" + std::to_string(daemon_->pid()) + "/task")) {
+        if (proc_file(task.path(), "comm").rfind("http-", 0) == 0) {
+            ++loops;
+            EXPECT_EQ(policy_of(task.path()), SCHED_BATCH) << task.path();
+        }
+    }
+    EXPECT_GT(loops, 0) << "no http-N thread in the daemon";
 }
 
 TEST_F(OciTest, SingleUseAndKeepaliveStopTheContainer) {

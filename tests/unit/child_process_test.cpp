@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,8 +12,10 @@
 #include <sstream>
 #include <string>
 #include <system_error>
+#include <thread>
 
 #include "sandbox/child_process.h"
+#include "util/thread_scheduling.h"
 
 namespace unifaas {
 namespace {
@@ -43,6 +46,21 @@ TEST_F(ChildProcessTest, RunsWithOutputAndEnvironmentAndReportsItsExit) {
     EXPECT_GT(child.pidfd(), 0);
     EXPECT_EQ(child.wait(), 7);
     EXPECT_EQ(read(dir_ / "out.log"), "out value\nerr\n");
+}
+
+// A thread that runs SCHED_BATCH for itself (an invocation loop) starts children under the
+// normal policy: the kernel's reset-on-fork passes SCHED_BATCH on.
+TEST_F(ChildProcessTest, ChildOfABatchThreadRunsTheNormalPolicy) {
+    std::string policies;
+    std::thread batch([&] {
+        ASSERT_FALSE(prefer_batch_scheduling());
+        policies = std::to_string(sched_getscheduler(0));
+        ChildProcess child({"/bin/sh", "-c", "cut -d' ' -f41 /proc/$$/stat"}, dir_ / "out.log");
+        EXPECT_EQ(child.wait(), 0);
+    });
+    batch.join();
+    EXPECT_EQ(policies, std::to_string(SCHED_BATCH | SCHED_RESET_ON_FORK));
+    EXPECT_EQ(read(dir_ / "out.log"), std::to_string(SCHED_OTHER) + "\n");
 }
 
 // pass_fd is the child's fd 3, open across its exec.

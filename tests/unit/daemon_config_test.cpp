@@ -49,6 +49,7 @@ TEST_F(DaemonConfigTest, EmptyFileGivesDefaults) {
     EXPECT_EQ(config.log_level, "info");
     EXPECT_EQ(config.max_body_bytes, 6u * 1024 * 1024);
     EXPECT_EQ(config.http_threads, 0u) << "default: one event loop per CPU";
+    EXPECT_EQ(config.http_scheduling, "batch");
     EXPECT_EQ(config.max_connections, 4096u);
     EXPECT_EQ(config.shutdown_grace, Seconds(10));
     EXPECT_EQ(config.runtime_dir, "/run/unifaas");
@@ -84,6 +85,8 @@ TEST_F(DaemonConfigTest, EveryLogLevel) {
 TEST_F(DaemonConfigTest, BoundsAccepted) {
     EXPECT_EQ(load("http-threads = 0\n").http_threads, 0u);
     EXPECT_EQ(load("http-threads = 256\n").http_threads, 256u);
+    EXPECT_EQ(load("http-scheduling = \"inherit\"\n").http_scheduling, "inherit");
+    EXPECT_EQ(load("http-scheduling = \"batch\"\n").http_scheduling, "batch");
     EXPECT_EQ(load("max-connections = 1\n").max_connections, 1u);
     EXPECT_EQ(load("max-body-size = 1\n").max_body_bytes, 1u);
     EXPECT_EQ(load("stream-watermark = 4096\n").stream_watermark, 4096u);
@@ -122,6 +125,8 @@ TEST_F(DaemonConfigTest, Errors) {
     expect_error("max-body-size = \"6M\"\n", "max-body-size: expected an integer, got string");
     expect_error("http-threads = -1\n", "http-threads: must be between 0 and 256 (got -1)");
     expect_error("http-threads = 257\n", "http-threads: must be between 0 and 256 (got 257)");
+    expect_error("http-scheduling = \"fifo\"\n",
+                 "http-scheduling: unknown scheduling \"fifo\" (expected batch, inherit)");
     expect_error("max-connections = 0\n", "max-connections: must be between 1 and 1000000 (got 0)");
     expect_error("shutdown-grace = -1\n", "shutdown-grace: must be at least 0 (got -1)");
     expect_error("shutdown-grace = true\n",

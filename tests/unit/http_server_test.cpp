@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
@@ -1343,6 +1344,59 @@ TEST_F(HttpServerTest, ClientResetReachesTheHandlerAndTheProducer) {
         EXPECT_TRUE(producer->cancelled.wait(3s)) << "a reset client went unnoticed mid-stream";
     }
     EXPECT_TRUE(eventually([&] { return server->connections() == 0; }));
+}
+
+}  // namespace
+}  // namespace unifaas
+
+namespace unifaas {
+namespace {
+
+// ---- HttpServer: the loops' scheduling policy --------------------------------------------------
+
+// The scheduling policy of the thread serving a request: "loop=P" (sched_getscheduler()).
+void answer_policy(const std::shared_ptr<HttpExchange>& ex) {
+    ex->respond_simple(200, "text/plain", "loop=" + std::to_string(sched_getscheduler(0)));
+}
+
+std::string policy_seen(std::uint16_t port) {
+    RawClient c(port);
+    if (!c.send_all(get("/policy"))) {
+        return "no connection";
+    }
+    auto r = c.read_response();
+    return r ? r->body : "no response";
+}
+
+TEST_F(HttpServerTest, BatchSchedulingMakesEveryLoopBatch) {
+    ASSERT_EQ(sched_getscheduler(0), SCHED_OTHER);
+    auto o = options();
+    o.batch_scheduling = true;
+    start(o, answer_policy);
+    std::string expected = "loop=" + std::to_string(SCHED_BATCH | SCHED_RESET_ON_FORK);
+    for (int i = 0; i < 4; ++i) {  // connections go to both loops
+        EXPECT_EQ(policy_seen(port), expected);
+    }
+}
+
+TEST_F(HttpServerTest, WithoutBatchSchedulingTheLoopsKeepTheStartersPolicy) {
+    ASSERT_EQ(sched_getscheduler(0), SCHED_OTHER);
+    start(options(), answer_policy);
+    EXPECT_EQ(policy_seen(port), "loop=" + std::to_string(SCHED_OTHER));
+}
+
+// A policy chosen for the daemon (here SCHED_IDLE, as systemd's CPUSchedulingPolicy=idle would
+// set it) is not replaced by SCHED_BATCH.
+TEST_F(HttpServerTest, BatchSchedulingKeepsAPolicyChosenForTheDaemon) {
+    auto o = options();
+    o.batch_scheduling = true;
+    std::thread starter([&] {
+        sched_param param{};
+        ASSERT_EQ(sched_setscheduler(0, SCHED_IDLE, &param), 0);
+        start(o, answer_policy);  // the loops inherit the starter's policy
+    });
+    starter.join();
+    EXPECT_EQ(policy_seen(port), "loop=" + std::to_string(SCHED_IDLE));
 }
 
 }  // namespace
