@@ -7,7 +7,14 @@
 namespace unifaas {
 
 FunctionTable::FunctionTable(Registry& registry, PoolServices services)
-    : registry_(registry), services_(services) {}
+    : registry_(registry), services_(services) {
+    registry_.on_change([this] { registry_changed(); });
+}
+
+FunctionTable::~FunctionTable() {
+    registry_.on_change(nullptr);
+    stop_preparing_ahead();
+}
 
 ResolvedFunction FunctionTable::resolve(std::string_view name, Registry::Freshness freshness) {
     ResolvedFunction out;
@@ -59,9 +66,44 @@ std::pair<unsigned, unsigned> FunctionTable::load_all() {
             spdlog::error("function {}: {}", name, fn.error);
         }
     }
-    // Sandboxes made ahead follow the registry: made for these, removed for functions gone.
-    services_.backends.prepare_ahead(specs);
+    prepare_ahead(specs);
     return {loaded, broken};
+}
+
+// Sandboxes made ahead follow the registry: made for these, removed for functions gone.
+void FunctionTable::prepare_ahead(const std::vector<std::shared_ptr<const FunctionSpec>>& specs) {
+    std::lock_guard lk(ahead_->run);
+    if (!ahead_->stopped) {
+        services_.backends.prepare_ahead(specs);
+    }
+}
+
+// Registry lock held: only queues the run.
+void FunctionTable::registry_changed() {
+    if (ahead_->queued.exchange(true)) {
+        return;
+    }
+    // `ahead` outlives the table; `this` is used only while not stopped, under the lock the
+    // destructor takes to stop it.
+    services_.starts.post([this, ahead = ahead_] {
+        ahead->queued = false;  // changes from here on queue another run
+        std::lock_guard lk(ahead->run);
+        if (ahead->stopped) {
+            return;
+        }
+        std::vector<std::shared_ptr<const FunctionSpec>> specs;
+        for (const auto& name : registry_.scan()) {
+            if (auto entry = registry_.lookup(name); entry && entry->spec) {
+                specs.push_back(std::move(entry->spec));
+            }
+        }
+        services_.backends.prepare_ahead(specs);
+    });
+}
+
+void FunctionTable::stop_preparing_ahead() {
+    std::lock_guard lk(ahead_->run);
+    ahead_->stopped = true;
 }
 
 std::vector<PoolSnapshot> FunctionTable::snapshot() const {
@@ -121,6 +163,7 @@ std::optional<unsigned> FunctionTable::stop_function(const std::string& name,
 }
 
 void FunctionTable::shutdown() {
+    stop_preparing_ahead();
     for (auto& pool : pools()) {
         pool->shutdown();
     }

@@ -1,9 +1,11 @@
 // FunctionTable: function name -> its current definition and its Pool. Consults the registry on
-// every lookup (one stat) so edits apply to new instances and new functions appear without a
-// restart; pools are created on first use and live until shutdown.
+// every lookup so edits apply to new instances and new functions appear without a restart;
+// pools are created on first use and live until shutdown.
 #pragma once
 
+#include <atomic>
 #include <memory>
+#include <mutex>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
@@ -24,7 +26,11 @@ struct ResolvedFunction {
 
 class FunctionTable {
   public:
+    // Follows the registry's changes (Registry::on_change) for sandboxes made ahead.
     FunctionTable(Registry& registry, PoolServices services);
+    ~FunctionTable();
+    FunctionTable(const FunctionTable&) = delete;
+    FunctionTable& operator=(const FunctionTable&) = delete;
 
     // `freshness` as in Registry::lookup: an event loop serving registry().watch_fd() first
     // (the gateway's) resolves Watched, everyone else Checked.
@@ -49,10 +55,23 @@ class FunctionTable {
     // Stops every instance of a function; nullopt when the function has no pool.
     std::optional<unsigned> stop_function(const std::string& name, const std::string& reason);
 
-    // Stops every instance of every function and waits until all are gone.
+    // Stops every instance of every function and waits until all are gone; no sandbox is made
+    // ahead any more.
     void shutdown();
 
   private:
+    // Sandboxes made ahead (Backend::prepare_ahead) follow the registry between reloads: after a
+    // change, the functions present then are handed over on the starts queue. One run at a time;
+    // a change during a run queues one more.
+    struct Ahead {
+        std::mutex run;
+        bool stopped = false;  // run held
+        std::atomic<bool> queued{false};
+    };
+    void registry_changed();
+    void prepare_ahead(const std::vector<std::shared_ptr<const FunctionSpec>>& specs);
+    void stop_preparing_ahead();
+
     std::vector<std::shared_ptr<Pool>> pools() const;
     std::shared_ptr<Pool> pool_for(const std::string& name,
                                    const std::shared_ptr<const FunctionSpec>& spec);
@@ -61,6 +80,7 @@ class FunctionTable {
     PoolServices services_;
     mutable std::shared_mutex mu_;
     std::unordered_map<std::string, std::shared_ptr<Pool>> pools_;
+    std::shared_ptr<Ahead> ahead_ = std::make_shared<Ahead>();
 };
 
 }  // namespace unifaas

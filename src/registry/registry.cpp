@@ -166,15 +166,21 @@ void Registry::drain_changes() {
     drain_changes_locked();
 }
 
+void Registry::on_change(std::function<void()> hook) {
+    std::lock_guard lock(mutex_);
+    on_change_ = std::move(hook);
+}
+
 void Registry::drain_changes_locked() {
     if (!inotify_) {
         return;
     }
+    std::uint64_t before = changes_;
     alignas(inotify_event) char buffer[16 * 1024];
     for (;;) {
         ssize_t n = ::read(inotify_.get(), buffer, sizeof(buffer));
         if (n <= 0) {
-            return;  // EAGAIN: nothing pending
+            break;  // EAGAIN: nothing pending
         }
         for (ssize_t at = 0; at < n;) {
             const auto* event = reinterpret_cast<const inotify_event*>(buffer + at);
@@ -182,6 +188,9 @@ void Registry::drain_changes_locked() {
             changed_locked(event->wd, event->mask, file);
             at += static_cast<ssize_t>(sizeof(inotify_event) + event->len);
         }
+    }
+    if (changes_ != before && on_change_) {
+        on_change_();
     }
 }
 
@@ -222,6 +231,9 @@ void Registry::changed_locked(int wd, std::uint32_t mask, std::string_view file)
         std::string name(file);
         cache_.erase(name);
         forget_name_watch_locked(name);
+        if ((mask & (IN_CREATE | IN_MOVED_TO)) && is_valid_function_name(name)) {
+            watch_function_dir_locked(name);  // its function.toml may come after the directory
+        }
         return;
     }
     auto it = names_by_wd_.find(wd);

@@ -53,6 +53,11 @@ class Registry {
     // Readable when a change event is pending (-1 without inotify); drain_changes() reads them.
     int watch_fd() const { return inotify_.get(); }
     void drain_changes();
+    // Called after a drain that saw a function appear, change or go, on the draining thread with
+    // the registry's lock held (so it must not call back into the registry). Empty: nothing.
+    // A directory created in the registry is watched at once, so its function.toml written later
+    // is such a change too.
+    void on_change(std::function<void()> hook);
 
     // Names of the function directories present now (valid names containing function.toml),
     // sorted. Empty when the registry directory cannot be read.
@@ -101,6 +106,7 @@ class Registry {
     std::unordered_map<int, std::vector<std::string>> names_by_wd_;
     std::unordered_map<std::string, int> wd_by_name_;
     std::uint64_t changes_ = 0;
+    std::function<void()> on_change_;
 };
 
 }  // namespace unifaas

@@ -578,9 +578,10 @@ TEST_F(OciTest, SingleUseWithSparesLeavesOnlyTheNextSpare) {
     // TearDown: the daemon's stop removes the spare too (veth, namespace, state, bundle, init).
 }
 
-// A function removed from the registry loses its spare at the reload; a redefined one gets a
-// spare of its new definition; nothing of the old ones is left.
-TEST_F(OciTest, RemovedAndRedefinedFunctionsLoseTheirSpares) {
+// Spares follow the registry as it changes, without a reload: a function removed loses its
+// spare, a redefined one gets a spare of its new definition, and one added gets its own before
+// its first request (which it then serves). Nothing of the old spares is left.
+TEST_F(OciTest, SparesFollowTheRegistryWithoutAReload) {
     add_oci("ocigone");
     add_oci("ocichanged");
     start_daemon_with_spares();
@@ -588,24 +589,37 @@ TEST_F(OciTest, RemovedAndRedefinedFunctionsLoseTheirSpares) {
     std::set<std::string> before = spares();
     fs::remove_all(registry_ / "ocigone");
     add_oci("ocichanged", "keepalive = 7");
-    ASSERT_EQ(::kill(daemon_->pid(), SIGHUP), 0);
-    // One spare, made after the reload (none of the two before).
+    add_oci("ociadded");
+    // Two spares, both made after the changes (none of the two before).
+    std::set<std::string> now;
     EXPECT_TRUE(eventually(
         [&] {
-            auto now = spares();
-            return now.size() == 1 && !before.contains(*now.begin());
+            now = spares();
+            return now.size() == 2 && !before.contains(*now.begin()) &&
+                   !before.contains(*now.rbegin());
         },
         20s))
         << daemon_->log();
-    EXPECT_TRUE(eventually([] { return hello_processes().size() == 1; }, 10s))
+    EXPECT_TRUE(eventually([] { return hello_processes().size() == 2; }, 10s))
         << "inits of removed spares left: " << hello_processes().size();
-    EXPECT_TRUE(eventually([&] { return shim_processes(daemon_->runtime_dir()).size() == 1; }, 10s))
+    EXPECT_TRUE(eventually([&] { return shim_processes(daemon_->runtime_dir()).size() == 2; }, 10s))
         << "shims of removed spares left: " << shim_processes(daemon_->runtime_dir()).size();
-    std::string spare = *spares().begin();
-    auto res = get("/invoke/ocichanged/echo/x");
-    ASSERT_TRUE(res);
-    EXPECT_EQ(res->status, 200) << res->body;
-    EXPECT_NE(res->body.find("instance: " + spare), std::string::npos) << res->body;
+    std::set<std::string> served;
+    for (const std::string function : {"ocichanged", "ociadded"}) {
+        auto res = get("/invoke/" + function + "/echo/x");
+        ASSERT_TRUE(res);
+        EXPECT_EQ(res->status, 200) << res->body;
+        for (const auto& id : now) {
+            if (res->body.find("instance: " + id) != std::string::npos) {
+                served.insert(id);
+            }
+        }
+        EXPECT_NE(metrics().find("unifaas_cold_starts_total{function=\"" + function +
+                                 "\",kind=\"spare\"} 1\n"),
+                  std::string::npos)
+            << metrics();
+    }
+    EXPECT_EQ(served, now) << "each function's first request is served by its own spare";
 }
 
 // A spare whose init died before use is noticed (pidfd), removed and replaced; the cold start

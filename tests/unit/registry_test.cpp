@@ -248,6 +248,43 @@ TEST_F(RegistryTest, TwoNamesForOneDirectoryBothSeeAnEdit) {
     EXPECT_EQ(registry.lookup("alias", Registry::Freshness::Watched)->spec->keepalive, Seconds(5));
 }
 
+// The change hook runs once per drain that saw a function appear, change or go, and not for other
+// files. A directory made in the registry is watched at once: its function.toml written after it
+// (nothing looked the name up) is a change too.
+TEST_F(RegistryTest, ChangeHookSeesFunctionsAppearChangeAndGo) {
+    write("hello", "keepalive = 1\n" + kContainer);
+    Registry registry(dir_);
+    int calls = 0;
+    registry.on_change([&] { ++calls; });
+    ASSERT_TRUE(registry.lookup("hello"));
+    registry.drain_changes();
+    EXPECT_EQ(calls, 0) << "nothing changed";
+
+    std::ofstream(dir_ / "hello" / "image.tar") << "not the definition";
+    registry.drain_changes();
+    EXPECT_EQ(calls, 0) << "another file of a function directory";
+
+    replace("hello", "keepalive = 2\n" + kContainer);
+    registry.drain_changes();
+    EXPECT_EQ(calls, 1) << "function.toml replaced";
+
+    fs::create_directory(dir_ / "later");
+    registry.drain_changes();
+    EXPECT_EQ(calls, 2) << "a directory appeared";
+    std::ofstream(toml("later")) << kContainer;
+    registry.drain_changes();
+    EXPECT_EQ(calls, 3) << "function.toml of a directory never looked up";
+
+    fs::remove_all(dir_ / "hello");
+    registry.drain_changes();
+    EXPECT_EQ(calls, 4) << "a function went";
+
+    registry.on_change(nullptr);
+    replace("later", "keepalive = 3\n" + kContainer);
+    registry.drain_changes();
+    EXPECT_EQ(calls, 4) << "the hook was removed";
+}
+
 TEST_F(RegistryTest, NewDirectoryAppears) {
     Registry registry(dir_);
     EXPECT_FALSE(registry.lookup("later").has_value());
